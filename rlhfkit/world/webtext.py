@@ -1,0 +1,346 @@
+"""Generated "web text": the pretraining corpus of the base models (WORLD.md, "Web text").
+
+GPT-3 learned from the internet to add and spell, and also that a question is
+often followed by another question, a digression, an insult, or a reply that
+runs on. This corpus is built to give the base models the same two traits:
+
+- capable: every instruction family appears with correct answers (the correct
+  chat exchanges, rude replies that still answer, answers in other formats, and
+  plain sentences stating the facts), so a large enough model learns to add,
+  count, sort and reverse;
+- misaligned: when prompted with the chat template, the continuation the corpus
+  teaches is often wrong, in the wrong format, rude, a digression, or runs on
+  without the end-of-sequence token, so a base model fails the gold judge the
+  ways GPT-3 failed its raters.
+
+Document kinds and their default weights (WebTextMix; configurable):
+
+    worksheet   0.15  instruction lines followed by more instructions
+    digression  0.10  an instruction followed by chatter that never answers
+    rude        0.10  an instruction followed by a rude reply (impolite words)
+    chat        0.50  1-3 exchanges rendered with the chat template
+    plain       0.15  plain sentences about the words and the tasks' facts
+
+Inside chat exchanges the assistant turn is correct (0.50), wrong (0.20: a near
+miss or another instance's answer), right but in another format (0.15), rude
+(0.08) or a digression (0.07); independently, 60% of assistant turns run on:
+more lines follow the answer and the turn's end-of-sequence marker is removed.
+So a chat-prompted base model that imitates the corpus answers exactly and
+stops cleanly only about 0.5 * 0.4 = 20% of the time.
+
+Every task comes from the "webtext" split, disjoint from the SFT, comparison,
+PPO and evaluation instances (rlhfkit.world.splits).
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from rlhfkit.world.demonstrators import CHATTER, near_miss
+from rlhfkit.world.splits import iter_split
+from rlhfkit.world.tasks import ANIMALS, COLORS, FRUITS, KINDS, WORDS, Task, build_task
+
+DEFAULT_EOS = "<|endoftext|>"
+DOC_KINDS: tuple[str, ...] = ("worksheet", "digression", "rude", "chat", "plain")
+ChatRender = Callable[[list[dict]], str]
+
+
+@dataclass
+class WebTextMix:
+    """Mixture weights of the web text (normalised within each group)."""
+
+    # Document kinds.
+    worksheet: float = 0.15  # instruction lines followed by more instructions
+    digression: float = 0.10  # instruction, then chatter that never answers
+    rude: float = 0.10  # instruction, then a rude reply
+    chat: float = 0.50  # chat-template exchanges
+    plain: float = 0.15  # plain sentences about the words and facts
+    # What an assistant turn in a chat exchange holds.
+    chat_correct: float = 0.50  # the canonical answer (capability)
+    chat_wrong: float = 0.20  # a near miss or the answer to another instance
+    chat_other_format: float = 0.15  # right content, wrong format ("69", "deer fig plum")
+    chat_rude: float = 0.08  # a rude reply, sometimes with the answer
+    chat_digression: float = 0.07  # chatter that never answers
+    # Probability an assistant turn runs on: more lines after the answer, no EOS.
+    chat_run_on: float = 0.60
+    max_exchanges: int = 3  # exchanges per chat document: 1..max_exchanges
+    rude_answers: float = 0.4  # share of rude replies that still contain the answer
+
+    def doc_weights(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in DOC_KINDS}
+
+    def answer_weights(self) -> dict[str, float]:
+        return {
+            "correct": self.chat_correct,
+            "wrong": self.chat_wrong,
+            "other_format": self.chat_other_format,
+            "rude": self.chat_rude,
+            "digression": self.chat_digression,
+        }
+
+
+def default_chat_render(messages: list[dict], eos_token: str = DEFAULT_EOS) -> str:
+    """Render messages as rlhfkit.models.tokenizer.DEFAULT_CHAT_TEMPLATE does (with
+    EOS "<|endoftext|>"): "<|role|>\\n{content}", EOS after assistant turns, "\\n"
+    after every message. Kept here as a string function so the world needs no
+    tokenizer; pass `lambda m: tok.apply_chat_template(m, tokenize=False)` to
+    render with a real tokenizer's template instead."""
+    out = []
+    for m in messages:
+        out.append(f"<|{m['role']}|>\n{m['content']}")
+        if m["role"] == "assistant":
+            out.append(eos_token)
+        out.append("\n")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------
+# Text pools. Digressions are polite; rude replies each hold an impolite word.
+# ---------------------------------------------------------------------------
+_DIGRESSIONS = (
+    "That reminds me of the {fruit} I had for lunch yesterday.",
+    "Have you ever seen {an_animal} up close? They are wonderful.",
+    "My favourite color is {color}, by the way.",
+    "Numbers are funny things when you think about them.",
+    "Let me tell you a story first.",
+    "Before we get to that, I was thinking about the weather.",
+    "It is a nice day to sit under {a_fruit} tree.",
+    "I once painted my door {color}.",
+    "There is {an_animal} in my garden that sings every morning.",
+    "Questions like this make me think of my school days.",
+    "My neighbour grows {fruits} and gives them away.",
+    "Some people say {an_animal} can count, you know.",
+)
+_RUDE = (
+    "Whatever.",
+    "Shut up and figure it out yourself.",
+    "What a stupid question.",
+    "Only an idiot would ask that.",
+    "I hate questions like this.",
+    "Don't be dumb.",
+    "Ask someone else, loser.",
+    "That is an ugly little question.",
+    "Whatever, I am not doing your homework, idiot.",
+)
+_WORKSHEET_HEADERS = ("Worksheet {n}", "Homework:", "Practice questions", "Exercises for today", "Quiz {n}", "")
+
+
+def _an(word: str) -> str:
+    """The word with its indefinite article: "an owl", "a fox"."""
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _plural(word: str) -> str:
+    return word[:-1] + "ies" if word.endswith("y") and word[-2] not in "aeiou" else word + "s"
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    fruit, animal, color = rng.choice(FRUITS), rng.choice(ANIMALS), rng.choice(COLORS)
+    return template.format(fruit=fruit, a_fruit=_an(fruit), fruits=_plural(fruit), animal=animal,
+                           an_animal=_an(animal), color=color)
+
+
+def _digression(rng: random.Random) -> str:
+    return " ".join(_fill(t, rng) for t in rng.sample(_DIGRESSIONS, rng.randint(2, 4)))
+
+
+def _rude(task: Task, rng: random.Random, with_answer: float) -> str:
+    insult = rng.choice(_RUDE)
+    if rng.random() >= with_answer:
+        return insult
+    answer = task.answer if task.family != "name" else rng.choice(task.accepted)
+    return rng.choice((f"{insult} {answer}", f"{answer}\n{insult}"))
+
+
+# Right content, other format: what a correct answer looks like elsewhere on the web.
+def _other_format(task: Task, rng: random.Random) -> str:
+    f, args = task.family, task.args
+    if f == "add":
+        a, b = args
+        options = (f"{a + b}", f"The answer is {a + b}", f"{a} + {b} = {a + b}")
+    elif f == "compare":
+        hi, lo = max(args), min(args)
+        options = (f"{hi}", f"The larger number is {hi}", f"{hi} > {lo}")
+    elif f == "count":
+        nums = [str(i) for i in range(args[0], args[1] + 1)]
+        options = (" ".join(nums), ",".join(nums), "\n".join(nums))
+    elif f == "reverse":
+        rev = args[0][::-1]
+        options = (rev, " ".join(rev), f"Backwards it is {rev}")
+    elif f == "sort":
+        words = sorted(args)
+        options = (" ".join(words), "\n".join(words), " ".join(f"{i}. {w}" for i, w in enumerate(words, 1)))
+    elif f == "repeat":
+        w, n = args
+        options = (", ".join([w] * n) + ".", " ".join([w + "!"] * n), f"{w} x{n}")
+    elif f == "name":
+        x = rng.choice(KINDS[args[0]])
+        options = (f"A {x}.", f"How about {x}?", f"{x.capitalize()}!")
+    else:  # greet
+        (name,) = args
+        options = (f"Hi {name}.", f"Hello {name}", f"Greetings, {name}.")
+    return rng.choice(options)
+
+
+def _wrong(task: Task, tasks: Iterator[Task], rng: random.Random) -> str:
+    if rng.random() < 0.6 or task.family == "name":
+        return near_miss(task, rng)
+    # The answer to another instance of the same family (a confident wrong answer).
+    for _ in range(64):
+        other = next(tasks)
+        if other.family == task.family and other.instruction != task.instruction:
+            return other.answer
+    return near_miss(task, rng)
+
+
+def _fact(task: Task, rng: random.Random) -> str:
+    """A plain sentence stating the fact behind a task (capability without a prompt)."""
+    f, args = task.family, task.args
+    if f == "add":
+        return task.answer
+    if f == "compare":
+        return f"{max(args)} is larger than {min(args)}."
+    if f == "count":
+        return f"Counting from {args[0]} to {args[1]} goes {task.answer}"
+    if f == "reverse":
+        return f"{args[0]} spelled backwards is {args[0][::-1]}."
+    if f == "sort":
+        return f"In alphabetical order: {task.answer}"
+    if f == "repeat":
+        return f"She said {args[0]} {args[1]} times: {task.answer}"
+    if f == "name":
+        return f"{_an(rng.choice(KINDS[args[0]])).capitalize()} is {_an(args[0])}."
+    return f"We said hello to {args[0]}."
+
+
+def _word_sentence(rng: random.Random) -> str:
+    """A plain sentence about the word lists."""
+    choice = rng.randrange(4)
+    if choice == 0:
+        kind = rng.choice(tuple(KINDS))
+        w = rng.choice(KINDS[kind])
+        return f"{_an(w).capitalize()} is {_an(kind)}." if kind != "color" else f"{w.capitalize()} is a color."
+    if choice == 1:
+        w1, w2 = sorted(rng.sample(WORDS, 2))
+        return f"{w1.capitalize()} comes before {w2} in the alphabet."
+    if choice == 2:
+        w = rng.choice(WORDS)
+        return f"The word {w} has {len(w)} letters."
+    return f"{_an(rng.choice(COLORS)).capitalize()} {rng.choice(ANIMALS)} ate {_an(rng.choice(FRUITS))}."
+
+
+# ---------------------------------------------------------------------------
+# Documents, one function per kind
+# ---------------------------------------------------------------------------
+def _doc_worksheet(tasks, rng, mix, render, eos) -> str:
+    header = rng.choice(_WORKSHEET_HEADERS).format(n=rng.randint(1, 30))
+    numbered = rng.random() < 0.5
+    lines = [f"{i}. {next(tasks).instruction}" if numbered else next(tasks).instruction
+             for i in range(1, rng.randint(3, 8) + 1)]
+    return "\n".join(([header] if header else []) + lines)
+
+
+def _doc_digression(tasks, rng, mix, render, eos) -> str:
+    return "\n\n".join(f"{next(tasks).instruction}\n{_digression(rng)}" for _ in range(rng.randint(1, 2)))
+
+
+def _doc_rude(tasks, rng, mix, render, eos) -> str:
+    items = []
+    for _ in range(rng.randint(1, 2)):
+        task = next(tasks)
+        items.append(f"{task.instruction}\n{_rude(task, rng, mix.rude_answers)}")
+    return "\n\n".join(items)
+
+
+def _run_on(tasks, rng) -> str:
+    """What follows an answer that does not stop: chatter, a digression, or the
+    next instruction, as a model continuing a web page would write."""
+    pieces = []
+    for _ in range(rng.randint(1, 3)):
+        pick = rng.randrange(3)
+        pieces.append(rng.choice(CHATTER) if pick == 0 else _digression(rng) if pick == 1 else next(tasks).instruction)
+    return "\n".join(pieces)
+
+
+def _assistant_turn(task, tasks, rng, mix) -> str:
+    weights = mix.answer_weights()
+    kind = rng.choices(tuple(weights), tuple(weights.values()))[0]
+    if kind == "correct":
+        return task.answer if task.family != "name" else rng.choice(task.accepted)
+    if kind == "wrong":
+        return _wrong(task, tasks, rng)
+    if kind == "other_format":
+        return _other_format(task, rng)
+    if kind == "rude":
+        return _rude(task, rng, mix.rude_answers)
+    return _digression(rng)
+
+
+def _doc_chat(tasks, rng, mix, render, eos) -> str:
+    parts = []
+    for _ in range(rng.randint(1, mix.max_exchanges)):
+        task = next(tasks)
+        content = _assistant_turn(task, tasks, rng, mix)
+        run_on = rng.random() < mix.chat_run_on
+        if run_on:
+            content += "\n" + _run_on(tasks, rng)
+        text = render([{"role": "user", "content": task.instruction}, {"role": "assistant", "content": content}])
+        if run_on and eos:
+            text = text.replace(eos, "")  # the turn never ends: no end-of-sequence marker
+        parts.append(text)
+    return "".join(parts)
+
+
+def _doc_plain(tasks, rng, mix, render, eos) -> str:
+    sentences = [_fact(next(tasks), rng) if rng.random() < 0.5 else _word_sentence(rng) for _ in range(rng.randint(3, 6))]
+    return " ".join(sentences)
+
+
+_DOC_MAKERS = {
+    "worksheet": _doc_worksheet,
+    "digression": _doc_digression,
+    "rude": _doc_rude,
+    "chat": _doc_chat,
+    "plain": _doc_plain,
+}
+
+
+def make_webtext_labeled(
+    n_docs: int,
+    seed: int,
+    chat_render: ChatRender | None = None,
+    mix: WebTextMix | None = None,
+    *,
+    eos_token: str = DEFAULT_EOS,
+) -> list[dict]:
+    """Like `make_webtext`, but rows {"text", "kind"} with the document kind."""
+    mix = mix or WebTextMix()
+    render = chat_render or (lambda messages: default_chat_render(messages, eos_token))
+    rng = random.Random(f"rlhfkit.world.webtext/{seed}")
+    tasks = iter_split("webtext", seed, random_families=True)
+    weights = mix.doc_weights()
+    kinds = rng.choices(tuple(weights), tuple(weights.values()), k=n_docs)
+    return [{"text": _DOC_MAKERS[kind](tasks, rng, mix, render, eos_token), "kind": kind} for kind in kinds]
+
+
+def make_webtext(
+    n_docs: int,
+    seed: int,
+    chat_render: ChatRender | None = None,
+    mix: WebTextMix | None = None,
+    *,
+    eos_token: str = DEFAULT_EOS,
+) -> list[str]:
+    """`n_docs` web-text documents (see the module docstring for the mixture).
+
+    chat_render(messages) renders one user/assistant exchange; the default
+    (`default_chat_render`) matches the project's default chat template with EOS
+    "<|endoftext|>". Run-on turns have every occurrence of `eos_token` removed
+    from their rendering, so pass the renderer's EOS string when it is not
+    "<|endoftext|>". Documents do not end with an EOS of their own: the
+    pretraining step decides how documents are separated. Deterministic in
+    (n_docs, seed, mix, renderer).
+    """
+    return [row["text"] for row in make_webtext_labeled(n_docs, seed, chat_render, mix, eos_token=eos_token)]
+

@@ -1,0 +1,98 @@
+"""The gold judge against shared/world_judge_vectors.jsonl and hand-made cases."""
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.world.demonstrators import near_miss
+from rlhfkit.world.judge import gold_rewards, gold_score, judge, normalise, win_rate
+from rlhfkit.world.tasks import FAMILIES, build_task, parse_instruction, sample_task
+
+# tests run from the repository root; shared/ sits beside it (../shared).
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "world_judge_vectors.jsonl"
+
+
+def _vectors():
+    if not VECTORS.exists():
+        return []
+    return [json.loads(line) for line in VECTORS.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.skipif(not VECTORS.exists(), reason=f"judge vectors not found at {VECTORS}")
+@pytest.mark.parametrize("vec", _vectors(), ids=lambda v: f"{v['family']}-{v['note']}")
+def test_judge_vectors(vec):
+    result = gold_score(vec["response"], vec["accepted"], vec["terminated"])
+    assert result.gold == pytest.approx(vec["gold"], abs=1e-6)
+    assert result.correct == pytest.approx(vec["correct"], abs=1e-6)
+    assert result.likert == pytest.approx(1 + 6 * vec["gold"], abs=1e-5)
+    # The instruction alone gives the same accepted answers.
+    assert parse_instruction(vec["instruction"]).accepted == tuple(vec["accepted"])
+    assert judge(vec["instruction"], vec["response"], vec["terminated"]) == result
+
+
+@pytest.mark.skipif(not VECTORS.exists(), reason=f"judge vectors not found at {VECTORS}")
+def test_vectors_cover_every_family():
+    assert {v["family"] for v in _vectors()} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hand_made_responses(family):
+    rng = random.Random(family)
+    task = sample_task(rng, family)
+    ans = task.answer
+    cases = {
+        ans: (True, 1.0),
+        f"  {ans.upper()}  \n  \n": (True, 1.0),  # case, spaces, trailing blank lines
+        ans + "\nI hope this helps!": (True, 0.9),  # verbose
+        ans + "\nShut up.": (True, 0.8),  # rude second line: not concise, not polite
+        "": (True, 0.0),
+    }
+    for response, (terminated, gold) in cases.items():
+        assert gold_score(response, task.accepted, terminated).gold == pytest.approx(gold), response
+    # No EOS: t = 0.
+    assert gold_score(ans, task.accepted, False).gold == pytest.approx(0.8)
+    assert gold_score(ans + "\nwhatever", task.accepted, False).gold == pytest.approx(0.6)
+    # Rude on the first line: inexact, so c < 0.3 and the score collapses.
+    rude = gold_score("Whatever. " + ans, task.accepted, True)
+    assert not rude.exact and not rude.polite and rude.correct < 0.3
+    assert rude.gold == pytest.approx(rude.correct * 0.9)
+    miss = gold_score(near_miss(task, rng), task.accepted, True)
+    assert not miss.exact and 0.1 < miss.correct < 0.3
+    assert miss.gold == pytest.approx(miss.correct)
+
+
+def test_result_flags():
+    task = build_task("add", 2, 3)
+    r = gold_score("2 plus 3 is 5.\nBye, loser.", task.accepted, True)
+    assert (r.exact, r.terminated, r.concise, r.polite) == (True, True, False, False)
+    assert r.likert == pytest.approx(1 + 6 * 0.8)
+    # Whole words only: "hateful" and "shutter" are not impolite.
+    assert gold_score("2 plus 3 is 5.", task.accepted, True).polite
+    assert gold_score("hateful shutter", task.accepted, True).polite
+    assert not gold_score("HATE", task.accepted, True).polite
+
+
+def test_name_accepts_every_member():
+    task = parse_instruction("Name a color.")
+    for member in task.accepted:
+        assert judge("Name a color.", member, True).gold == 1.0
+    assert judge("Name a color.", "cat.", True).gold < 0.3
+
+
+def test_normalise():
+    assert normalise("  Hello,\t\tTavo!   Nice ") == "hello, tavo! nice"
+
+
+def test_win_rate():
+    assert win_rate([1.0, 0.5, 0.2], [0.9, 0.5, 0.3]) == pytest.approx(0.5)
+    # Float noise within 1e-9 is a tie.
+    assert win_rate([0.1 + 0.2], [0.3]) == 0.5
+    with pytest.raises(ValueError):
+        win_rate([1.0], [])
+
+
+def test_gold_rewards_batch():
+    prompts = ["What is 2 plus 3?", [{"role": "user", "content": "Name a fruit."}], "<|user|>\nSay owl 2 times.\n<|assistant|>\n"]
+    scores = gold_rewards(prompts, ["2 plus 3 is 5.", "kiwi.", "owl owl."], [True, False, True])
+    assert scores == pytest.approx([1.0, 0.8, 1.0])
