@@ -1,0 +1,76 @@
+"""Forward passes shared by every stage: token log-probs of a causal LM, per-token
+scalar outputs of a reward/value model, and the score at a chosen token.
+
+Padding may be on either side: position ids are always derived from the attention
+mask, so a left-padded row gets the same positions, and the same log-probs, as
+the unpadded sequence (ANCHORS.md).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlhfkit.losses.common import gather_logprobs
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """attention_mask [B,T] -> position ids [B,T]: 0 at each row's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def causal_lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """input_ids, attention_mask [B,T] -> logits [B,T,V]."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=positions_from_mask(attention_mask), use_cache=False)
+    return out.logits
+
+
+def response_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      prompt_length: int, temperature: float = 1.0,
+                      return_entropy: bool = False):
+    """Log-probs of the response tokens of [left-padded prompt | response] rows.
+
+    input_ids, attention_mask: [B,T] with T = prompt_length + A.
+    Returns logprobs [B,A] (and entropy [B,A]) for tokens input_ids[:, prompt_length:],
+    computed from logits / temperature: the same temperature the sampler used, or
+    the KL estimate is biased (ANCHORS.md).
+    """
+    logits = causal_lm_logits(model, input_ids, attention_mask)
+    logits = logits[:, prompt_length - 1 : -1].float() / temperature  # [B,A,V] predicts tokens prompt_length..T-1
+    logprobs = gather_logprobs(logits, input_ids[:, prompt_length:])
+    if not return_entropy:
+        return logprobs
+    from rlhfkit.losses.common import entropy_from_logits
+
+    return logprobs, entropy_from_logits(logits)
+
+
+def _trunk(model: nn.Module) -> nn.Module:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix)
+
+
+def token_scalars(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar head applied at every position of a sequence-classification model.
+
+    input_ids, attention_mask [B,T] -> [B,T]. Used for per-token values and for
+    reading a reward at an explicit token index.
+    """
+    from rlhfkit.models.loading import scalar_head
+
+    hidden = _trunk(model)(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=positions_from_mask(attention_mask), use_cache=False).last_hidden_state
+    return scalar_head(model)(hidden).squeeze(-1).float()
+
+
+def scores_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              index: torch.Tensor | None = None) -> torch.Tensor:
+    """Reward read at one token per row: `index` [B], or each row's last real token.
+
+    input_ids, attention_mask [B,T] -> scores [B].
+    """
+    values = token_scalars(model, input_ids, attention_mask)
+    if index is None:
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        index = (positions * attention_mask.long()).argmax(-1)
+    return values.gather(1, index.view(-1, 1)).squeeze(1)

@@ -1,0 +1,185 @@
+"""Load policies, references, reward and value models from any Hugging Face
+checkpoint (local directory or hub id), with the hygiene RLHF needs: a pad token
+distinct from EOS, dropout off, scalar heads initialised N(0, 1/sqrt(d+1)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from rlhfkit.models.tokenizer import prepare_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Keys under which a reward model stores its normalisation in config.json, so the
+# directory stays a plain Hugging Face checkpoint (lm-human-preferences' gain/bias).
+REWARD_MEAN_KEY = "rlhfkit_reward_mean"
+REWARD_STD_KEY = "rlhfkit_reward_std"
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapter settings (peft)."""
+
+    r: int = 8  # adapter rank
+    alpha: int = 16  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # adapter dropout; 0 keeps log-probs deterministic for PPO
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat_template: str | None = None):
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    prepare_tokenizer(tokenizer, chat_template=chat_template)
+    return tokenizer
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off in policy, reference, value and reward models (ANCHORS.md): with
+    it on, PPO's first ratio is not 1 and the KL estimate is biased."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop",
+                 "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob", "summary_first_dropout"):
+        if config is not None and isinstance(getattr(config, name, None), float):
+            setattr(config, name, 0.0)
+
+
+def _sync_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    for cfg in (model.config, getattr(model, "generation_config", None)):
+        if cfg is None:
+            continue
+        cfg.pad_token_id = tokenizer.pad_token_id
+        cfg.eos_token_id = tokenizer.eos_token_id
+
+
+def _apply_common(model: PreTrainedModel, tokenizer, *, dropout: bool, gradient_checkpointing: bool,
+                  lora: LoraOptions | None, task_type: str) -> PreTrainedModel:
+    _sync_special_tokens(model, tokenizer)
+    if not dropout:
+        disable_dropout(model)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        modules_to_save = ["score"] if task_type == "SEQ_CLS" else None
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=lora.target_modules, task_type=task_type,
+                                                 modules_to_save=modules_to_save))
+    return model
+
+
+def load_causal_lm(path: str, tokenizer, *, dtype: str = "float32", dropout: bool = False,
+                   gradient_checkpointing: bool = False, lora: LoraOptions | None = None,
+                   trust_remote_code: bool = False) -> PreTrainedModel:
+    """A policy or reference model from any AutoModelForCausalLM checkpoint."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                                 use_safetensors=_prefer_safetensors(path))
+    return _apply_common(model, tokenizer, dropout=dropout, gradient_checkpointing=gradient_checkpointing,
+                         lora=lora, task_type="CAUSAL_LM")
+
+
+def _prefer_safetensors(path: str) -> bool | None:
+    """Weights only through safetensors for local directories (no pickle)."""
+    p = Path(path)
+    if p.is_dir():
+        if not any(p.glob("*.safetensors")):
+            raise FileNotFoundError(f"{path}: no *.safetensors weights; rlhfkit loads local weights only "
+                                    "through safetensors (convert with model.save_pretrained)")
+        return True
+    return None
+
+
+def init_scalar_head(linear: nn.Linear) -> None:
+    """N(0, 1/sqrt(d+1)) as lm-human-preferences initialises its reward head."""
+    d = linear.weight.shape[-1]
+    with torch.no_grad():
+        linear.weight.normal_(0.0, 1.0 / math.sqrt(d + 1))
+        if linear.bias is not None:
+            linear.bias.zero_()
+
+
+def scalar_head(model: nn.Module) -> nn.Linear:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(base, name, None)
+        if isinstance(head, nn.Linear):
+            return head
+        if head is not None and isinstance(getattr(head, "modules_to_save", None), nn.ModuleDict):
+            return head.modules_to_save["default"]
+        if head is not None and isinstance(getattr(head, "original_module", None), nn.Linear):
+            return head.original_module
+    raise ValueError(f"{type(base).__name__} has no scalar head (score/classifier)")
+
+
+def load_scalar_model(path: str, tokenizer, *, head_init: str = "normal", dtype: str = "float32",
+                      gradient_checkpointing: bool = False, lora: LoraOptions | None = None,
+                      trust_remote_code: bool = False) -> PreTrainedModel:
+    """A reward or value model: AutoModelForSequenceClassification with one label.
+
+    From a causal-LM checkpoint the trunk is kept and a new scalar head is
+    initialised: "normal" = N(0, 1/sqrt(d+1)) for reward models, "zero" for a
+    value head (lm-human-preferences). A checkpoint that already is a one-label
+    sequence classifier (a trained reward model) keeps its head unless
+    head_init is forced by the caller with `reinit_head=True` semantics below.
+    """
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    already_scalar = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    config.num_labels = 1
+    config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+        use_safetensors=_prefer_safetensors(path))
+    if not already_scalar or head_init == "zero":
+        head = scalar_head(model)
+        if head_init == "zero":
+            with torch.no_grad():
+                head.weight.zero_()
+        else:
+            init_scalar_head(head)
+    return _apply_common(model, tokenizer, dropout=False, gradient_checkpointing=gradient_checkpointing,
+                         lora=lora, task_type="SEQ_CLS")
+
+
+def reward_normalisation(model: nn.Module) -> tuple[float, float]:
+    """(mean, std) stored with a reward model; (0, 1) when none was stored."""
+    config = model.config
+    return float(getattr(config, REWARD_MEAN_KEY, 0.0) or 0.0), float(getattr(config, REWARD_STD_KEY, 1.0) or 1.0)
+
+
+def count_parameters(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def save_pretrained_dir(model: nn.Module, tokenizer, path: str | Path, *, merge_lora: bool = True) -> None:
+    """A plain Hugging Face directory (safetensors, config, tokenizer + chat template)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)

@@ -1,0 +1,81 @@
+"""SFT -> reward model -> PPO in one run directory (DESIGN.md):
+
+    <output_dir>/config.yaml  sft/  rm/  ppo/  (each a Hugging Face directory
+    with its own metrics.jsonl and checkpoints/)
+
+Each stage writes a `.done` marker when its model is saved; re-running the same
+command skips finished stages and resumes an interrupted one from its last
+checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhfkit.config import nested, option, save_yaml
+from rlhfkit.trainers.ppo import train_ppo
+from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.reward import RewardConfig, train_reward_model
+from rlhfkit.trainers.sft import SFTConfig, train_sft
+
+DONE = ".done"
+
+
+@dataclass
+class PipelineConfig:
+    """The InstructGPT recipe: SFT on demonstrations, a reward model on comparisons,
+    PPO against it with a per-token KL penalty to the SFT policy."""
+
+    output_dir: str = option("runs/pipeline", "run directory")
+    seed: int = option(0, "seed for every stage")
+    model: str = option("", "pretrained causal LM the policy starts from")
+    reward_model_init: str = option("", "checkpoint the reward model starts from (default: the SFT model)")
+    demonstrations: str = option("", "SFT data (prompt/completion, messages or text)")
+    comparisons: str = option("", "reward-model data (pairs or K-way rankings)")
+    prompts: str = option("", "PPO prompts")
+    sft: SFTConfig = nested(SFTConfig, "options of the SFT stage (model, data and output_dir are set by the pipeline)")
+    rm: RewardConfig = nested(RewardConfig, "options of the reward-model stage")
+    ppo: PPOConfig = nested(PPOConfig, "options of the PPO stage")
+
+
+def stage_done(path: Path) -> bool:
+    return (path / DONE).exists()
+
+
+def mark_done(path: Path, seconds: float) -> None:
+    (path / DONE).write_text(json.dumps({"seconds": seconds}))
+
+
+def run_stage(name: str, directory: Path, train, cfg, log=print) -> float:
+    """Run one stage unless its marker says it finished; returns its seconds."""
+    if stage_done(directory):
+        log(f"[{name}] already done: {directory}")
+        return json.loads((directory / DONE).read_text())["seconds"]
+    log(f"[{name}] -> {directory}")
+    start = time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - start
+    mark_done(directory, seconds)
+    return seconds
+
+
+def run_pipeline(cfg: PipelineConfig) -> Path:
+    if not (cfg.model and cfg.demonstrations and cfg.comparisons and cfg.prompts):
+        raise ValueError("pipeline needs --model, --demonstrations, --comparisons and --prompts")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    sft_dir, rm_dir, ppo_dir = out / "sft", out / "rm", out / "ppo"
+    sft = dataclasses.replace(cfg.sft, model=cfg.model, data=cfg.demonstrations, output_dir=str(sft_dir), seed=cfg.seed)
+    rm = dataclasses.replace(cfg.rm, model=cfg.reward_model_init or str(sft_dir), data=cfg.comparisons,
+                             output_dir=str(rm_dir), seed=cfg.seed)
+    ppo = dataclasses.replace(cfg.ppo, model=str(sft_dir), reward_model=str(rm_dir), prompts=cfg.prompts,
+                              output_dir=str(ppo_dir), seed=cfg.seed)
+    seconds = {"sft": run_stage("sft", sft_dir, train_sft, sft),
+               "rm": run_stage("rm", rm_dir, train_reward_model, rm),
+               "ppo": run_stage("ppo", ppo_dir, train_ppo, ppo)}
+    (out / "stages.json").write_text(json.dumps({"seconds": seconds}, indent=2))
+    return out

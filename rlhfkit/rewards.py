@@ -1,0 +1,134 @@
+"""Reward sources for RL: a reward model (normalised as stored with it), plain
+Python functions `f(prompts, responses, **kwargs) -> scores`, or a weighted sum.
+
+Every scorer is called with the batch's prompts and responses in both forms
+(token ids and decoded text) and returns scores [B] as float32 on the caller's
+device.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.collate import pad_sequences
+from rlhfkit.models.forward import scores_at
+from rlhfkit.models.loading import reward_normalisation
+
+
+@dataclass
+class ScoringBatch:
+    prompt_ids: torch.Tensor  # [B,P] left-padded prompts
+    prompt_mask: torch.Tensor  # [B,P]
+    response_ids: torch.Tensor  # [B,A] responses, pad after the first EOS
+    response_mask: torch.Tensor  # [B,A] 1 up to and including the first EOS
+    prompts: list  # the prompts as the user gave them (strings or message lists)
+    responses: list[str]  # decoded responses, EOS and padding removed
+    eos: torch.Tensor  # [B] bool: the response ended with EOS
+    metadata: list[dict]  # other columns of each prompt record
+
+
+class RewardModelScorer:
+    """Scores a response with a sequence-classification reward model at its last
+    token (the EOS, when there is one), then applies the stored normalisation."""
+
+    def __init__(self, model, policy_tokenizer, reward_tokenizer, normalise: bool = True, batch_size: int = 64):
+        self.model, self.policy_tokenizer, self.reward_tokenizer = model, policy_tokenizer, reward_tokenizer
+        self.mean, self.std = reward_normalisation(model) if normalise else (0.0, 1.0)
+        self.batch_size = batch_size
+        # Same vocabulary: reuse the policy's token ids; otherwise re-tokenise the text.
+        self.same_tokens = policy_tokenizer.get_vocab() == reward_tokenizer.get_vocab()
+
+    @torch.no_grad()
+    def __call__(self, batch: ScoringBatch) -> torch.Tensor:
+        if self.same_tokens:
+            ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+            mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
+        else:
+            ids, mask = self._retokenise(batch)
+        ids, mask = ids.to(batch.prompt_ids.device), mask.to(batch.prompt_ids.device)
+        raw = torch.cat([scores_at(self.model, ids[i:i + self.batch_size], mask[i:i + self.batch_size])
+                         for i in range(0, ids.shape[0], self.batch_size)])
+        return (raw - self.mean) / self.std
+
+    def _retokenise(self, batch: ScoringBatch):
+        from rlhfkit.data.tokenize import render_prompt
+
+        tok = self.reward_tokenizer
+        seqs = []
+        for prompt, response, eos in zip(batch.prompts, batch.responses, batch.eos.tolist()):
+            ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+            ids = ids + tok(response, add_special_tokens=False)["input_ids"]
+            seqs.append(ids + ([tok.eos_token_id] if eos else []))
+        return pad_sequences(seqs, tok.pad_token_id, side="left")
+
+
+class FunctionScorer:
+    """Wraps `f(prompts, responses, **kwargs) -> list[float]`. Keyword arguments the
+    function declares among `terminated` (list[bool]: ended with EOS), `metadata`
+    (the prompt records' other columns), `prompt_ids`, `response_ids` are passed."""
+
+    OPTIONAL = ("terminated", "metadata", "prompt_ids", "response_ids")
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        params = inspect.signature(fn).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        self.extra = [k for k in self.OPTIONAL if takes_all or k in params]
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, batch: ScoringBatch) -> torch.Tensor:
+        available = {"terminated": batch.eos.tolist(), "metadata": batch.metadata,
+                     "prompt_ids": batch.prompt_ids, "response_ids": batch.response_ids}
+        scores = self.fn(batch.prompts, batch.responses, **{k: available[k] for k in self.extra})
+        scores = torch.as_tensor(scores, dtype=torch.float32, device=batch.prompt_ids.device).flatten()
+        if scores.numel() != len(batch.responses):
+            raise ValueError(f"reward function {self.name} returned {scores.numel()} scores for "
+                             f"{len(batch.responses)} responses")
+        if not torch.isfinite(scores).all():
+            raise ValueError(f"reward function {self.name} returned a non-finite score")
+        return scores
+
+
+class WeightedReward:
+    """sum_i w_i * scorer_i(batch); each component is also reported on its own."""
+
+    def __init__(self, scorers: Sequence[Callable], weights: Sequence[float] | None = None,
+                 names: Sequence[str] | None = None):
+        if not scorers:
+            raise ValueError("PPO needs a reward: a reward model, a reward function, or both")
+        self.scorers = list(scorers)
+        self.weights = list(weights) if weights else [1.0] * len(self.scorers)
+        if len(self.weights) != len(self.scorers):
+            raise ValueError(f"{len(self.weights)} reward weights for {len(self.scorers)} rewards")
+        self.names = list(names) if names else [f"reward_{i}" for i in range(len(self.scorers))]
+
+    def __call__(self, batch: ScoringBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        total, parts = None, {}
+        for name, weight, scorer in zip(self.names, self.weights, self.scorers):
+            s = scorer(batch)
+            parts[f"objective/scores_{name}"] = float(s.mean())
+            total = weight * s if total is None else total + weight * s
+        return total, parts
+
+
+def import_function(spec: str) -> Callable:
+    """'package.module:function' (or a path 'file.py:function') -> the callable."""
+    if ":" not in spec:
+        raise ValueError(f"reward function {spec!r}: write it as module:function or path/to/file.py:function")
+    module_name, attr = spec.rsplit(":", 1)
+    if module_name.endswith(".py"):
+        spec_obj = importlib.util.spec_from_file_location("rlhfkit_user_reward", module_name)
+        if spec_obj is None or spec_obj.loader is None:
+            raise ValueError(f"reward function {spec!r}: cannot load {module_name}")
+        module = importlib.util.module_from_spec(spec_obj)
+        spec_obj.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"reward function {spec!r}: {module_name} has no callable {attr!r}")
+    return fn

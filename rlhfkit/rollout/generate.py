@@ -1,0 +1,119 @@
+"""Generation backends behind one small interface (DESIGN.md principle 8):
+
+    backend.generate(prompt_ids [B,P] left-padded, prompt_mask [B,P]) -> Generation
+
+Both backends sample with top-k 0 and top-p 1 at the configured temperature, stop
+a row at its first EOS, and pad everything after it (ANCHORS.md). `hf` calls
+`model.generate`; `local` is a tight KV-cache loop that also returns the
+sampler's log-probs and skips HF's per-token logits-processor machinery.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rlhfkit.models.forward import positions_from_mask
+
+
+@dataclass
+class Generation:
+    response_ids: torch.Tensor  # [B,A] sampled tokens, pad after the first EOS
+    response_mask: torch.Tensor  # [B,A] 1 on tokens up to and including the first EOS
+    eos: torch.Tensor  # [B] bool: the row ended with EOS within max_new_tokens
+    sampler_logprobs: torch.Tensor | None = None  # [B,A] log-probs the sampler used (local backend)
+
+
+def truncate_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> Generation:
+    """tokens [B,A] -> Generation with everything after each row's first EOS padded."""
+    is_eos = tokens == eos_id
+    after_first_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    mask = (~after_first_eos).long()
+    return Generation(response_ids=tokens.masked_fill(after_first_eos, pad_id), response_mask=mask,
+                      eos=is_eos.any(-1))
+
+
+class HFGenerator:
+    """`model.generate` with pure sampling (no top-k/top-p, no min length)."""
+
+    def __init__(self, model: nn.Module, eos_id: int, pad_id: int, max_new_tokens: int, temperature: float):
+        self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Generation:
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=self.temperature,
+                                  max_new_tokens=self.max_new_tokens, min_new_tokens=0, eos_token_id=self.eos_id,
+                                  pad_token_id=self.pad_id, bos_token_id=None)
+        out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+        tokens = out[:, prompt_ids.shape[1]:]
+        if tokens.shape[1] < self.max_new_tokens:  # generate stops early when every row finished
+            pad = tokens.new_full((tokens.shape[0], self.max_new_tokens - tokens.shape[1]), self.pad_id)
+            tokens = torch.cat([tokens, pad], dim=1)
+        return truncate_after_eos(tokens, self.eos_id, self.pad_id)
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class LocalGenerator:
+    """A preallocated-mask KV-cache sampling loop.
+
+    Each step feeds one token per row with its position id (from the attention
+    mask, so left padding is exact) and samples from softmax(logits / T). Rows
+    that finished keep feeding pad tokens, masked out, until all finish.
+    """
+
+    def __init__(self, model: nn.Module, eos_id: int, pad_id: int, max_new_tokens: int, temperature: float):
+        self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self._cache_name = _cache_kwarg(model)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Generation:
+        from transformers import DynamicCache
+
+        B, P = prompt_ids.shape
+        A = self.max_new_tokens
+        device = prompt_ids.device
+        mask = torch.cat([prompt_mask.long(), prompt_mask.new_zeros(B, A)], dim=1)  # [B,P+A]
+        tokens = prompt_ids.new_full((B, A), self.pad_id)
+        logprobs = torch.zeros(B, A, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        cache = DynamicCache()
+        step_ids, positions = prompt_ids, positions_from_mask(prompt_mask)
+        next_position = positions[:, -1:] + 1
+        for t in range(A):
+            out = self.model(input_ids=step_ids, attention_mask=mask[:, : P + t], position_ids=positions,
+                             use_cache=True, logits_to_keep=1, **{self._cache_name: cache})
+            logits = out.logits[:, -1].float() / self.temperature  # [B,V]
+            logp = torch.log_softmax(logits, dim=-1)
+            sampled = torch.multinomial(logp.exp(), 1).squeeze(1)  # [B]
+            sampled = sampled.masked_fill(finished, self.pad_id)
+            tokens[:, t] = sampled
+            logprobs[:, t] = logp.gather(1, sampled.view(-1, 1)).squeeze(1).masked_fill(finished, 0.0)
+            mask[:, P + t] = (~finished).long()
+            finished = finished | (sampled == self.eos_id)
+            if bool(finished.all()):
+                break
+            step_ids, positions = sampled.view(-1, 1), next_position
+            next_position = next_position + 1
+        generation = truncate_after_eos(tokens, self.eos_id, self.pad_id)
+        generation.sampler_logprobs = logprobs * generation.response_mask
+        return generation
+
+
+GENERATORS = {"hf": HFGenerator, "local": LocalGenerator}
+
+
+def make_generator(name: str, model: nn.Module, *, eos_id: int, pad_id: int, max_new_tokens: int,
+                   temperature: float):
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generation backend {name!r}; choose one of {sorted(GENERATORS)}")
+    return GENERATORS[name](model, eos_id, pad_id, max_new_tokens, temperature)

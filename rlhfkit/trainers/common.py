@@ -1,0 +1,288 @@
+"""Glue every trainer shares: the Accelerator, seeding, metrics.jsonl, progress
+bars, learning-rate schedules, and atomic resumable checkpoints."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from rlhfkit.config import option, save_yaml
+
+
+@dataclass
+class TrainConfig:
+    """Options every training stage shares."""
+
+    output_dir: str = option("runs/out", "directory for the trained model, metrics.jsonl and checkpoints")
+    seed: int = option(0, "random seed (data order, initialisation, sampling)")
+    learning_rate: float = option(1e-4, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    adam_eps: float = option(1e-8, "AdamW epsilon")
+    warmup_ratio: float = option(0.0, "fraction of optimizer steps spent warming up linearly")
+    max_grad_norm: float = option(1.0, "gradient clipping threshold (<= 0 disables)")
+    per_device_batch_size: int = option(8, "examples per forward pass on each process")
+    gradient_accumulation_steps: int = option(1, "forward passes accumulated per optimizer step")
+    num_epochs: float = option(1.0, "passes over the training data (fractions allowed)")
+    max_length: int = option(512, "longest tokenised sequence; longer records are an error (or skipped with on_error=skip)")
+    eval_fraction: float = option(0.05, "share of records held out for validation when no eval file is given")
+    eval_every: int = option(0, "evaluate every N optimizer steps (0: at the end of each epoch only)")
+    log_every: int = option(10, "write metrics every N optimizer steps")
+    checkpoint_every: int = option(0, "save a resumable checkpoint every N optimizer steps (0: never mid-run)")
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep on disk")
+    dtype: str = option("float32", "model weights dtype: float32, bfloat16 or float16")
+    mixed_precision: str = option("no", "Accelerate mixed precision: no, bf16 or fp16")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
+    report_to: list[str] = option([], "Accelerate trackers, e.g. tensorboard, wandb")
+    on_error: str = option("raise", "bad data records: raise (default) or skip and report counts")
+    trust_remote_code: bool = option(False, "allow model code from the checkpoint (off: safer)")
+    progress: bool = option(True, "show a progress bar")
+    num_threads: int = option(0, "torch CPU threads (0: torch's default)")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(cfg: TrainConfig, project_dir: str | Path) -> Accelerator:
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=1,  # trainers accumulate explicitly, normalising by token counts
+        mixed_precision=cfg.mixed_precision,
+        log_with=cfg.report_to or None,
+        project_dir=str(project_dir),
+    )
+    set_seed(cfg.seed)
+    return accelerator
+
+
+def lr_schedule(kind: str, total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
+    """Multiplier of the peak learning rate at each optimizer step: linear warmup,
+    then cosine ("cosine") or linear ("linear") decay to min_ratio, or "constant"."""
+    def multiplier(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if kind == "cosine":
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if kind == "linear":
+            return min_ratio + (1 - min_ratio) * (1 - progress)
+        return 1.0
+    return multiplier
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to metrics.jsonl and forwards the
+    same numbers to Accelerate's trackers (TensorBoard, W&B) when configured."""
+
+    def __init__(self, path: str | Path, accelerator: Accelerator | None = None, stage: str = ""):
+        self.path = Path(path)
+        self.accelerator = accelerator
+        self.stage = stage
+        self.is_main = accelerator is None or accelerator.is_main_process
+        if self.is_main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        row = {"stage": self.stage, "step": step, **{k: _to_float(v) for k, v in metrics.items()}}
+        if self.is_main:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        if self.accelerator is not None and self.accelerator.trackers:
+            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+        return row
+
+
+def _to_float(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
+
+
+@contextmanager
+def timer(timings: dict[str, float], name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[f"timing/{name}"] = timings.get(f"timing/{name}", 0.0) + time.perf_counter() - start
+
+
+def mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Average a list of metric dicts key by key (tensors or floats)."""
+    out: dict[str, float] = {}
+    for key in rows[0] if rows else []:
+        vals = [_to_float(r[key]) for r in rows if key in r]
+        out[key] = float(np.mean(vals))
+    return out
+
+
+def write_run_info(output_dir: str | Path, cfg: Any) -> None:
+    """The resolved config, package versions and git revision, for reproducibility."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    import accelerate
+    import transformers
+
+    import rlhfkit
+
+    info = {"rlhfkit": rlhfkit.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "python": sys.version.split()[0], "git_revision": _git_revision(),
+            "argv": sys.argv}
+    (out / "run_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def _git_revision() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states in types torch.load(weights_only=True) accepts (no numpy pickles)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_python_rng(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+
+
+def _as_python_rng(state):
+    # torch.load(weights_only=True) returns lists where random.setstate needs tuples
+    return (state[0], tuple(state[1]), state[2])
+
+
+class CheckpointManager:
+    """Atomic, verified, rotated checkpoints under `<output_dir>/checkpoints/step-N`.
+
+    A checkpoint is written into a temporary directory with a manifest of file
+    sizes and SHA-256 sums, then renamed into place, so a crash while saving never
+    damages the previous one. Loading verifies the manifest and falls back to the
+    newest intact checkpoint, reporting any damaged one by path.
+    """
+
+    def __init__(self, output_dir: str | Path, keep: int = 2, is_main: bool = True):
+        self.root = Path(output_dir) / "checkpoints"
+        self.keep = max(1, keep)
+        self.is_main = is_main
+
+    def save(self, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path | None:
+        """tensors: name -> state dict (saved as safetensors); state: everything else
+        (optimizer, scheduler, RNG, data position), saved with torch.save and
+        loaded back with weights_only=True."""
+        if not self.is_main:
+            return None
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"step-{step:08d}"
+        tmp = self.root / f".tmp-step-{step:08d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            for name, sd in tensors.items():
+                save_file({k: v.detach().cpu().clone() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
+            torch.save(state, tmp / "state.pt")
+            manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+            (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": manifest}, indent=1))
+            with open(tmp / "manifest.json", "rb+") as f:
+                os.fsync(f.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            hint = " (disk full: free space or lower keep_checkpoints)" if getattr(e, "errno", None) == 28 else ""
+            raise CheckpointError(f"could not write checkpoint {final}: {e}{hint}") from e
+        self._rotate()
+        return final
+
+    def _rotate(self) -> None:
+        done = sorted(self.root.glob("step-*"))
+        for old in done[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def verify(self, path: Path) -> str | None:
+        """None when intact, else what is wrong."""
+        manifest_path = path / "manifest.json"
+        if not manifest_path.exists():
+            return "no manifest.json (interrupted save?)"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            return "manifest.json is not valid JSON"
+        for name, meta in manifest["files"].items():
+            f = path / name
+            if not f.exists():
+                return f"{name} is missing"
+            if f.stat().st_size != meta["bytes"]:
+                return f"{name} has {f.stat().st_size} bytes, manifest says {meta['bytes']}"
+            if _sha256(f) != meta["sha256"]:
+                return f"{name} checksum mismatch"
+        return None
+
+    def latest(self, log=print) -> Path | None:
+        if not self.root.exists():
+            return None
+        for path in sorted(self.root.glob("step-*"), reverse=True):
+            problem = self.verify(path)
+            if problem is None:
+                return path
+            log(f"warning: checkpoint {path} is damaged ({problem}); falling back to an earlier one")
+        return None
+
+    @staticmethod
+    def load(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        from safetensors.torch import load_file
+
+        tensors = {p.stem: load_file(str(p)) for p in path.glob("*.safetensors")}
+        state = torch.load(path / "state.pt", weights_only=True)
+        return tensors, state

@@ -1,0 +1,53 @@
+"""Deterministic data order shared by the trainers.
+
+The whole run's batch order is computed up front from the seed: a list with one
+entry per optimizer step, each a list of micro-batches of example indices. A
+resumed run therefore continues exactly where it stopped by skipping to its step
+number; no sampler state needs saving.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def load_records(loader: Callable[..., Any], path: str, columns, on_error: str, accelerator=None) -> list:
+    """Call a data loader; with on_error="skip", print how much was skipped and why."""
+    records = loader(path, columns=columns, on_error=on_error)
+    report = getattr(records, "skipped", None)
+    if report:
+        (accelerator.print if accelerator else print)(f"{path}: {report.summary()}")
+    return records
+
+
+def split_holdout(records: Sequence, fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded random split into (train, held-out); at least one held-out record
+    when fraction > 0 and there are two or more records."""
+    if fraction <= 0 or len(records) < 2:
+        return list(records), []
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(fraction * len(records))))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def step_plan(n_examples: int, micro_batch_size: int, accumulation: int, num_epochs: float,
+              seed: int) -> list[list[list[int]]]:
+    """[optimizer step][micro-batch][example index]: a fresh seeded permutation per
+    epoch, cut into micro-batches; a fractional last epoch is truncated. The last
+    micro-batch of an epoch may be short; nothing is dropped."""
+    if n_examples == 0:
+        raise ValueError("no training examples")
+    micro: list[list[int]] = []
+    n_total = int(math.ceil(num_epochs * n_examples))
+    epoch = 0
+    while sum(len(m) for m in micro) < n_total:
+        order = list(range(n_examples))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        order = order[: n_total - sum(len(m) for m in micro)]
+        micro.extend(order[i:i + micro_batch_size] for i in range(0, len(order), micro_batch_size))
+        epoch += 1
+    return [micro[i:i + accumulation] for i in range(0, len(micro), accumulation)]

@@ -1,0 +1,335 @@
+"""PPO with a per-token KL penalty to the SFT policy (Ouyang et al. 2022, eq. 2;
+Ziegler et al. 2019; the details of ANCHORS.md).
+
+One PPO step is five named phases over a typed Rollout:
+
+    rollout -> score -> shape_rewards -> advantages -> update
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from rlhfkit.data.collate import pad_sequences
+from rlhfkit.data.loading import ColumnMap, load_prompts
+from rlhfkit.data.tokenize import encode_prompts
+from rlhfkit.losses.advantages import gae_advantages
+from rlhfkit.losses.common import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
+from rlhfkit.losses.kl import AdaptiveKLController, FixedKLController, kl_penalty
+from rlhfkit.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
+from rlhfkit.models.forward import causal_lm_logits, response_logprobs, token_scalars
+from rlhfkit.models.loading import load_causal_lm, load_scalar_model, load_tokenizer, save_pretrained_dir
+from rlhfkit.rewards import FunctionScorer, RewardModelScorer, ScoringBatch, WeightedReward, import_function
+from rlhfkit.rollout.generate import make_generator
+from rlhfkit.rollout.rollout import Rollout, concat_rollouts
+from rlhfkit.trainers.common import (
+    CheckpointManager,
+    MetricsLogger,
+    lr_schedule,
+    make_accelerator,
+    mean_metrics,
+    progress_bar,
+    rng_state,
+    set_rng_state,
+    timer,
+    write_run_info,
+)
+from rlhfkit.trainers.data_plan import load_records
+from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ptx import PretrainingBatches
+
+
+# ----------------------------------------------------------------------------- phases
+
+@torch.no_grad()
+def rollout(generator, prompt_tokens: list[list[int]], prompt_index: list[int], pad_id: int,
+            device, chunk: int) -> Rollout:
+    """Sample one response per prompt (left-padded prompts, chunked)."""
+    parts = []
+    for start in range(0, len(prompt_tokens), chunk):
+        ids, mask = pad_sequences(prompt_tokens[start:start + chunk], pad_id, side="left")
+        ids, mask = ids.to(device), mask.to(device)
+        gen = generator.generate(ids, mask)
+        parts.append(Rollout(prompt_ids=ids, prompt_mask=mask, response_ids=gen.response_ids,
+                             response_mask=gen.response_mask, eos=gen.eos,
+                             prompt_index=torch.tensor(prompt_index[start:start + chunk], device=device)))
+    out = concat_rollouts(parts, pad_id)
+    length = max(1, int(out.response_mask.sum(1).max()))  # drop all-pad columns: less work later
+    out.response_ids, out.response_mask = out.response_ids[:, :length], out.response_mask[:, :length]
+    return out
+
+
+@torch.no_grad()
+def score(ro: Rollout, policy, ref_policy, value_model, reward: WeightedReward, tokenizer, prompt_records,
+          cfg: PPOConfig, micro: int, timings: dict) -> dict[str, float]:
+    """Old log-probs, reference log-probs, values and scores, in place on `ro`."""
+    logprobs, ref_logprobs, values = [], [], []
+    for s in range(0, ro.prompt_ids.shape[0], micro):
+        part = ro.select(torch.arange(s, min(s + micro, ro.prompt_ids.shape[0]), device=ro.prompt_ids.device))
+        seq, mask, P = part.sequences, part.attention_mask, part.prompt_length
+        with timer(timings, "policy_logprobs"):
+            logprobs.append(response_logprobs(policy, seq, mask, P, cfg.temperature))
+        with timer(timings, "reference"):
+            ref_logprobs.append(response_logprobs(ref_policy, seq, mask, P, cfg.temperature))
+        with timer(timings, "values"):
+            values.append(token_scalars(value_model, seq, mask)[:, P - 1:-1])
+    m = ro.response_mask.float()
+    ro.logprobs, ro.ref_logprobs = torch.cat(logprobs) * m, torch.cat(ref_logprobs) * m
+    ro.values = torch.cat(values) * m
+    with timer(timings, "reward"):
+        idx = ro.prompt_index.tolist()
+        batch = ScoringBatch(prompt_ids=ro.prompt_ids, prompt_mask=ro.prompt_mask, response_ids=ro.response_ids,
+                             response_mask=ro.response_mask, prompts=[prompt_records[i].prompt for i in idx],
+                             responses=tokenizer.batch_decode(ro.response_ids, skip_special_tokens=True),
+                             eos=ro.eos, metadata=[prompt_records[i].metadata for i in idx])
+        scores, parts = reward(batch)
+    # A response that never emitted EOS is penalised (ANCHORS.md: -1 in both references).
+    ro.scores = scores - cfg.missing_eos_penalty * (~ro.eos).float()
+    return parts
+
+
+def shape_rewards(ro: Rollout, beta: float, estimator: str) -> None:
+    """r_t = -beta * KL_t on every response token, plus the score on the last one
+    (Ziegler et al. 2019, eq. 2; Ouyang et al. 2022, eq. 2). Nothing after EOS."""
+    mask = ro.response_mask.float()
+    ro.kl = kl_penalty(ro.logprobs, ro.ref_logprobs, estimator) * mask
+    last = (ro.response_mask.sum(1) - 1).clamp(min=0)  # [B] index of the last response token
+    ro.rewards = -beta * ro.kl
+    ro.rewards[torch.arange(ro.rewards.shape[0]), last] += ro.scores
+
+
+def advantages(ro: Rollout, cfg: PPOConfig) -> None:
+    mask = ro.response_mask.float()
+    rewards = masked_whiten(ro.rewards, mask, shift_mean=False) if cfg.whiten_rewards else ro.rewards
+    ro.advantages, ro.returns = gae_advantages(rewards, ro.values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages == "batch":
+        ro.advantages = masked_whiten(ro.advantages, mask)
+
+
+def update(ro: Rollout, policy, value_model, optimizer, scheduler, cfg: PPOConfig, sizes: dict, accelerator,
+           generator: torch.Generator, ptx: PretrainingBatches | None, timings: dict) -> list[dict]:
+    """ppo_epochs passes of clipped-surrogate minibatch updates over the rollout."""
+    B = ro.prompt_ids.shape[0]
+    rows = []
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=generator).to(ro.prompt_ids.device)
+        for mb_start in range(0, B, sizes["minibatch"]):
+            mb = ro.select(order[mb_start:mb_start + sizes["minibatch"]])
+            adv = masked_whiten(mb.advantages, mb.response_mask.float()) \
+                if cfg.whiten_advantages == "minibatch" else mb.advantages
+            tokens = mb.response_mask.sum().clamp(min=1)
+            metrics = []
+            with timer(timings, "update"):
+                for s in range(0, mb.prompt_ids.shape[0], sizes["micro"]):
+                    idx = torch.arange(s, min(s + sizes["micro"], mb.prompt_ids.shape[0]), device=adv.device)
+                    part = mb.select(idx)
+                    loss, m = _micro_loss(part, adv[idx], policy, value_model, cfg)
+                    accelerator.backward(loss * part.response_mask.sum() / tokens)
+                    metrics.append(m)
+                if ptx is not None:
+                    ptx_loss = ptx.loss(policy)
+                    accelerator.backward(cfg.ptx_coef * ptx_loss)
+                    metrics[-1]["loss/ptx"] = ptx_loss.detach()
+                if cfg.max_grad_norm > 0:
+                    params = [p for group in optimizer.param_groups for p in group["params"]]
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            row = mean_metrics(metrics)
+            row["epoch"] = epoch
+            rows.append(row)
+    return rows
+
+
+def _micro_loss(part: Rollout, adv: torch.Tensor, policy, value_model, cfg: PPOConfig):
+    seq, mask, P = part.sequences, part.attention_mask, part.prompt_length
+    rmask = part.response_mask.float()
+    logits = causal_lm_logits(policy, seq, mask)[:, P - 1:-1].float() / cfg.temperature  # [b,A,V]
+    logprobs = gather_logprobs(logits, part.response_ids)
+    values = token_scalars(value_model, seq, mask)[:, P - 1:-1]
+    pg_loss, pg_metrics = ppo_policy_loss(logprobs, part.logprobs, adv, rmask, cfg.clip_range)
+    vf_loss, vf_metrics = ppo_value_loss(values, part.values, part.returns, rmask, cfg.clip_range_value)
+    entropy = masked_mean(entropy_from_logits(logits), rmask)
+    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
+    return loss, {**pg_metrics, **vf_metrics, "objective/entropy": entropy.detach()}
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> tuple[WeightedReward, object | None]:
+    scorers, names, rm = [], [], None
+    if cfg.reward_model:
+        rm_tokenizer = load_tokenizer(cfg.reward_model, trust_remote_code=cfg.trust_remote_code)
+        rm = load_scalar_model(cfg.reward_model, rm_tokenizer, dtype=cfg.dtype,
+                               trust_remote_code=cfg.trust_remote_code).to(device).eval()
+        rm.requires_grad_(False)
+        scorers.append(RewardModelScorer(rm, tokenizer, rm_tokenizer, normalise=cfg.normalize_reward))
+        names.append("rm")
+    for fn in [*(import_function(s) for s in cfg.reward_functions), *reward_fns]:
+        scorer = FunctionScorer(fn)
+        scorers.append(scorer)
+        names.append(scorer.name)
+    return WeightedReward(scorers, cfg.reward_weights or None, names), rm
+
+
+def _load_prompts(cfg: PPOConfig, tokenizer, accelerator):
+    records = load_records(load_prompts, cfg.prompts, ColumnMap(prompt=cfg.prompt_column), cfg.on_error, accelerator)
+    tokens = encode_prompts(tokenizer, records, cfg.max_prompt_length, on_error=cfg.on_error)
+    return [records[i] for i in tokens.kept], list(tokens)
+
+
+def _episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int) -> list[int]:
+    """Prompt indices of one process at one step: a seeded permutation per pass
+    over the prompts, so a resumed run sees exactly the prompts it would have."""
+    start = step * local  # episodes this process consumed before `step`
+    out = []
+    for e in range(start, start + local):
+        cycle, pos = divmod(e, n_prompts)
+        perm = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 7919 + cycle * 31 + rank))
+        out.append(int(perm[pos]))
+    return out
+
+
+def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
+    """Train a policy with PPO; `reward_fns` adds Python reward functions."""
+    if not cfg.model or not cfg.prompts:
+        raise ValueError("ppo needs --model and --prompts")
+    out = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg, out)
+    sizes = cfg.derived(accelerator.num_processes)
+    write_run_info(out, cfg)
+    device = accelerator.device
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer.padding_side = "left"
+    prompt_records, prompt_tokens = _load_prompts(cfg, tokenizer, accelerator)
+    policy = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
+                            trust_remote_code=cfg.trust_remote_code)
+    ref_policy = load_causal_lm(cfg.ref_model or cfg.model, tokenizer, dtype=cfg.dtype,
+                                trust_remote_code=cfg.trust_remote_code).to(device).eval()
+    ref_policy.requires_grad_(False)
+    reward, _ = build_reward(cfg, tokenizer, device, reward_fns)
+    value_init = cfg.value_model or cfg.reward_model or cfg.model
+    value_model = load_scalar_model(value_init, tokenizer, dtype=cfg.dtype,
+                                    head_init="normal" if (cfg.value_model or cfg.reward_model) else "zero",
+                                    gradient_checkpointing=cfg.gradient_checkpointing,
+                                    trust_remote_code=cfg.trust_remote_code)
+    optimizer = torch.optim.Adam([*policy.parameters(), *value_model.parameters()], lr=cfg.learning_rate,
+                                 eps=cfg.adam_eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", sizes["optimizer_steps"], 0))
+    policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.kl_coef))
+    ptx = PretrainingBatches(cfg, tokenizer, device, accelerator) if cfg.ptx_data and cfg.ptx_coef > 0 else None
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
+    start = _resume(checkpoints, accelerator, policy, value_model, optimizer, scheduler, kl_ctl, shuffle)
+
+    generator = make_generator(cfg.generation_backend, accelerator.unwrap_model(policy), eos_id=tokenizer.eos_token_id,
+                               pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
+                               temperature=cfg.temperature)
+    logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="ppo")
+    bar = progress_bar(sizes["ppo_steps"], "ppo", cfg.progress and accelerator.is_local_main_process)
+    bar.update(start)
+    for step in range(start, sizes["ppo_steps"]):
+        timings: dict[str, float] = {}
+        index = _episode_prompts(len(prompt_tokens), step, sizes["local_rollout"], accelerator.process_index, cfg.seed)
+        with timer(timings, "generate"):
+            policy.eval()
+            ro = rollout(generator, [prompt_tokens[i] for i in index], index, tokenizer.pad_token_id, device,
+                         cfg.generation_batch_size)
+        policy.train()
+        reward_parts = score(ro, policy, ref_policy, value_model, reward, tokenizer, prompt_records, cfg,
+                             sizes["micro"], timings)
+        shape_rewards(ro, kl_ctl.value, cfg.kl_estimator)
+        advantages(ro, cfg)
+        update_rows = update(ro, policy, value_model, optimizer, scheduler, cfg, sizes, accelerator, shuffle, ptx,
+                             timings)
+        metrics = _step_metrics(ro, kl_ctl.value, update_rows, reward_parts, timings, scheduler, step, sizes, cfg)
+        kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
+        if done % cfg.log_every == 0 or done == sizes["ppo_steps"] or done == 1:
+            logger.log(done, metrics)
+            _log_samples(out, done, ro, tokenizer, prompt_records, cfg.num_samples_logged, accelerator)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < sizes["ppo_steps"]:
+            _save_checkpoint(checkpoints, accelerator, policy, value_model, optimizer, scheduler, kl_ctl, shuffle, done)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_pretrained_dir(accelerator.unwrap_model(policy), tokenizer, out)
+        save_pretrained_dir(accelerator.unwrap_model(value_model), tokenizer, out / "value_model")
+        (out / "kl_controller.json").write_text(json.dumps(kl_ctl.state_dict()))
+    accelerator.end_training()
+    return out
+
+
+def _step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, scheduler, step, sizes, cfg) -> dict:
+    mask = ro.response_mask.float()
+    kl_per_response = ro.kl.sum(1)
+    non_score = (-beta * ro.kl).sum(1)
+    metrics = {
+        "objective/kl": float(kl_per_response.mean()),
+        "objective/kl_k3": float(kl_penalty(ro.logprobs, ro.ref_logprobs, "k3").mul(mask).sum(1).mean()),
+        "objective/beta": beta,
+        "objective/scores": float(ro.scores.mean()),
+        "objective/scores_std": float(ro.scores.std()) if ro.scores.numel() > 1 else 0.0,
+        "objective/non_score_reward": float(non_score.mean()),
+        "objective/rlhf_reward": float((ro.scores + non_score).mean()),
+        "objective/entropy_sampled": float(-(ro.logprobs * mask).sum(1).mean()),
+        "response/length": float(mask.sum(1).mean()),
+        "response/eos_rate": float(ro.eos.float().mean()),
+        "val/explained_variance": float(explained_variance(ro.values, ro.returns, mask)),
+        "lr": scheduler.get_last_lr()[0],
+        "episodes": (step + 1) * cfg.rollout_batch_size,
+        **reward_parts,
+        **mean_metrics(update_rows),
+        **timings,
+    }
+    first = update_rows[0]  # the first minibatch of the update: ratio 1 and approx-KL 0 with dropout off
+    metrics["policy/first_ratio_mean"] = first["policy/ratio_mean"]
+    metrics["policy/first_approxkl"] = first["policy/approxkl"]
+    metrics.pop("epoch", None)
+    metrics["timing/step"] = sum(v for k, v in timings.items())
+    return metrics
+
+
+def _log_samples(out: Path, step: int, ro: Rollout, tokenizer, prompt_records, n: int, accelerator) -> None:
+    if not accelerator.is_main_process or n <= 0:
+        return
+    with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+        for i in range(min(n, ro.prompt_ids.shape[0])):
+            prompt = prompt_records[int(ro.prompt_index[i])].prompt
+            f.write(json.dumps({"step": step, "prompt": prompt, "response": tokenizer.decode(
+                ro.response_ids[i][ro.response_mask[i].bool()], skip_special_tokens=True),
+                "score": float(ro.scores[i]), "kl": float(ro.kl[i].sum()), "eos": bool(ro.eos[i])}) + "\n")
+
+
+def _save_checkpoint(checkpoints, accelerator, policy, value_model, optimizer, scheduler, kl_ctl, shuffle, step):
+    checkpoints.save(step, {"policy": accelerator.get_state_dict(policy), "value": accelerator.get_state_dict(value_model)},
+                     {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                      "kl_controller": kl_ctl.state_dict(), "rng": rng_state(), "shuffle": shuffle.get_state()})
+
+
+def _resume(checkpoints, accelerator, policy, value_model, optimizer, scheduler, kl_ctl, shuffle) -> int:
+    path = checkpoints.latest(log=accelerator.print)
+    if path is None:
+        return 0
+    tensors, state = CheckpointManager.load(path)
+    accelerator.unwrap_model(policy).load_state_dict(tensors["policy"], strict=False)
+    accelerator.unwrap_model(value_model).load_state_dict(tensors["value"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    kl_ctl.load_state_dict(state["kl_controller"])
+    set_rng_state(state["rng"])
+    shuffle.set_state(state["shuffle"])
+    accelerator.print(f"resumed ppo from {path} (step {state['step']})")
+    return int(state["step"])
+
+
+def is_finite_metrics(metrics: dict) -> bool:
+    return all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))

@@ -1,0 +1,78 @@
+"""PPO options, with the paper defaults of ANCHORS.md, and the derived batch sizes
+computed and checked in one place (lm-human-preferences' HParams.validate)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlhfkit.config import ConfigError, check_divisible, option
+from rlhfkit.trainers.common import TrainConfig
+
+
+@dataclass
+class PPOConfig(TrainConfig):
+    """PPO with a per-token KL penalty to the SFT policy (InstructGPT stage 3)."""
+
+    # PPO's own defaults for shared options (ANCHORS.md: Adam eps 1e-5)
+    learning_rate: float = option(1e-5, "peak learning rate (Adam), decayed linearly to 0")
+    adam_eps: float = option(1e-5, "Adam epsilon (1e-5 as lm-human-preferences and the N+ details)")
+    model: str = option("", "policy initialisation (the SFT model): Hugging Face directory or hub id")
+    ref_model: str = option("", "frozen reference for the KL penalty (default: the same checkpoint as model)")
+    reward_model: str = option("", "reward model directory (AutoModelForSequenceClassification, num_labels=1)")
+    reward_functions: list[str] = option([], "Python rewards 'module:function' or 'file.py:function', "
+                                         "called as f(prompts, responses, **kwargs) -> scores")
+    reward_weights: list[float] = option([], "weights of [reward model, *reward functions] (default: all 1)")
+    normalize_reward: bool = option(True, "apply the mean/std normalisation stored with the reward model")
+    value_model: str = option("", "value model initialisation (default: the reward model, else the policy "
+                              "checkpoint with a zero-initialised head)")
+    prompts: str = option("", "RL prompts: a file or dataset with a prompt column (string or messages)")
+    prompt_column: str = option("prompt", "column holding the prompt")
+    total_episodes: int = option(1024, "prompts sampled over the whole run (one response each)")
+    rollout_batch_size: int = option(64, "episodes generated per PPO step, over all processes")
+    num_minibatches: int = option(1, "minibatches per rollout batch and PPO epoch")
+    ppo_epochs: int = option(4, "passes over each rollout batch")
+    per_device_train_batch_size: int = option(64, "micro-batch for the update's forward/backward passes")
+    generation_batch_size: int = option(64, "prompts generated at once per process")
+    generation_backend: str = option("local", "sampler: 'local' (KV-cache loop) or 'hf' (model.generate)")
+    max_prompt_length: int = option(128, "longest prompt in tokens (longer ones are an error)")
+    response_length: int = option(32, "most tokens sampled per response")
+    temperature: float = option(1.0, "sampling temperature; also divides the logits of every log-prob "
+                                "recomputation and of the reference")
+    missing_eos_penalty: float = option(1.0, "subtracted from the score of a response without EOS")
+    kl_coef: float = option(0.02, "beta: per-token KL penalty coefficient (initial value when adaptive)")
+    kl_estimator: str = option("k1", "per-token KL estimator in the reward: k1 (log ratio), k2, or k3")
+    adaptive_kl: bool = option(False, "adapt beta toward kl_target (Ziegler et al. 2019)")
+    kl_target: float = option(6.0, "adaptive KL target, nats per response")
+    kl_horizon: int = option(10000, "adaptive KL horizon, episodes")
+    gamma: float = option(1.0, "discount")
+    lam: float = option(0.95, "GAE lambda")
+    whiten_advantages: str = option("minibatch", "whiten advantages over response tokens: minibatch, batch or none")
+    whiten_rewards: bool = option(False, "whiten the shaped per-token rewards before GAE")
+    clip_range: float = option(0.2, "policy ratio clip epsilon")
+    clip_range_value: float = option(0.2, "value clip around the rollout's values")
+    vf_coef: float = option(0.1, "value loss coefficient")
+    entropy_coef: float = option(0.0, "entropy bonus coefficient")
+    ptx_data: str = option("", "pretraining texts for PPO-ptx (text or prompt/completion records)")
+    ptx_coef: float = option(0.0, "gamma of PPO-ptx: weight of the pretraining log-likelihood (InstructGPT 27.8)")
+    ptx_batch_size: int = option(8, "pretraining sequences per optimizer step")
+    num_samples_logged: int = option(4, "sample responses written to samples.jsonl at each log step")
+
+    def derived(self, num_processes: int) -> dict[str, int]:
+        """Batch sizes per process and the step counts; refuses remainders."""
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ConfigError(f"kl_estimator must be k1, k2 or k3, got {self.kl_estimator!r}")
+        if self.whiten_advantages not in ("minibatch", "batch", "none"):
+            raise ConfigError(f"whiten_advantages must be minibatch, batch or none, got {self.whiten_advantages!r}")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be positive")
+        local_rollout = check_divisible("rollout_batch_size", self.rollout_batch_size, "number of processes",
+                                        num_processes)
+        minibatch = check_divisible("per-process rollout batch", local_rollout, "num_minibatches", self.num_minibatches)
+        micro = min(self.per_device_train_batch_size, minibatch)
+        accumulation = check_divisible("per-process minibatch", minibatch, "per_device_train_batch_size", micro)
+        steps = self.total_episodes // self.rollout_batch_size
+        if steps < 1:
+            raise ConfigError(f"total_episodes ({self.total_episodes}) is smaller than rollout_batch_size "
+                              f"({self.rollout_batch_size})")
+        return {"local_rollout": local_rollout, "minibatch": minibatch, "micro": micro,
+                "accumulation": accumulation, "ppo_steps": steps,
+                "optimizer_steps": steps * self.ppo_epochs * self.num_minibatches}

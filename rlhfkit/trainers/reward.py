@@ -1,0 +1,229 @@
+"""Reward model on comparisons with the Bradley-Terry loss (InstructGPT stage 2).
+
+Each batch element is one prompt with its K ranked responses: every response is
+forwarded once and all C(K,2) pairs of that prompt share the element (Ouyang et
+al. 2022, sec. 3.5: shuffling pairs separately overfits). After training the
+model is normalised so that reference responses score mean 0 (and, optionally,
+standard deviation 1); the statistics are stored in its config.json.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import option
+from rlhfkit.data.collate import RankingCollator, SFTCollator
+from rlhfkit.data.loading import ColumnMap, as_rankings, load_preferences, load_sft
+from rlhfkit.data.tokenize import encode_rankings, encode_sft
+from rlhfkit.losses.reward import pairwise_accuracy_by_gap, ranking_loss
+from rlhfkit.models.forward import scores_at
+from rlhfkit.models.loading import (
+    REWARD_MEAN_KEY,
+    REWARD_STD_KEY,
+    LoraOptions,
+    load_scalar_model,
+    load_tokenizer,
+    save_pretrained_dir,
+)
+from rlhfkit.trainers.common import (
+    CheckpointManager,
+    MetricsLogger,
+    TrainConfig,
+    lr_schedule,
+    make_accelerator,
+    progress_bar,
+    rng_state,
+    set_rng_state,
+    write_run_info,
+)
+from rlhfkit.trainers.data_plan import load_records, split_holdout, step_plan
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    """Reward model training on pairwise comparisons or K-way rankings."""
+
+    model: str = option("", "initial model: a causal LM (a new scalar head is added) or a reward model")
+    data: str = option("", "comparisons: prompt/chosen/rejected, implicit-prompt pairs, or prompt/responses/ranking")
+    eval_data: str = option("", "optional held-out comparisons (default: eval_fraction of data)")
+    prompt_column: str = option("prompt", "column holding the prompt")
+    chosen_column: str = option("chosen", "column holding the preferred response")
+    rejected_column: str = option("rejected", "column holding the other response")
+    responses_column: str = option("responses", "column holding K responses (rankings)")
+    ranking_column: str = option("ranking", "column holding the ranking of the K responses")
+    margin_column: str = option("margin", "optional column with a preference margin (pairs only)")
+    use_margin: bool = option(False, "subtract the margin inside the Bradley-Terry loss (Llama 2)")
+    normalize_on: str = option("responses", "score these to set the reward's mean 0: 'responses' (the comparison "
+                               "responses), 'none', or a file of demonstrations (prompt/completion)")
+    normalize_std: bool = option(True, "also scale rewards to standard deviation 1 on the same texts")
+    lr_scheduler: str = option("cosine", "learning-rate schedule after warmup: cosine, linear or constant")
+    use_lora: bool = option(False, "train a LoRA adapter (merged into the saved model)")
+    lora_r: int = option(8, "LoRA rank")
+    calibration_bins: list[float] = option([0.0, 0.25, 0.5, 1.0, 2.0, 1e9], "score-gap bin edges for calibration")
+
+    def columns(self) -> ColumnMap:
+        return ColumnMap(prompt=self.prompt_column, chosen=self.chosen_column, rejected=self.rejected_column,
+                         responses=self.responses_column, ranking=self.ranking_column, margin=self.margin_column)
+
+
+def _scores(model, batch, device) -> torch.Tensor:
+    return scores_at(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+
+
+def _encode(tokenizer, records, cfg) -> list[tuple[list, float | None]]:
+    """(encoded responses best first, margin) per prompt."""
+    encoded = encode_rankings(tokenizer, records, cfg.max_length, on_error=cfg.on_error)
+    return [(group, records[i].margin) for group, i in zip(encoded, encoded.kept)]
+
+
+def _ranking_batch_loss(model, items, collator, device, use_margin: bool):
+    groups = [group for group, _ in items]
+    batch = collator(groups)
+    scores = _scores(model, batch, device)  # [N]
+    valid = batch["valid"].to(device)  # [B,Kmax]
+    rewards = scores.new_zeros(valid.shape).index_put(  # [B,Kmax], response k of prompt b at rewards[b, k]
+        (batch["group_index"].to(device), batch["rank"].to(device)), scores)
+    margin = None
+    if use_margin:
+        margin = torch.tensor([m or 0.0 for _, m in items], device=device)
+    return ranking_loss(rewards, valid, margin=margin)
+
+
+@torch.no_grad()
+def evaluate_rankings(model, encoded, collator, batch_size: int, device, bins) -> dict:
+    """Held-out pairwise accuracy (ties half) and accuracy by score gap."""
+    model.eval()
+    diffs = []
+    for start in range(0, len(encoded), batch_size):
+        batch = collator([group for group, _ in encoded[start:start + batch_size]])
+        scores = _scores(model, batch, device).cpu()
+        for g in range(batch["valid"].shape[0]):
+            members = (batch["group_index"] == g).nonzero().flatten()
+            by_rank = scores[members[batch["rank"][members].argsort()]]
+            diffs += [float(by_rank[i] - by_rank[j]) for i in range(len(by_rank)) for j in range(i + 1, len(by_rank))]
+    model.train()
+    d = torch.tensor(diffs)
+    accuracy = float(((d > 0).float() + 0.5 * (d == 0).float()).mean()) if len(diffs) else float("nan")
+    return {"val/accuracy": accuracy, "val/pairs": len(diffs),
+            "val/calibration": pairwise_accuracy_by_gap(d, bins) if len(diffs) else []}
+
+
+@torch.no_grad()
+def normalisation_stats(model, examples, pad_id: int, batch_size: int, device) -> tuple[float, float]:
+    """Mean and standard deviation of the model's scores on encoded texts."""
+    model.eval()
+    collator = SFTCollator(pad_id)
+    scores = []
+    for start in range(0, len(examples), batch_size):
+        scores.append(_scores(model, collator(examples[start:start + batch_size]), device).cpu())
+    s = torch.cat(scores)
+    return float(s.mean()), float(s.std()) if len(s) > 1 else 1.0
+
+
+def _normalisation_examples(cfg: RewardConfig, tokenizer, train_records, accelerator):
+    if cfg.normalize_on == "none":
+        return []
+    if cfg.normalize_on == "responses":
+        return [e for group, _ in _encode(tokenizer, train_records, cfg) for e in group]
+    demos = load_records(load_sft, cfg.normalize_on, ColumnMap(), cfg.on_error, accelerator)
+    return list(encode_sft(tokenizer, demos, cfg.max_length, on_error=cfg.on_error))
+
+
+def train_reward_model(cfg: RewardConfig) -> Path:
+    if not cfg.model or not cfg.data:
+        raise ValueError("rm needs --model and --data")
+    out = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg, out)
+    write_run_info(out, cfg)
+    device = accelerator.device
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    records = as_rankings(load_records(load_preferences, cfg.data, cfg.columns(), cfg.on_error, accelerator))
+    if cfg.eval_data:
+        eval_records = as_rankings(load_records(load_preferences, cfg.eval_data, cfg.columns(), cfg.on_error, accelerator))
+        train_records = records
+    else:
+        train_records, eval_records = split_holdout(records, cfg.eval_fraction, cfg.seed)
+    train_enc = _encode(tokenizer, train_records, cfg)
+    eval_enc = _encode(tokenizer, eval_records, cfg)
+    collator = RankingCollator(tokenizer.pad_token_id)
+
+    lora = LoraOptions(r=cfg.lora_r) if cfg.use_lora else None
+    model = load_scalar_model(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
+                              lora=lora, trust_remote_code=cfg.trust_remote_code)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    plan = step_plan(len(train_enc), cfg.per_device_batch_size * accelerator.num_processes,
+                     cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
+    start = _resume(checkpoints, accelerator, model, optimizer, scheduler)
+    logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="rm")
+    bar = progress_bar(len(plan), "reward model", cfg.progress and accelerator.is_local_main_process)
+    bar.update(start)
+    model.train()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    for step in range(start, len(plan)):
+        rows = []
+        for micro in plan[step]:
+            groups = [train_enc[i] for i in micro[rank::world]]
+            loss, metrics = _ranking_batch_loss(model, groups, collator, device, cfg.use_margin)
+            # prompts weigh equally across micro-batches and processes (InstructGPT's per-prompt mean)
+            accelerator.backward(loss * len(groups) * world / sum(len(m) for m in plan[step]))
+            rows.append({k: float(v) for k, v in metrics.items()})
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+        if not math.isfinite(metrics["loss/reward"]):
+            raise FloatingPointError(f"rm: non-finite loss at step {step + 1} (lower the learning rate?)")
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss/reward']:.4f}", acc=f"{metrics['rewards/accuracy']:.2f}")
+        done = step + 1
+        if cfg.eval_every and done % cfg.eval_every == 0 and eval_enc:
+            metrics.update(evaluate_rankings(model, eval_enc, collator, cfg.per_device_batch_size, device,
+                                             cfg.calibration_bins))
+        if done % cfg.log_every == 0 or done == len(plan):
+            logger.log(done, metrics)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < len(plan):
+            checkpoints.save(done, {"model": accelerator.get_state_dict(model)},
+                             {"step": done, "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "rng": rng_state()})
+    bar.close()
+    final = {"final": True}
+    if eval_enc:
+        final.update(evaluate_rankings(model, eval_enc, collator, cfg.per_device_batch_size, device, cfg.calibration_bins))
+    unwrapped = accelerator.unwrap_model(model)
+    norm_examples = _normalisation_examples(cfg, tokenizer, train_records, accelerator)
+    if norm_examples:
+        mean, std = normalisation_stats(unwrapped, norm_examples, tokenizer.pad_token_id, cfg.per_device_batch_size, device)
+        config = (unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped).config
+        setattr(config, REWARD_MEAN_KEY, mean)
+        setattr(config, REWARD_STD_KEY, std if cfg.normalize_std and std > 0 else 1.0)
+        final.update({"reward/raw_mean": mean, "reward/raw_std": std})
+    logger.log(len(plan), final)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_pretrained_dir(unwrapped, tokenizer, out)
+    accelerator.end_training()
+    return out
+
+
+def _resume(checkpoints, accelerator, model, optimizer, scheduler) -> int:
+    path = checkpoints.latest(log=accelerator.print)
+    if path is None:
+        return 0
+    tensors, state = CheckpointManager.load(path)
+    accelerator.unwrap_model(model).load_state_dict(tensors["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    accelerator.print(f"resumed rm from {path} (step {state['step']})")
+    return int(state["step"])

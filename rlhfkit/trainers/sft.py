@@ -1,0 +1,192 @@
+"""Supervised fine-tuning on demonstrations (InstructGPT stage 1).
+
+Completion-only next-token loss by default, averaged over every completion token
+of an optimizer step (so gradient accumulation and multiple processes give the
+same update as one large batch), cosine schedule with warmup, clipping,
+optional packing without cross-document attention.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import option
+from rlhfkit.data.collate import PackedCollator, SFTCollator, pack_examples
+from rlhfkit.data.loading import ColumnMap, load_sft
+from rlhfkit.data.tokenize import encode_sft
+from rlhfkit.losses.sft import masked_nll_loss
+from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_tokenizer, save_pretrained_dir
+from rlhfkit.trainers.common import (
+    CheckpointManager,
+    MetricsLogger,
+    TrainConfig,
+    lr_schedule,
+    make_accelerator,
+    progress_bar,
+    rng_state,
+    set_rng_state,
+    write_run_info,
+)
+from rlhfkit.trainers.data_plan import load_records, split_holdout, step_plan
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning of a causal LM on demonstrations."""
+
+    model: str = option("", "base model: local Hugging Face directory or hub id")
+    data: str = option("", "demonstrations: .jsonl/.json/.parquet/.csv, a saved datasets directory, or a hub id")
+    eval_data: str = option("", "optional held-out demonstrations (default: eval_fraction of data)")
+    prompt_column: str = option("prompt", "column holding the prompt (string or list of messages)")
+    completion_column: str = option("completion", "column holding the completion")
+    messages_column: str = option("messages", "column holding a whole conversation")
+    text_column: str = option("text", "column holding plain text (loss on every token)")
+    completion_only_loss: bool = option(True, "loss on completion tokens only (False: prompt tokens too)")
+    packing: bool = option(False, "pack several examples per row; attention never crosses documents")
+    lr_scheduler: str = option("cosine", "learning-rate schedule after warmup: cosine, linear or constant")
+    disable_dropout: bool = option(False, "turn the model's dropout off (InstructGPT kept 0.2 residual dropout for SFT)")
+    use_lora: bool = option(False, "train a LoRA adapter instead of all weights (merged into the saved model)")
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha")
+    chat_template: str = option("", "Jinja chat template to use instead of the tokenizer's")
+
+    def columns(self) -> ColumnMap:
+        return ColumnMap(prompt=self.prompt_column, completion=self.completion_column,
+                         messages=self.messages_column, text=self.text_column)
+
+
+def _encode_all(records, tokenizer, cfg: SFTConfig):
+    return list(encode_sft(tokenizer, records, cfg.max_length, completion_only=cfg.completion_only_loss,
+                           on_error=cfg.on_error))
+
+
+@torch.no_grad()
+def evaluate_nll(model, examples, collator, batch_size: int, accelerator) -> float:
+    """Mean completion-token NLL over `examples` (summed over tokens, then divided)."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(accelerator.device) for k, v in collator(examples[start:start + batch_size]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+        loss, metrics = masked_nll_loss(logits, batch["input_ids"], batch["loss_mask"])
+        n = int(metrics["tokens"])
+        total += loss.item() * n
+        tokens += n
+    model.train()
+    return total / max(tokens, 1)
+
+
+def train_sft(cfg: SFTConfig) -> Path:
+    if not cfg.model or not cfg.data:
+        raise ValueError("sft needs --model and --data")
+    out = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg, out)
+    write_run_info(out, cfg)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
+                               chat_template=cfg.chat_template or None)
+    records = load_records(load_sft, cfg.data, cfg.columns(), cfg.on_error, accelerator)
+    if cfg.eval_data:
+        train_records, eval_records = records, load_records(load_sft, cfg.eval_data, cfg.columns(), cfg.on_error, accelerator)
+    else:
+        train_records, eval_records = split_holdout(records, cfg.eval_fraction, cfg.seed)
+    train_examples = _encode_all(train_records, tokenizer, cfg)
+    eval_examples = _encode_all(eval_records, tokenizer, cfg)
+    if cfg.packing:
+        train_examples = pack_examples(train_examples, cfg.max_length)
+        collator = PackedCollator(tokenizer.pad_token_id)
+    else:
+        collator = SFTCollator(tokenizer.pad_token_id)
+    eval_collator = SFTCollator(tokenizer.pad_token_id)
+
+    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
+    model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, dropout=not cfg.disable_dropout,
+                           gradient_checkpointing=cfg.gradient_checkpointing, lora=lora,
+                           trust_remote_code=cfg.trust_remote_code)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    plan = step_plan(len(train_examples), cfg.per_device_batch_size * accelerator.num_processes,
+                     cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed)
+    total_steps = len(plan)
+    schedule = lr_schedule(cfg.lr_scheduler, total_steps, int(cfg.warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
+    start_step = _maybe_resume(checkpoints, accelerator, model, optimizer, scheduler)
+    logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="sft")
+    bar = progress_bar(total_steps, "sft", cfg.progress and accelerator.is_local_main_process)
+    bar.update(start_step)
+    model.train()
+    for step in range(start_step, total_steps):
+        metrics = _optimizer_step(model, optimizer, scheduler, plan[step], train_examples, collator, cfg, accelerator)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss/train']:.4f}")
+        done = step + 1
+        if cfg.eval_every and done % cfg.eval_every == 0 and eval_examples:
+            metrics["loss/val"] = evaluate_nll(model, eval_examples, eval_collator, cfg.per_device_batch_size, accelerator)
+        if done % cfg.log_every == 0 or done == total_steps:
+            logger.log(done, metrics)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
+            _save_checkpoint(checkpoints, accelerator, model, optimizer, scheduler, done)
+    bar.close()
+    if eval_examples:
+        val = evaluate_nll(model, eval_examples, eval_collator, cfg.per_device_batch_size, accelerator)
+        logger.log(total_steps, {"loss/val": val, "final": True})
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
+    accelerator.end_training()
+    return out
+
+
+def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collator, cfg, accelerator) -> dict:
+    """One optimizer step over `gradient_accumulation_steps` micro-batches; each
+    micro-batch's mean loss is re-weighted by its share of the step's tokens."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    micro_batches = [idx[rank::world] for idx in step_indices]
+    batches = [collator([examples[i] for i in mb]) for mb in micro_batches]
+    local_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
+    global_tokens = accelerator.reduce(torch.tensor(float(local_tokens), device=accelerator.device), "sum").item()
+    total_loss = 0.0
+    for batch in batches:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+        loss, metrics = masked_nll_loss(logits, batch["input_ids"], batch["loss_mask"])
+        weight = float(metrics["tokens"]) * world / max(global_tokens, 1.0)
+        accelerator.backward(loss * weight)
+        total_loss += loss.item() * float(metrics["tokens"])
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    out = {"loss/train": total_loss / max(local_tokens, 1), "lr": scheduler.get_last_lr()[0],
+           "tokens": global_tokens}
+    if grad_norm is not None:
+        out["grad_norm"] = float(grad_norm)
+    if not math.isfinite(out["loss/train"]):
+        raise FloatingPointError(f"sft: non-finite training loss {out['loss/train']} (lower the learning rate?)")
+    return out
+
+
+def _save_checkpoint(checkpoints, accelerator, model, optimizer, scheduler, step: int) -> None:
+    model_sd = accelerator.get_state_dict(model)
+    checkpoints.save(step, {"model": model_sd}, {"step": step, "optimizer": optimizer.state_dict(),
+                                                   "scheduler": scheduler.state_dict(), "rng": rng_state()})
+
+
+def _maybe_resume(checkpoints, accelerator, model, optimizer, scheduler) -> int:
+    path = checkpoints.latest(log=accelerator.print)
+    if path is None:
+        return 0
+    tensors, state = CheckpointManager.load(path)
+    accelerator.unwrap_model(model).load_state_dict(tensors["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    accelerator.print(f"resumed sft from {path} (step {state['step']})")
+    return int(state["step"])

@@ -1,0 +1,102 @@
+"""PPO phases on hand-built rollouts and a tiny model: where rewards land, what
+padding carries, temperature consistency, ratio exactly 1 at the first minibatch."""
+import pytest
+import torch
+
+from rlhfkit.models.forward import response_logprobs
+from rlhfkit.rollout.generate import HFGenerator, LocalGenerator, truncate_after_eos
+from rlhfkit.rollout.rollout import Rollout
+from rlhfkit.testing import tiny_llama, tiny_tokenizer
+from rlhfkit.trainers.ppo import advantages, shape_rewards
+from rlhfkit.trainers.ppo_config import PPOConfig
+
+EOS, PAD = 0, 1
+
+
+def _rollout(response_ids, response_mask, scores, logprobs, ref_logprobs, values=None):
+    B, A = response_ids.shape
+    return Rollout(prompt_ids=torch.full((B, 2), 5), prompt_mask=torch.ones(B, 2, dtype=torch.long),
+                   response_ids=response_ids, response_mask=response_mask, eos=(response_ids == EOS).any(1),
+                   prompt_index=torch.arange(B), logprobs=logprobs, ref_logprobs=ref_logprobs,
+                   values=values if values is not None else torch.zeros(B, A), scores=scores)
+
+
+def test_truncate_after_first_eos_pads_the_rest():
+    tokens = torch.tensor([[7, EOS, 8, EOS], [7, 8, 9, 9], [EOS, 3, 3, 3]])
+    gen = truncate_after_eos(tokens, EOS, PAD)
+    assert gen.response_ids.tolist() == [[7, EOS, PAD, PAD], [7, 8, 9, 9], [EOS, PAD, PAD, PAD]]
+    assert gen.response_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert gen.eos.tolist() == [True, False, True]
+
+
+def test_score_lands_on_last_response_token_and_nothing_after_eos():
+    ids = torch.tensor([[7, EOS, PAD, PAD], [7, 8, 9, 9]])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    logp = torch.tensor([[-1.0, -2.0, -9.0, -9.0], [-1.0, -1.0, -1.0, -1.0]])
+    ref = torch.tensor([[-1.5, -1.0, -3.0, -3.0], [-1.0, -2.0, -1.0, -1.0]])
+    ro = _rollout(ids, mask, torch.tensor([2.0, -1.0]), logp * mask, ref * mask)
+    shape_rewards(ro, beta=0.1, estimator="k1")
+    # k1 = logp - ref on real tokens, 0 after EOS
+    assert torch.allclose(ro.kl, torch.tensor([[0.5, -1.0, 0, 0], [0, 1.0, 0, 0]]))
+    expected = torch.tensor([[-0.05, 0.1 + 2.0, 0, 0], [0, -0.1, 0, -1.0]])
+    assert torch.allclose(ro.rewards, expected)
+    cfg = PPOConfig(gamma=1.0, lam=0.95, whiten_advantages="none")
+    advantages(ro, cfg)
+    assert (ro.advantages[0, 2:] == 0).all() and (ro.returns[0, 2:] == 0).all()
+
+
+def test_missing_eos_penalty_is_applied_in_score_phase():
+    from rlhfkit.rewards import WeightedReward
+    from rlhfkit.trainers.ppo import score
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(tok).eval()
+    from rlhfkit.models.loading import load_scalar_model  # noqa: F401  (value model below is the policy trunk)
+    from transformers import LlamaForSequenceClassification
+
+    value = LlamaForSequenceClassification(model.config).eval()
+    ids = torch.tensor([[5, 6, tok.eos_token_id, tok.pad_token_id], [5, 6, 7, 8]])
+    gen = truncate_after_eos(ids, tok.eos_token_id, tok.pad_token_id)
+    ro = Rollout(prompt_ids=torch.tensor([[9, 10], [9, 10]]), prompt_mask=torch.ones(2, 2, dtype=torch.long),
+                 response_ids=gen.response_ids, response_mask=gen.response_mask, eos=gen.eos,
+                 prompt_index=torch.tensor([0, 1]))
+
+    class Rec:
+        prompt, metadata = "p", {}
+
+    reward = WeightedReward([lambda batch: torch.ones(2)], names=["one"])
+    score(ro, model, model, value, reward, tok, [Rec(), Rec()], PPOConfig(missing_eos_penalty=1.0), 2, {})
+    assert ro.scores.tolist() == [1.0, 0.0]
+    assert (ro.logprobs[0, 3:] == 0).all() and (ro.values[0, 3:] == 0).all()
+
+
+@pytest.mark.parametrize("backend", [LocalGenerator, HFGenerator])
+def test_recomputed_logprobs_equal_sampler_logprobs_at_temperature(backend):
+    tok = tiny_tokenizer()
+    model = tiny_llama(tok).eval()
+    prompts = [tok("What is 12 plus 7?")["input_ids"], tok("Say hello to Tavo.")["input_ids"]]
+    P = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in prompts])
+    mask = (ids != tok.pad_token_id).long()
+    torch.manual_seed(0)
+    gen = backend(model, tok.eos_token_id, tok.pad_token_id, 10, 0.7).generate(ids, mask)
+    seq = torch.cat([ids, gen.response_ids], 1)
+    am = torch.cat([mask, gen.response_mask], 1)
+    recomputed = response_logprobs(model, seq, am, P, temperature=0.7) * gen.response_mask
+    if gen.sampler_logprobs is not None:
+        assert torch.allclose(recomputed, gen.sampler_logprobs, atol=1e-5)
+    # the temperature matters: recomputing at 1.0 gives different log-probs
+    other = response_logprobs(model, seq, am, P, temperature=1.0) * gen.response_mask
+    assert not torch.allclose(recomputed, other, atol=1e-3)
+
+
+def test_local_and_hf_backends_sample_the_same_tokens():
+    tok = tiny_tokenizer()
+    model = tiny_llama(tok).eval()
+    ids = torch.tensor([tok("Count from 3 to 6.")["input_ids"]] * 3)
+    mask = torch.ones_like(ids)
+    torch.manual_seed(1)
+    a = LocalGenerator(model, tok.eos_token_id, tok.pad_token_id, 8, 1.0).generate(ids, mask)
+    torch.manual_seed(1)
+    b = HFGenerator(model, tok.eos_token_id, tok.pad_token_id, 8, 1.0).generate(ids, mask)
+    assert torch.equal(a.response_ids, b.response_ids)
