@@ -11,6 +11,7 @@ from rlhfkit.config import ConfigArgumentParser, ConfigError, add_config_argumen
 def _commands() -> dict[str, tuple[str, type, object]]:
     """name -> (help, config class, train function), imported lazily."""
     from rlhfkit.pipeline import PipelineConfig, run_pipeline
+    from rlhfkit.trainers.dpo import DPOConfig, train_dpo
     from rlhfkit.trainers.ppo import train_ppo
     from rlhfkit.trainers.ppo_config import PPOConfig
     from rlhfkit.trainers.reward import RewardConfig, train_reward_model
@@ -20,27 +21,32 @@ def _commands() -> dict[str, tuple[str, type, object]]:
         "sft": ("supervised fine-tuning on demonstrations", SFTConfig, train_sft),
         "rm": ("reward model on comparisons (Bradley-Terry)", RewardConfig, train_reward_model),
         "ppo": ("PPO with a per-token KL penalty to the SFT policy", PPOConfig, train_ppo),
+        "dpo": ("direct preference optimisation and its family (--loss sigmoid|ipo|cdpo|robust|hinge|simpo|orpo|kto)",
+                DPOConfig, train_dpo),
         "pipeline": ("SFT -> reward model -> PPO in one run directory", PipelineConfig, run_pipeline),
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = ConfigArgumentParser(prog="rlhfkit", description="RLHF the InstructGPT way: SFT, reward model, PPO.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ConfigArgumentParser)
+    parsers = {}
     for name, (help_text, cls, _fn) in _commands().items():
-        p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
+        parsers[name] = p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
         add_config_arguments(p, cls)
-    return parser
+    return parser, parsers
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser, parsers = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the sub-command's parser, which knows its options for a did-you-mean
+        parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     _help, cls, fn = _commands()[args.command]
     try:
         cfg = config_from_args(cls, args)
     except ConfigError as e:
-        parser.exit(2, f"rlhfkit {args.command}: {e}\n")
+        parsers[args.command].exit(2, f"rlhfkit {args.command}: {e}\n")
     try:
         result = fn(cfg)
     except (ValueError, FileNotFoundError) as e:

@@ -226,7 +226,12 @@ def parse_config(cls: type[C], argv: list[str] | None = None, prog: str | None =
 
 
 class ConfigArgumentParser(argparse.ArgumentParser):
-    """argparse with a did-you-mean for misspelt options."""
+    """argparse with a did-you-mean for misspelt options (and no silent prefix matching:
+    `--learning_rat` is an error, not `--learning_rate`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         if "unrecognized arguments" in message:

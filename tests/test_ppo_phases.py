@@ -51,10 +51,10 @@ def test_missing_eos_penalty_is_applied_in_score_phase():
 
     tok = tiny_tokenizer()
     model = tiny_llama(tok).eval()
-    from rlhfkit.models.loading import load_scalar_model  # noqa: F401  (value model below is the policy trunk)
     from transformers import LlamaForSequenceClassification
 
-    value = LlamaForSequenceClassification(model.config).eval()
+    value_config = model.config.__class__(**{**model.config.to_dict(), "num_labels": 1})
+    value = LlamaForSequenceClassification(value_config).eval()
     ids = torch.tensor([[5, 6, tok.eos_token_id, tok.pad_token_id], [5, 6, 7, 8]])
     gen = truncate_after_eos(ids, tok.eos_token_id, tok.pad_token_id)
     ro = Rollout(prompt_ids=torch.tensor([[9, 10], [9, 10]]), prompt_mask=torch.ones(2, 2, dtype=torch.long),

@@ -35,6 +35,6 @@ class PretrainingBatches:
     def loss(self, policy) -> torch.Tensor:
         batch = self.next_batch()
         logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        position_ids=batch["position_ids"]).logits
+                        position_ids=batch["position_ids"], use_cache=False).logits
         loss, _ = masked_nll_loss(logits, batch["input_ids"], batch["loss_mask"])
         return loss

@@ -18,7 +18,7 @@ from rlhfkit.data.collate import PackedCollator, SFTCollator, pack_examples
 from rlhfkit.data.loading import ColumnMap, load_sft
 from rlhfkit.data.tokenize import encode_sft
 from rlhfkit.losses.sft import masked_nll_loss
-from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_tokenizer, save_pretrained_dir
+from rlhfkit.models.loading import DTYPES, LoraOptions, load_causal_lm, load_tokenizer, save_pretrained_dir
 from rlhfkit.trainers.common import (
     CheckpointManager,
     MetricsLogger,
@@ -71,7 +71,7 @@ def evaluate_nll(model, examples, collator, batch_size: int, accelerator) -> flo
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(accelerator.device) for k, v in collator(examples[start:start + batch_size]).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"]).logits
+                       position_ids=batch["position_ids"], use_cache=False).logits
         loss, metrics = masked_nll_loss(logits, batch["input_ids"], batch["loss_mask"])
         n = int(metrics["tokens"])
         total += loss.item() * n
@@ -97,7 +97,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     eval_examples = _encode_all(eval_records, tokenizer, cfg)
     if cfg.packing:
         train_examples = pack_examples(train_examples, cfg.max_length)
-        collator = PackedCollator(tokenizer.pad_token_id)
+        collator = PackedCollator(tokenizer.pad_token_id, dtype=DTYPES[cfg.dtype])
     else:
         collator = SFTCollator(tokenizer.pad_token_id)
     eval_collator = SFTCollator(tokenizer.pad_token_id)
@@ -155,7 +155,7 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collato
     for batch in batches:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"]).logits
+                       position_ids=batch["position_ids"], use_cache=False).logits
         loss, metrics = masked_nll_loss(logits, batch["input_ids"], batch["loss_mask"])
         weight = float(metrics["tokens"]) * world / max(global_tokens, 1.0)
         accelerator.backward(loss * weight)

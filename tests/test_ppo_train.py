@@ -1,0 +1,94 @@
+"""Tier 2: PPO on a tiny model learns a programmatic reward, KL behaves with beta,
+the first minibatch has ratio exactly 1, and both reward routes run via the CLI."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from rlhfkit.trainers.ppo import train_ppo
+from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.testing import save_tiny_model
+
+from conftest import read_metrics, write_jsonl
+
+PAD = 1
+
+
+def low_token_share(prompts, responses, response_ids):
+    """Share of response tokens with id < 100: about 1/3 for a random policy."""
+    real = response_ids != PAD
+    return ((response_ids < 100) & real).float().sum(1) / real.float().sum(1).clamp(min=1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo")
+    model = save_tiny_model(root / "policy")
+    prompts = write_jsonl(root / "prompts.jsonl",
+                          [{"prompt": [{"role": "user", "content": f"Say {w}."}]} for w in
+                           ["cat", "dog", "red", "fig", "owl", "pear", "gold", "lime"] * 2])
+    return root, model, prompts
+
+
+def _run(root, model, prompts, name, beta, **kw):
+    cfg = PPOConfig(model=model, prompts=prompts, output_dir=str(root / name), total_episodes=32 * 25,
+                    rollout_batch_size=32, per_device_train_batch_size=16, generation_batch_size=32,
+                    response_length=8, learning_rate=3e-3, log_every=1, progress=False, missing_eos_penalty=0.0,
+                    kl_coef=beta, seed=0, **kw)
+    out = train_ppo(cfg, reward_fns=[low_token_share])
+    return read_metrics(out / "metrics.jsonl")
+
+
+def test_reward_rises_and_kl_grows_as_beta_falls(setup):
+    root, model, prompts = setup
+    free = _run(root, model, prompts, "beta0", 0.0)
+    tight = _run(root, model, prompts, "beta_big", 1.0)
+    start = sum(r["objective/scores"] for r in free[:3]) / 3
+    end = sum(r["objective/scores"] for r in free[-3:]) / 3
+    assert end > start + 0.15, (start, end)
+    kl_free = sum(r["objective/kl"] for r in free[-3:]) / 3
+    kl_tight = sum(r["objective/kl"] for r in tight[-3:]) / 3
+    assert 0 < kl_tight < kl_free and kl_free < 50
+    assert abs(sum(r["objective/scores"] for r in tight[-3:]) / 3 - start) < end - start
+    for row in free + tight:  # dropout off: the first minibatch of every update is on-policy
+        assert row["policy/first_ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+        assert row["policy/first_approxkl"] == pytest.approx(0.0, abs=1e-9)
+    keys = ["objective/kl", "objective/beta", "objective/entropy", "objective/scores", "objective/non_score_reward",
+            "objective/rlhf_reward", "policy/approxkl", "policy/clipfrac", "policy/ratio_mean", "policy/ratio_var",
+            "loss/policy", "loss/value", "val/clipfrac", "val/explained_variance", "response/length",
+            "response/eos_rate", "timing/generate", "timing/reference", "timing/reward", "timing/values",
+            "timing/update"]
+    assert all(k in free[-1] for k in keys), [k for k in keys if k not in free[-1]]
+
+
+def test_adaptive_kl_moves_beta_toward_target(setup):
+    root, model, prompts = setup
+    rows = _run(root, model, prompts, "adaptive", 0.1, adaptive_kl=True, kl_target=0.01, kl_horizon=100)
+    assert rows[-1]["objective/beta"] > 0.1  # KL above target: beta grows
+
+
+def test_ppo_cli_with_python_reward_and_with_reward_model(setup, tmp_path):
+    root, model, prompts = setup
+    reward_file = tmp_path / "my_reward.py"
+    reward_file.write_text(textwrap.dedent("""
+        def brevity(prompts, responses, terminated):
+            return [1.0 if t else 0.0 for t in terminated]
+    """))
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    common = ["--model", model, "--prompts", prompts, "--total_episodes", "32", "--rollout_batch_size", "16",
+              "--response_length", "6", "--progress", "false"]
+    cli = [sys.executable, "-m", "rlhfkit.cli", "ppo"]
+    fn = subprocess.run(cli + common + ["--output_dir", str(tmp_path / "fn"), "--reward_functions",
+                                        f"{reward_file}:brevity"], capture_output=True, text=True, env=env)
+    assert fn.returncode == 0, fn.stderr
+    rm_dir = save_tiny_model(tmp_path / "rm")  # a causal LM checkpoint gets a fresh scalar head
+    rm = subprocess.run(cli + common + ["--output_dir", str(tmp_path / "rm_run"), "--reward_model", rm_dir],
+                        capture_output=True, text=True, env=env)
+    assert rm.returncode == 0, rm.stderr
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "rm_run") is not None
+    assert (tmp_path / "rm_run" / "value_model" / "config.json").exists()
+    assert (tmp_path / "rm_run" / "kl_controller.json").exists()
+    rows = read_metrics(tmp_path / "rm_run" / "metrics.jsonl")
+    assert "objective/scores_rm" in rows[-1]

@@ -1,0 +1,156 @@
+"""Tier 2: SFT and the reward model end to end on a tiny model, asserting that
+something was learned, plus determinism and the CLI a new user would run."""
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhfkit.models.forward import scores_at
+from rlhfkit.trainers.reward import RewardConfig, train_reward_model
+from rlhfkit.trainers.sft import SFTConfig, train_sft
+from rlhfkit.testing import save_tiny_model
+
+from conftest import read_metrics, write_jsonl
+
+WORDS = ["cat", "dog", "red", "fig", "owl", "pear"]
+
+
+def _pairs_data(tmp_path):
+    combos = [(a, b) for a in WORDS for b in WORDS if a != b]
+    random.Random(0).shuffle(combos)
+    held_out, train = combos[:5], combos[5:]
+    rows = lambda cs: [{"prompt": [{"role": "user", "content": f"Say {a} then {b}."}], "completion": f"{a} {b}."}
+                       for a, b in cs]
+    return write_jsonl(tmp_path / "train.jsonl", rows(train) * 3), write_jsonl(tmp_path / "eval.jsonl", rows(held_out)), held_out
+
+
+@torch.no_grad()
+def _greedy(model_dir, prompt, n=8):
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    enc = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:])
+
+
+def test_sft_learns_a_pattern_and_reproduces_held_out_completions(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "base", hidden=64)
+    train, held, held_out = _pairs_data(tmp_path)
+    out = train_sft(SFTConfig(model=model_dir, data=train, eval_data=held, output_dir=str(tmp_path / "sft"),
+                              num_epochs=30, learning_rate=3e-3, per_device_batch_size=16, warmup_ratio=0.05,
+                              log_every=5, progress=False))
+    rows = read_metrics(out / "metrics.jsonl")
+    train_losses = [r["loss/train"] for r in rows if "loss/train" in r]
+    assert train_losses[-1] < 0.3 * train_losses[0]
+    correct = sum(_greedy(out, f"Say {a} then {b}.").startswith(f"{a} {b}.<|endoftext|>") for a, b in held_out)
+    assert correct >= 4, "the SFT model should reproduce held-out completions, EOS included"
+    # a plain transformers load with the chat template
+    assert AutoTokenizer.from_pretrained(out).chat_template
+
+
+def _marker_preferences(tmp_path, n=96):
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        w = rng.choice(WORDS)
+        other = rng.choice([x for x in WORDS if x != w])
+        good, bad = f"{w} {other} gold.", f"{w} {other} cat."
+        rows.append({"prompt": f"Say something about {w}.", "chosen": good, "rejected": bad})
+    return write_jsonl(tmp_path / "prefs.jsonl", rows)
+
+
+def test_reward_model_learns_a_marker_preference_and_is_normalised(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "base", hidden=64)
+    data = _marker_preferences(tmp_path)
+    out = train_reward_model(RewardConfig(model=model_dir, data=data, output_dir=str(tmp_path / "rm"), num_epochs=6,
+                                          learning_rate=2e-3, per_device_batch_size=16, eval_fraction=0.25,
+                                          log_every=5, progress=False))
+    final = [r for r in read_metrics(out / "metrics.jsonl") if r.get("final")][-1]
+    assert final["val/accuracy"] > 0.9
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    cfg = model.config
+    # normalisation: the training responses score mean 0 and std 1 after (raw - mean) / std
+    texts = [json.loads(line) for line in open(data)]
+    seqs = [tok(r["prompt"] + r[k], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            for r in texts for k in ("chosen", "rejected")]
+    from rlhfkit.data.collate import pad_sequences
+
+    ids, mask = pad_sequences(seqs, tok.pad_token_id, side="right")
+    with torch.no_grad():
+        raw = scores_at(model, ids, mask)
+    normalised = (raw - cfg.rlhfkit_reward_mean) / cfg.rlhfkit_reward_std
+    assert abs(float(normalised.mean())) < 0.05
+    assert abs(float(normalised.std()) - 1) < 0.05
+
+
+def test_k_way_rankings_train_with_all_pairs_per_prompt(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "base", hidden=32)
+    rows = [{"prompt": f"Rate {w}.", "responses": [f"{w} gold gold.", f"{w} gold.", f"{w}."], "ranking": [0, 1, 2]}
+            for w in WORDS * 8]
+    data = write_jsonl(tmp_path / "rank.jsonl", rows)
+    out = train_reward_model(RewardConfig(model=model_dir, data=data, output_dir=str(tmp_path / "rm"), num_epochs=5,
+                                          learning_rate=2e-3, per_device_batch_size=8, eval_fraction=0.2,
+                                          log_every=1, progress=False, normalize_on="none"))
+    final = [r for r in read_metrics(out / "metrics.jsonl") if r.get("final")][-1]
+    assert final["val/pairs"] == 3 * round(0.2 * len(rows))  # C(3,2) pairs per held-out prompt
+    assert final["val/accuracy"] > 0.9
+
+
+def test_same_seed_gives_same_weights(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "base")
+    train, _, _ = _pairs_data(tmp_path)
+    weights = []
+    for run in ("a", "b"):
+        out = train_sft(SFTConfig(model=model_dir, data=train, output_dir=str(tmp_path / run), num_epochs=1,
+                                  learning_rate=1e-3, per_device_batch_size=8, progress=False, seed=3))
+        weights.append(AutoModelForCausalLM.from_pretrained(out).state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_new_user_trains_sft_and_reward_model_through_the_cli(tmp_path):
+    """Exactly what README tells a new user: a local model directory and JSONL files."""
+    model_dir = save_tiny_model(tmp_path / "my-model")
+    demos = write_jsonl(tmp_path / "demos.jsonl", [{"prompt": f"Say {w}.", "completion": f"{w}."} for w in WORDS * 4])
+    prefs = _marker_preferences(tmp_path, n=24)
+    cli = [sys.executable, "-m", "rlhfkit.cli"]
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    sft = subprocess.run(cli + ["sft", "--model", model_dir, "--data", demos, "--output_dir", str(tmp_path / "sft"),
+                                "--num_epochs", "1", "--progress", "false"], capture_output=True, text=True, env=env)
+    assert sft.returncode == 0, sft.stderr
+    rm = subprocess.run(cli + ["rm", "--model", str(tmp_path / "sft"), "--data", prefs, "--output_dir",
+                               str(tmp_path / "rm"), "--num_epochs", "1", "--progress", "false"],
+                        capture_output=True, text=True, env=env)
+    assert rm.returncode == 0, rm.stderr
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "sft") is not None
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").config.num_labels == 1
+    bad = subprocess.run(cli + ["sft", "--model", model_dir, "--data", demos, "--learning_rat", "1"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "did you mean '--learning_rate'" in bad.stderr
+
+
+def test_cli_reports_bad_data_with_file_line_and_field(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "m")
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b."}\n{"prompt": "a", "completon": "b."}\n')
+    result = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "sft", "--model", model_dir, "--data", str(data),
+                             "--output_dir", str(tmp_path / "o")], capture_output=True, text=True,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert "bad.jsonl:2" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("yaml_text,error", [("learning_rat: 1\n", "did you mean 'learning_rate'"),
+                                              ("num_epochs: many\n", "expected a number")])
+def test_config_file_errors_name_the_key(tmp_path, yaml_text, error):
+    from rlhfkit.config import ConfigError, from_dict, load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=error):
+        from_dict(SFTConfig, load_yaml(path), where=str(path))
