@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the sub-command's parser, which knows its options for a did-you-mean
         parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    from rlhfkit.trainers.common import CheckpointError, DivergenceError
+
     _help, cls, fn = _commands()[args.command]
     try:
         cfg = config_from_args(cls, args)
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         parsers[args.command].exit(2, f"rlhfkit {args.command}: {e}\n")
     try:
         result = fn(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, DivergenceError, CheckpointError) as e:
         # Bad input is reported in one line naming the file, line and field; no traceback.
         print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -51,6 +51,7 @@ class TrainConfig:
     trust_remote_code: bool = option(False, "allow model code from the checkpoint (off: safer)")
     progress: bool = option(True, "show a progress bar")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
+    max_nonfinite_steps: int = option(3, "skip a step whose loss or gradient is not finite; stop after this many in a row")
 
 
 def set_seed(seed: int) -> None:
@@ -99,6 +100,14 @@ class MetricsLogger:
         if self.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop rows logged after the checkpoint so no step appears twice."""
+        if not self.is_main or not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and _row_step(line) <= step]
+        self.path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         row = {"stage": self.stage, "step": step, **{k: _to_float(v) for k, v in metrics.items()}}
         if self.is_main:
@@ -107,6 +116,13 @@ class MetricsLogger:
         if self.accelerator is not None and self.accelerator.trackers:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
         return row
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 1 << 62  # a torn last line from a crash: dropped
 
 
 def _to_float(v: Any) -> Any:
@@ -164,6 +180,44 @@ def _git_revision() -> str | None:
                               timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# ----------------------------------------------------------------------------- numerical faults
+
+class DivergenceError(RuntimeError):
+    """Too many consecutive non-finite steps; the last checkpoint is left intact."""
+
+
+class NonFiniteGuard:
+    """Skips optimizer steps whose loss or gradients are not finite and stops the run
+    after `max_consecutive` in a row, saying what diverged."""
+
+    def __init__(self, max_consecutive: int, stage: str, log=print):
+        self.max_consecutive, self.stage, self.log = max(1, max_consecutive), stage, log
+        self.consecutive = 0
+        self.skipped = 0
+
+    def step_ok(self, step: int, losses: dict[str, float], named_parameters) -> bool:
+        """True when every loss and gradient is finite; otherwise count, log, maybe raise.
+        Call after backward, before optimizer.step()."""
+        bad_losses = [k for k, v in losses.items() if not math.isfinite(v)]
+        bad_params = [] if bad_losses else _nonfinite_grads(named_parameters)
+        if not bad_losses and not bad_params:
+            self.consecutive = 0
+            return True
+        self.consecutive += 1
+        self.skipped += 1
+        what = (f"non-finite {', '.join(bad_losses)}" if bad_losses
+                else f"non-finite gradients in {', '.join(bad_params[:3])}{' ...' if len(bad_params) > 3 else ''}")
+        self.log(f"{self.stage}: step {step}: {what}; step skipped ({self.consecutive} in a row)")
+        if self.consecutive >= self.max_consecutive:
+            raise DivergenceError(f"{self.stage} diverged at step {step}: {what} for {self.consecutive} steps in a row; "
+                                  "the last checkpoint is intact (lower the learning rate, or check the data/reward)")
+        return False
+
+
+def _nonfinite_grads(named_parameters) -> list[str]:
+    return [name for name, p in named_parameters if p.grad is not None and not torch.isfinite(p.grad).all()]
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -27,7 +27,9 @@ from rlhfkit.rollout.generate import make_generator
 from rlhfkit.rollout.rollout import Rollout, concat_rollouts
 from rlhfkit.trainers.common import (
     CheckpointManager,
+    DivergenceError,
     MetricsLogger,
+    NonFiniteGuard,
     lr_schedule,
     make_accelerator,
     mean_metrics,
@@ -110,7 +112,8 @@ def advantages(ro: Rollout, cfg: PPOConfig) -> None:
 
 
 def update(ro: Rollout, policy, value_model, optimizer, scheduler, cfg: PPOConfig, sizes: dict, accelerator,
-           generator: torch.Generator, ptx: PretrainingBatches | None, timings: dict) -> list[dict]:
+           generator: torch.Generator, ptx: PretrainingBatches | None, timings: dict, guard: NonFiniteGuard,
+           step: int) -> list[dict]:
     """ppo_epochs passes of clipped-surrogate minibatch updates over the rollout."""
     B = ro.prompt_ids.shape[0]
     rows = []
@@ -133,13 +136,16 @@ def update(ro: Rollout, policy, value_model, optimizer, scheduler, cfg: PPOConfi
                     ptx_loss = ptx.loss(policy)
                     accelerator.backward(cfg.ptx_coef * ptx_loss)
                     metrics[-1]["loss/ptx"] = ptx_loss.detach()
-                if cfg.max_grad_norm > 0:
-                    params = [p for group in optimizer.param_groups for p in group["params"]]
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                row = mean_metrics(metrics)
+                losses = {k: row[k] for k in ("loss/policy", "loss/value", "loss/ptx") if k in row}
+                named = [*(("policy." + n, p) for n, p in policy.named_parameters()),
+                         *(("value." + n, p) for n, p in value_model.named_parameters())]
+                if guard.step_ok(step, losses, named):
+                    if cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            row = mean_metrics(metrics)
             row["epoch"] = epoch
             rows.append(row)
     return rows
@@ -232,6 +238,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
                                pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
                                temperature=cfg.temperature)
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="ppo")
+    logger.truncate_after(start)
+    guard = NonFiniteGuard(cfg.max_nonfinite_steps, "ppo", accelerator.print)
     bar = progress_bar(sizes["ppo_steps"], "ppo", cfg.progress and accelerator.is_local_main_process)
     bar.update(start)
     for step in range(start, sizes["ppo_steps"]):
@@ -246,8 +254,12 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
                              sizes["micro"], timings)
         shape_rewards(ro, kl_ctl.value, cfg.kl_estimator)
         advantages(ro, cfg)
+        if not (torch.isfinite(ro.kl).all() and torch.isfinite(ro.values).all()):
+            raise DivergenceError(f"ppo diverged at step {step + 1}: non-finite "
+                                  f"{'KL to the reference' if not torch.isfinite(ro.kl).all() else 'values'} "
+                                  "in the rollout; the last checkpoint is intact")
         update_rows = update(ro, policy, value_model, optimizer, scheduler, cfg, sizes, accelerator, shuffle, ptx,
-                             timings)
+                             timings, guard, step + 1)
         metrics = _step_metrics(ro, kl_ctl.value, update_rows, reward_parts, timings, scheduler, step, sizes, cfg)
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
         done = step + 1

@@ -8,7 +8,6 @@ standard deviation 1); the statistics are stored in its config.json.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from rlhfkit.models.loading import (
 from rlhfkit.trainers.common import (
     CheckpointManager,
     MetricsLogger,
+    NonFiniteGuard,
     TrainConfig,
     lr_schedule,
     make_accelerator,
@@ -163,6 +163,8 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
     start = _resume(checkpoints, accelerator, model, optimizer, scheduler)
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="rm")
+    logger.truncate_after(start)
+    guard = NonFiniteGuard(cfg.max_nonfinite_steps, "rm", accelerator.print)
     bar = progress_bar(len(plan), "reward model", cfg.progress and accelerator.is_local_main_process)
     bar.update(start)
     model.train()
@@ -175,14 +177,15 @@ def train_reward_model(cfg: RewardConfig) -> Path:
             # prompts weigh equally across micro-batches and processes (InstructGPT's per-prompt mean)
             accelerator.backward(loss * len(groups) * world / sum(len(m) for m in plan[step]))
             rows.append({k: float(v) for k, v in metrics.items()})
+        metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+        if not guard.step_ok(step + 1, {"loss": metrics["loss/reward"]}, model.named_parameters()):
+            optimizer.zero_grad(set_to_none=True)
+            continue
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-        if not math.isfinite(metrics["loss/reward"]):
-            raise FloatingPointError(f"rm: non-finite loss at step {step + 1} (lower the learning rate?)")
         metrics["lr"] = scheduler.get_last_lr()[0]
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/reward']:.4f}", acc=f"{metrics['rewards/accuracy']:.2f}")

@@ -7,7 +7,6 @@ optional packing without cross-document attention.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from rlhfkit.models.loading import DTYPES, LoraOptions, load_causal_lm, load_tok
 from rlhfkit.trainers.common import (
     CheckpointManager,
     MetricsLogger,
+    NonFiniteGuard,
     TrainConfig,
     lr_schedule,
     make_accelerator,
@@ -118,11 +118,14 @@ def train_sft(cfg: SFTConfig) -> Path:
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
     start_step = _maybe_resume(checkpoints, accelerator, model, optimizer, scheduler)
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="sft")
+    logger.truncate_after(start_step)
+    guard = NonFiniteGuard(cfg.max_nonfinite_steps, "sft", accelerator.print)
     bar = progress_bar(total_steps, "sft", cfg.progress and accelerator.is_local_main_process)
     bar.update(start_step)
     model.train()
     for step in range(start_step, total_steps):
-        metrics = _optimizer_step(model, optimizer, scheduler, plan[step], train_examples, collator, cfg, accelerator)
+        metrics = _optimizer_step(model, optimizer, scheduler, plan[step], train_examples, collator, cfg, accelerator,
+                                  guard, step + 1)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/train']:.4f}")
         done = step + 1
@@ -143,7 +146,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     return out
 
 
-def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collator, cfg, accelerator) -> dict:
+def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collator, cfg, accelerator, guard,
+                    step: int) -> dict:
     """One optimizer step over `gradient_accumulation_steps` micro-batches; each
     micro-batch's mean loss is re-weighted by its share of the step's tokens."""
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -160,16 +164,17 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collato
         weight = float(metrics["tokens"]) * world / max(global_tokens, 1.0)
         accelerator.backward(loss * weight)
         total_loss += loss.item() * float(metrics["tokens"])
+    out = {"loss/train": total_loss / max(local_tokens, 1), "tokens": global_tokens}
+    if not guard.step_ok(step, {"loss": out["loss/train"]}, model.named_parameters()):
+        optimizer.zero_grad(set_to_none=True)
+        return {**out, "skipped_nonfinite": guard.skipped, "lr": scheduler.get_last_lr()[0]}
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    out = {"loss/train": total_loss / max(local_tokens, 1), "lr": scheduler.get_last_lr()[0],
-           "tokens": global_tokens}
+    out["lr"] = scheduler.get_last_lr()[0]
     if grad_norm is not None:
         out["grad_norm"] = float(grad_norm)
-    if not math.isfinite(out["loss/train"]):
-        raise FloatingPointError(f"sft: non-finite training loss {out['loss/train']} (lower the learning rate?)")
     return out
 
 
