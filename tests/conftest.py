@@ -6,10 +6,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from rlhfkit.testing import save_tiny_model  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,10 @@ def setup(tmp_path_factory):
 
 
 def _run(root, model, prompts, name, beta, **kw):
+    kw.setdefault("learning_rate", 3e-3)
     cfg = PPOConfig(model=model, prompts=prompts, output_dir=str(root / name), total_episodes=32 * 25,
                     rollout_batch_size=32, per_device_train_batch_size=16, generation_batch_size=32,
-                    response_length=8, learning_rate=3e-3, log_every=1, progress=False, missing_eos_penalty=0.0,
+                    response_length=8, log_every=1, progress=False, missing_eos_penalty=0.0,
                     kl_coef=beta, seed=0, **kw)
     out = train_ppo(cfg, reward_fns=[low_token_share])
     return read_metrics(out / "metrics.jsonl")
@@ -92,3 +93,23 @@ def test_ppo_cli_with_python_reward_and_with_reward_model(setup, tmp_path):
     assert (tmp_path / "rm_run" / "kl_controller.json").exists()
     rows = read_metrics(tmp_path / "rm_run" / "metrics.jsonl")
     assert "objective/scores_rm" in rows[-1]
+
+
+@pytest.mark.parametrize("options", [{"value_head_on_policy": True}, {"use_lora": True, "learning_rate": 3e-2}])
+def test_value_head_on_trunk_and_lora_reference_also_learn(setup, options):
+    root, model, prompts = setup
+    name = "_".join(k for k in options if k != "learning_rate")
+    if options.get("use_lora"):
+        # LoRA leaves embeddings and norms frozen: with the default 0.02 init of a random tiny
+        # model the logits cannot move far, so this policy gets larger (still random) embeddings.
+        model = save_tiny_model(root / "lora_base", initializer_range=0.5)
+    rows = _run(root, model, prompts, name, 0.0, **options)
+    start = sum(r["objective/scores"] for r in rows[:3]) / 3
+    end = sum(r["objective/scores"] for r in rows[-3:]) / 3
+    assert end > start + 0.1, (start, end)
+    assert rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # reference == initial policy
+    assert rows[0]["policy/first_ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    out = root / name
+    assert AutoModelForCausalLM.from_pretrained(out) is not None  # LoRA merged into a plain checkpoint
+    if options.get("value_head_on_policy"):
+        assert (out / "value_head.safetensors").exists()

@@ -5,7 +5,7 @@ distinct from EOS, dropout off, scalar heads initialised N(0, 1/sqrt(d+1)).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +36,8 @@ class LoraOptions:
     r: int = 8  # adapter rank
     alpha: int = 16  # scaling numerator (scale = alpha / r)
     dropout: float = 0.0  # adapter dropout; 0 keeps log-probs deterministic for PPO
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # every linear layer but the output head, in any architecture (peft's "all-linear")
+    target_modules: list[str] | str = "all-linear"
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat_template: str | None = None):

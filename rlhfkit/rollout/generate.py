@@ -58,7 +58,9 @@ class HFGenerator:
 
 
 def _cache_kwarg(model: nn.Module) -> str:
-    params = inspect.signature(model.forward).parameters
+    """transformers 5 renamed `past_key_values` to `cache`; accept either."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

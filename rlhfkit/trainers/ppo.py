@@ -8,7 +8,6 @@ One PPO step is five named phases over a typed Rollout:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -20,8 +19,9 @@ from rlhfkit.losses.advantages import gae_advantages
 from rlhfkit.losses.common import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
 from rlhfkit.losses.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from rlhfkit.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
-from rlhfkit.models.forward import causal_lm_logits, response_logprobs, token_scalars
-from rlhfkit.models.loading import load_causal_lm, load_scalar_model, load_tokenizer, save_pretrained_dir
+from rlhfkit.models.actor_critic import ActorCritic
+from rlhfkit.models.forward import response_logprobs
+from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_scalar_model, load_tokenizer, save_pretrained_dir
 from rlhfkit.rewards import FunctionScorer, RewardModelScorer, ScoringBatch, WeightedReward, import_function
 from rlhfkit.rollout.generate import make_generator
 from rlhfkit.rollout.rollout import Rollout, concat_rollouts
@@ -65,19 +65,31 @@ def rollout(generator, prompt_tokens: list[list[int]], prompt_index: list[int], 
 
 
 @torch.no_grad()
-def score(ro: Rollout, policy, ref_policy, value_model, reward: WeightedReward, tokenizer, prompt_records,
+def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokenizer, prompt_records,
           cfg: PPOConfig, micro: int, timings: dict) -> dict[str, float]:
-    """Old log-probs, reference log-probs, values and scores, in place on `ro`."""
+    """Old log-probs, reference log-probs, values and scores, in place on `ro`.
+    ref_policy None means the reference is the policy with its LoRA adapter disabled."""
     logprobs, ref_logprobs, values = [], [], []
     for s in range(0, ro.prompt_ids.shape[0], micro):
         part = ro.select(torch.arange(s, min(s + micro, ro.prompt_ids.shape[0]), device=ro.prompt_ids.device))
         seq, mask, P = part.sequences, part.attention_mask, part.prompt_length
-        with timer(timings, "policy_logprobs"):
-            logprobs.append(response_logprobs(policy, seq, mask, P, cfg.temperature))
+        ac = _unwrap(actor_critic)
+        if ac.shared:  # one pass gives both; its time is reported as policy_logprobs
+            with timer(timings, "policy_logprobs"):
+                logits, v = ac(seq, mask, P, cfg.temperature)
+        else:
+            with timer(timings, "policy_logprobs"):
+                logits = ac.policy_logits(seq, mask, P, cfg.temperature)
+            with timer(timings, "values"):
+                v = ac.values(seq, mask, P)
+        logprobs.append(gather_logprobs(logits, part.response_ids))
+        values.append(v)
         with timer(timings, "reference"):
-            ref_logprobs.append(response_logprobs(ref_policy, seq, mask, P, cfg.temperature))
-        with timer(timings, "values"):
-            values.append(token_scalars(value_model, seq, mask)[:, P - 1:-1])
+            if ref_policy is None:
+                with ac.reference_context():
+                    ref_logprobs.append(response_logprobs(ac.policy, seq, mask, P, cfg.temperature))
+            else:
+                ref_logprobs.append(response_logprobs(ref_policy, seq, mask, P, cfg.temperature))
     m = ro.response_mask.float()
     ro.logprobs, ro.ref_logprobs = torch.cat(logprobs) * m, torch.cat(ref_logprobs) * m
     ro.values = torch.cat(values) * m
@@ -91,6 +103,10 @@ def score(ro: Rollout, policy, ref_policy, value_model, reward: WeightedReward, 
     # A response that never emitted EOS is penalised (ANCHORS.md: -1 in both references).
     ro.scores = scores - cfg.missing_eos_penalty * (~ro.eos).float()
     return parts
+
+
+def _unwrap(module):
+    return getattr(module, "module", module)  # DistributedDataParallel keeps the model in .module
 
 
 def shape_rewards(ro: Rollout, beta: float, estimator: str) -> None:
@@ -111,7 +127,7 @@ def advantages(ro: Rollout, cfg: PPOConfig) -> None:
         ro.advantages = masked_whiten(ro.advantages, mask)
 
 
-def update(ro: Rollout, policy, value_model, optimizer, scheduler, cfg: PPOConfig, sizes: dict, accelerator,
+def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, sizes: dict, accelerator,
            generator: torch.Generator, ptx: PretrainingBatches | None, timings: dict, guard: NonFiniteGuard,
            step: int) -> list[dict]:
     """ppo_epochs passes of clipped-surrogate minibatch updates over the rollout."""
@@ -129,17 +145,16 @@ def update(ro: Rollout, policy, value_model, optimizer, scheduler, cfg: PPOConfi
                 for s in range(0, mb.prompt_ids.shape[0], sizes["micro"]):
                     idx = torch.arange(s, min(s + sizes["micro"], mb.prompt_ids.shape[0]), device=adv.device)
                     part = mb.select(idx)
-                    loss, m = _micro_loss(part, adv[idx], policy, value_model, cfg)
+                    loss, m = _micro_loss(part, adv[idx], actor_critic, cfg)
                     accelerator.backward(loss * part.response_mask.sum() / tokens)
                     metrics.append(m)
                 if ptx is not None:
-                    ptx_loss = ptx.loss(policy)
+                    ptx_loss = ptx.loss(_unwrap(actor_critic).policy)
                     accelerator.backward(cfg.ptx_coef * ptx_loss)
                     metrics[-1]["loss/ptx"] = ptx_loss.detach()
                 row = mean_metrics(metrics)
                 losses = {k: row[k] for k in ("loss/policy", "loss/value", "loss/ptx") if k in row}
-                named = [*(("policy." + n, p) for n, p in policy.named_parameters()),
-                         *(("value." + n, p) for n, p in value_model.named_parameters())]
+                named = [(n, p) for n, p in actor_critic.named_parameters() if p.requires_grad]
                 if guard.step_ok(step, losses, named):
                     if cfg.max_grad_norm > 0:
                         accelerator.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm)
@@ -151,12 +166,10 @@ def update(ro: Rollout, policy, value_model, optimizer, scheduler, cfg: PPOConfi
     return rows
 
 
-def _micro_loss(part: Rollout, adv: torch.Tensor, policy, value_model, cfg: PPOConfig):
-    seq, mask, P = part.sequences, part.attention_mask, part.prompt_length
+def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig):
     rmask = part.response_mask.float()
-    logits = causal_lm_logits(policy, seq, mask)[:, P - 1:-1].float() / cfg.temperature  # [b,A,V]
-    logprobs = gather_logprobs(logits, part.response_ids)
-    values = token_scalars(value_model, seq, mask)[:, P - 1:-1]
+    logits, values = actor_critic(part.sequences, part.attention_mask, part.prompt_length, cfg.temperature)
+    logprobs = gather_logprobs(logits, part.response_ids)  # [b,A]
     pg_loss, pg_metrics = ppo_policy_loss(logprobs, part.logprobs, adv, rmask, cfg.clip_range)
     vf_loss, vf_metrics = ppo_value_loss(values, part.values, part.returns, rmask, cfg.clip_range_value)
     entropy = masked_mean(entropy_from_logits(logits), rmask)
@@ -180,6 +193,27 @@ def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> tuple[Weig
         scorers.append(scorer)
         names.append(scorer.name)
     return WeightedReward(scorers, cfg.reward_weights or None, names), rm
+
+
+def _build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, object | None]:
+    """Policy (+LoRA), value function (separate or on the policy trunk), frozen reference.
+    With LoRA and no separate ref_model the reference is the adapter-disabled policy."""
+    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
+    policy = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
+                            lora=lora, trust_remote_code=cfg.trust_remote_code)
+    ref_policy = None
+    if not cfg.use_lora or cfg.ref_model:
+        ref_policy = load_causal_lm(cfg.ref_model or cfg.model, tokenizer, dtype=cfg.dtype,
+                                    trust_remote_code=cfg.trust_remote_code).to(device).eval()
+        ref_policy.requires_grad_(False)
+    if cfg.value_head_on_policy:
+        return ActorCritic(policy), ref_policy
+    value_init = cfg.value_model or cfg.reward_model or cfg.model
+    value_model = load_scalar_model(value_init, tokenizer, dtype=cfg.dtype,
+                                    head_init="normal" if (cfg.value_model or cfg.reward_model) else "zero",
+                                    gradient_checkpointing=cfg.gradient_checkpointing,
+                                    trust_remote_code=cfg.trust_remote_code)
+    return ActorCritic(policy, value_model), ref_policy
 
 
 def _load_prompts(cfg: PPOConfig, tokenizer, accelerator):
@@ -212,29 +246,21 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer.padding_side = "left"
     prompt_records, prompt_tokens = _load_prompts(cfg, tokenizer, accelerator)
-    policy = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
-                            trust_remote_code=cfg.trust_remote_code)
-    ref_policy = load_causal_lm(cfg.ref_model or cfg.model, tokenizer, dtype=cfg.dtype,
-                                trust_remote_code=cfg.trust_remote_code).to(device).eval()
-    ref_policy.requires_grad_(False)
+    actor_critic, ref_policy = _build_models(cfg, tokenizer, device)
     reward, _ = build_reward(cfg, tokenizer, device, reward_fns)
-    value_init = cfg.value_model or cfg.reward_model or cfg.model
-    value_model = load_scalar_model(value_init, tokenizer, dtype=cfg.dtype,
-                                    head_init="normal" if (cfg.value_model or cfg.reward_model) else "zero",
-                                    gradient_checkpointing=cfg.gradient_checkpointing,
-                                    trust_remote_code=cfg.trust_remote_code)
-    optimizer = torch.optim.Adam([*policy.parameters(), *value_model.parameters()], lr=cfg.learning_rate,
+    optimizer = torch.optim.Adam([p for p in actor_critic.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                  eps=cfg.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", sizes["optimizer_steps"], 0))
-    policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
+    actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
+    policy = accelerator.unwrap_model(actor_critic).policy
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     ptx = PretrainingBatches(cfg, tokenizer, device, accelerator) if cfg.ptx_data and cfg.ptx_coef > 0 else None
     shuffle = torch.Generator().manual_seed(cfg.seed)
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
-    start = _resume(checkpoints, accelerator, policy, value_model, optimizer, scheduler, kl_ctl, shuffle)
+    start = _resume(checkpoints, accelerator, actor_critic, optimizer, scheduler, kl_ctl, shuffle)
 
-    generator = make_generator(cfg.generation_backend, accelerator.unwrap_model(policy), eos_id=tokenizer.eos_token_id,
+    generator = make_generator(cfg.generation_backend, policy, eos_id=tokenizer.eos_token_id,
                                pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
                                temperature=cfg.temperature)
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="ppo")
@@ -246,11 +272,11 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         timings: dict[str, float] = {}
         index = _episode_prompts(len(prompt_tokens), step, sizes["local_rollout"], accelerator.process_index, cfg.seed)
         with timer(timings, "generate"):
-            policy.eval()
+            actor_critic.eval()
             ro = rollout(generator, [prompt_tokens[i] for i in index], index, tokenizer.pad_token_id, device,
                          cfg.generation_batch_size)
-        policy.train()
-        reward_parts = score(ro, policy, ref_policy, value_model, reward, tokenizer, prompt_records, cfg,
+        actor_critic.train()
+        reward_parts = score(ro, actor_critic, ref_policy, reward, tokenizer, prompt_records, cfg,
                              sizes["micro"], timings)
         shape_rewards(ro, kl_ctl.value, cfg.kl_estimator)
         advantages(ro, cfg)
@@ -258,7 +284,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
             raise DivergenceError(f"ppo diverged at step {step + 1}: non-finite "
                                   f"{'KL to the reference' if not torch.isfinite(ro.kl).all() else 'values'} "
                                   "in the rollout; the last checkpoint is intact")
-        update_rows = update(ro, policy, value_model, optimizer, scheduler, cfg, sizes, accelerator, shuffle, ptx,
+        update_rows = update(ro, actor_critic, optimizer, scheduler, cfg, sizes, accelerator, shuffle, ptx,
                              timings, guard, step + 1)
         metrics = _step_metrics(ro, kl_ctl.value, update_rows, reward_parts, timings, scheduler, step, sizes, cfg)
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
@@ -269,12 +295,11 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
             logger.log(done, metrics)
             _log_samples(out, done, ro, tokenizer, prompt_records, cfg.num_samples_logged, accelerator)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < sizes["ppo_steps"]:
-            _save_checkpoint(checkpoints, accelerator, policy, value_model, optimizer, scheduler, kl_ctl, shuffle, done)
+            _save_checkpoint(checkpoints, accelerator, actor_critic, optimizer, scheduler, kl_ctl, shuffle, done)
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_pretrained_dir(accelerator.unwrap_model(policy), tokenizer, out)
-        save_pretrained_dir(accelerator.unwrap_model(value_model), tokenizer, out / "value_model")
+        _save_models(accelerator.unwrap_model(actor_critic), tokenizer, out)
         (out / "kl_controller.json").write_text(json.dumps(kl_ctl.state_dict()))
     accelerator.end_training()
     return out
@@ -321,19 +346,31 @@ def _log_samples(out: Path, step: int, ro: Rollout, tokenizer, prompt_records, n
                 "score": float(ro.scores[i]), "kl": float(ro.kl[i].sum()), "eos": bool(ro.eos[i])}) + "\n")
 
 
-def _save_checkpoint(checkpoints, accelerator, policy, value_model, optimizer, scheduler, kl_ctl, shuffle, step):
-    checkpoints.save(step, {"policy": accelerator.get_state_dict(policy), "value": accelerator.get_state_dict(value_model)},
+def _save_models(actor_critic: ActorCritic, tokenizer, out: Path) -> None:
+    """The policy as a plain HF directory (LoRA merged); the value model beside it
+    (value_model/, or value_head.safetensors for a head on the policy trunk)."""
+    save_pretrained_dir(actor_critic.policy, tokenizer, out)
+    if actor_critic.shared:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in actor_critic.value_head.state_dict().items()},
+                  str(out / "value_head.safetensors"))
+    else:
+        save_pretrained_dir(actor_critic.value_model, tokenizer, out / "value_model")
+
+
+def _save_checkpoint(checkpoints, accelerator, actor_critic, optimizer, scheduler, kl_ctl, shuffle, step):
+    checkpoints.save(step, {"actor_critic": accelerator.get_state_dict(actor_critic)},
                      {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                       "kl_controller": kl_ctl.state_dict(), "rng": rng_state(), "shuffle": shuffle.get_state()})
 
 
-def _resume(checkpoints, accelerator, policy, value_model, optimizer, scheduler, kl_ctl, shuffle) -> int:
+def _resume(checkpoints, accelerator, actor_critic, optimizer, scheduler, kl_ctl, shuffle) -> int:
     path = checkpoints.latest(log=accelerator.print)
     if path is None:
         return 0
     tensors, state = CheckpointManager.load(path)
-    accelerator.unwrap_model(policy).load_state_dict(tensors["policy"], strict=False)
-    accelerator.unwrap_model(value_model).load_state_dict(tensors["value"], strict=False)
+    accelerator.unwrap_model(actor_critic).load_state_dict(tensors["actor_critic"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     kl_ctl.load_state_dict(state["kl_controller"])
@@ -343,5 +380,3 @@ def _resume(checkpoints, accelerator, policy, value_model, optimizer, scheduler,
     return int(state["step"])
 
 
-def is_finite_metrics(metrics: dict) -> bool:
-    return all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))

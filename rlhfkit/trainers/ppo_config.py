@@ -24,6 +24,11 @@ class PPOConfig(TrainConfig):
     normalize_reward: bool = option(True, "apply the mean/std normalisation stored with the reward model")
     value_model: str = option("", "value model initialisation (default: the reward model, else the policy "
                               "checkpoint with a zero-initialised head)")
+    value_head_on_policy: bool = option(False, "value function as a zero-initialised head on the policy trunk "
+                                        "(lm-human-preferences) instead of a separate value model")
+    use_lora: bool = option(False, "train a LoRA adapter on the policy; the reference is the adapter disabled")
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha")
     prompts: str = option("", "RL prompts: a file or dataset with a prompt column (string or messages)")
     prompt_column: str = option("prompt", "column holding the prompt")
     total_episodes: int = option(1024, "prompts sampled over the whole run (one response each)")

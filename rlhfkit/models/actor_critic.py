@@ -1,0 +1,69 @@
+"""The policy and its value function behind one module, so PPO's score and update
+phases need not know which layout is in use:
+
+- separate: a value model of its own (AutoModelForSequenceClassification), by
+  default initialised from the reward model (InstructGPT, the N+ details);
+- shared: a zero-initialised scalar head on the policy's last hidden state
+  (lm-human-preferences), one forward pass for log-probs and values.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from rlhfkit.models.forward import causal_lm_logits, positions_from_mask, token_scalars
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, policy: nn.Module, value_model: nn.Module | None = None):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        if value_model is None:
+            hidden = policy.config.get_text_config().hidden_size
+            self.value_head = nn.Linear(hidden, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+        else:
+            self.value_head = None
+
+    @property
+    def shared(self) -> bool:
+        return self.value_model is None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
+                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask [b,P+A] -> (response logits / T [b,A,V] float32,
+        values [b,A]: the value before emitting each response token)."""
+        P = prompt_length
+        if self.shared:
+            out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=positions_from_mask(attention_mask), use_cache=False,
+                              output_hidden_states=True)
+            logits = out.logits
+            values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1).float()
+        else:
+            logits = causal_lm_logits(self.policy, input_ids, attention_mask)
+            values = token_scalars(self.value_model, input_ids, attention_mask)
+        return logits[:, P - 1:-1].float() / temperature, values[:, P - 1:-1]
+
+    def policy_logits(self, input_ids, attention_mask, prompt_length: int, temperature: float) -> torch.Tensor:
+        """Response logits / T [b,A,V] from the policy alone (separate layout)."""
+        logits = causal_lm_logits(self.policy, input_ids, attention_mask)
+        return logits[:, prompt_length - 1:-1].float() / temperature
+
+    def values(self, input_ids, attention_mask, prompt_length: int) -> torch.Tensor:
+        """Values [b,A] from the separate value model."""
+        return token_scalars(self.value_model, input_ids, attention_mask)[:, prompt_length - 1:-1]
+
+    def value_state(self) -> dict[str, torch.Tensor]:
+        module = self.value_head if self.shared else self.value_model
+        return module.state_dict()
+
+    def reference_context(self):
+        """Adapter disabled: the LoRA policy's own base weights are the reference."""
+        if hasattr(self.policy, "disable_adapter"):
+            return self.policy.disable_adapter()
+        return contextlib.nullcontext()
