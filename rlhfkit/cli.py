@@ -8,58 +8,83 @@ import sys
 from rlhfkit.config import ConfigArgumentParser, ConfigError, add_config_arguments, config_from_args
 
 
-def _commands() -> dict[str, tuple[str, type, object]]:
-    """name -> (help, config class, train function), imported lazily."""
+def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
+    """command path -> (help, config class, function), imported lazily."""
     from rlhfkit.pipeline import PipelineConfig, run_pipeline
     from rlhfkit.trainers.dpo import DPOConfig, train_dpo
     from rlhfkit.trainers.ppo import train_ppo
     from rlhfkit.trainers.ppo_config import PPOConfig
     from rlhfkit.trainers.reward import RewardConfig, train_reward_model
     from rlhfkit.trainers.sft import SFTConfig, train_sft
+    from rlhfkit.world.pretrain import PretrainConfig, pretrain_world
+    from rlhfkit.world.run import RunConfig, run_world
+    from rlhfkit.world.sweep import SweepConfig, sweep_kl
 
     return {
-        "sft": ("supervised fine-tuning on demonstrations", SFTConfig, train_sft),
-        "rm": ("reward model on comparisons (Bradley-Terry)", RewardConfig, train_reward_model),
-        "ppo": ("PPO with a per-token KL penalty to the SFT policy", PPOConfig, train_ppo),
-        "dpo": ("direct preference optimisation and its family (--loss sigmoid|ipo|cdpo|robust|hinge|simpo|orpo|kto)",
-                DPOConfig, train_dpo),
-        "pipeline": ("SFT -> reward model -> PPO in one run directory", PipelineConfig, run_pipeline),
+        ("run",): ("the main job: the InstructGPT recipe in the instruction world, evaluated and reported",
+                   RunConfig, run_world),
+        ("sft",): ("supervised fine-tuning on demonstrations", SFTConfig, train_sft),
+        ("rm",): ("reward model on comparisons (Bradley-Terry)", RewardConfig, train_reward_model),
+        ("ppo",): ("PPO with a per-token KL penalty to the SFT policy", PPOConfig, train_ppo),
+        ("dpo",): ("direct preference optimisation and its family (--loss sigmoid|ipo|cdpo|robust|hinge|simpo|orpo|kto)",
+                   DPOConfig, train_dpo),
+        ("pipeline",): ("SFT -> reward model -> PPO in one run directory", PipelineConfig, run_pipeline),
+        ("world", "pretrain"): ("pretrain the world's base models on its web text", PretrainConfig, pretrain_world),
+        ("world", "sweep-kl"): ("PPO at several KL coefficients from a finished run: gold and proxy vs sqrt(KL)",
+                                SweepConfig, sweep_kl),
     }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, ...], argparse.ArgumentParser]]:
     parser = ConfigArgumentParser(prog="rlhfkit", description="RLHF the InstructGPT way: SFT, reward model, PPO.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ConfigArgumentParser)
+    groups: dict[str, argparse._SubParsersAction] = {}
     parsers = {}
-    for name, (help_text, cls, _fn) in _commands().items():
-        parsers[name] = p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
+    for path, (help_text, cls, _fn) in _commands().items():
+        holder = sub
+        if len(path) == 2:
+            if path[0] not in groups:
+                group = sub.add_parser(path[0], help=f"{path[0]} commands")
+                groups[path[0]] = group.add_subparsers(dest="subcommand", required=True,
+                                                       parser_class=ConfigArgumentParser)
+            holder = groups[path[0]]
+        parsers[path] = p = holder.add_parser(path[-1], help=help_text, description=(cls.__doc__ or help_text).strip())
         add_config_arguments(p, cls)
     return parser, parsers
 
 
 def main(argv: list[str] | None = None) -> int:
+    import transformers
+
+    # The CLI prints its own progress; transformers' per-load reports (e.g. "score.weight
+    # newly initialised" when a reward head is added on purpose) would only be noise.
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     parser, parsers = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    path = (args.command,) + ((args.subcommand,) if getattr(args, "subcommand", None) else ())
+    name = " ".join(path)
     if unknown:  # reported by the sub-command's parser, which knows its options for a did-you-mean
-        parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        parsers[path].error(f"unrecognized arguments: {' '.join(unknown)}")
     from rlhfkit.trainers.common import CheckpointError, DivergenceError
 
-    _help, cls, fn = _commands()[args.command]
+    _help, cls, fn = _commands()[path]
+    vars(args).pop("subcommand", None)
     try:
         cfg = config_from_args(cls, args)
     except ConfigError as e:
-        parsers[args.command].exit(2, f"rlhfkit {args.command}: {e}\n")
+        parsers[path].exit(2, f"rlhfkit {name}: {e}\n")
     try:
         result = fn(cfg)
     except (ValueError, FileNotFoundError, DivergenceError, CheckpointError) as e:
         # Bad input is reported in one line naming the file, line and field; no traceback.
-        print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"rlhfkit {name}: error: {e}", file=sys.stderr)
         return 1
     except MemoryError:
-        print(f"rlhfkit {args.command}: error: out of memory; try a smaller per_device_batch_size "
+        print(f"rlhfkit {name}: error: out of memory; try a smaller per_device_batch_size "
               "or --gradient_checkpointing true", file=sys.stderr)
         return 1
-    print(f"rlhfkit {args.command}: wrote {result}")
+    print(f"rlhfkit {name}: wrote {result}")
     return 0
 
 

@@ -202,7 +202,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML file of options; command-line options override it")
     for name, tp, f in _flat_fields(cls):
         help_text = f"{f.metadata.get('help', '')} (default: {_format_default(f)})"
-        parser.add_argument(f"--{name}", dest=name, metavar=_type_name(tp), default=argparse.SUPPRESS, help=help_text)
+        flags = [f"--{name}"] + (["--out"] if name == "output_dir" else [])
+        parser.add_argument(*flags, dest=name, metavar=_type_name(tp), default=argparse.SUPPRESS, help=help_text)
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
