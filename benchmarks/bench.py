@@ -1,0 +1,375 @@
+"""rlhfkit against TRL on this machine: PPO (TRL 0.29.1), SFT / reward model / DPO (TRL 1.16).
+
+    python benchmarks/bench.py [--only ppo|ppo128|ppo15m|sft|rm|dpo] [--json FILE] [--quick]
+
+Each benchmark runs rlhfkit and the peer as subprocesses on the same checkpoints,
+data, hyperparameters and thread count, alternating rlhfkit/peer/rlhfkit/peer,
+and reports the median throughput, the peak RSS of each subprocess, the quality
+reached at an equal budget and the ratio rlhfkit / peer. See benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import flops  # noqa: E402
+
+CACHE = HERE / ".cache"
+VENVS = {"trl029": ("0.29.1", HERE / ".venv-trl029"), "trl116": ("1.16.0", HERE / ".venv-trl116")}
+TORCH = "torch==2.13.0"
+THREADS = 2
+
+# ----------------------------------------------------------------------------- configurations
+
+MODELS = {  # Llama-style, tied embeddings; the vocabulary comes from the shared BPE tokenizer
+    "h128": dict(hidden=128, layers=4, heads=4, intermediate=352),      # ~0.9M parameters
+    "h384": dict(hidden=384, layers=8, heads=6, intermediate=1024),     # ~15M parameters
+}
+VOCAB = 512
+
+PPO_BENCHES = {  # name: (model, response_length, total_episodes full, quick)
+    "ppo": ("h128", 32, 1536, 128),
+    "ppo128": ("h128", 128, 512, 128),
+    "ppo15m": ("h384", 32, 512, 128),
+}
+PPO_HPARAMS = dict(rollout_batch_size=64, num_minibatches=1, ppo_epochs=4, temperature=1.0, missing_eos_penalty=1.0,
+                   kl_coef=0.02, learning_rate=1e-5)
+N_PROMPTS = 512
+
+# ----------------------------------------------------------------------------- synthetic corpus and data
+
+_WORDS = {
+    "animal": "cat dog cow pig hen fox owl bee ant rat bat elk yak goat lion wolf bear duck".split(),
+    "fruit": "apple banana cherry grape lemon mango melon peach pear plum fig kiwi lime".split(),
+    "color": "red blue green pink gray gold black white brown purple yellow cyan teal tan navy".split(),
+    "name": "Tavo Mira Jun Ode Lea Sam Ivo Kai Noor Remy Ada Ben".split(),
+}
+_TEMPLATES = [
+    "List two {kind}s.", "Name a {kind} that is not {w}.", "Say hello to {name}.", "What is {a} plus {b}?",
+    "Count from {a} to {c}.", "Sort these words: {w}, {x}, {y}.", "Write one sentence about a {w}.",
+    "Is {w} a {kind}? Answer yes or no.", "Repeat after me: {w} {x} {y}.",
+]
+
+
+def _prompt(rng: random.Random) -> str:
+    kind = rng.choice(list(_WORDS))
+    words = rng.sample(_WORDS[kind], 3)
+    a, b = rng.randint(1, 20), rng.randint(1, 20)
+    return rng.choice(_TEMPLATES).format(kind=kind, w=words[0], x=words[1], y=words[2], name=rng.choice(_WORDS["name"]),
+                                         a=a, b=b, c=a + rng.randint(2, 5))
+
+
+def _answer(rng: random.Random, prompt: str) -> str:
+    kind = rng.choice(list(_WORDS))
+    return " ".join(rng.sample(_WORDS[kind], rng.randint(2, 6))) + rng.choice([".", "!", ". Done."])
+
+
+def corpus(n: int = 3000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        p = _prompt(rng)
+        out.append(p + " " + _answer(rng, p))
+    return out
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def build_assets(quick: bool) -> dict:
+    """Tokenizer, checkpoints and data sets, built once into benchmarks/.cache."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from rlhfkit.data.tokenize import prompt_token_ids
+    from rlhfkit.models.tokenizer import train_bpe_tokenizer
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tok_dir = CACHE / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        tok = train_bpe_tokenizer(corpus(), vocab_size=VOCAB, model_max_length=1024)
+        tok.save_pretrained(tok_dir)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    assert tok.pad_token_id != tok.eos_token_id
+    paths: dict = {"tokenizer": str(tok_dir)}
+    for name, m in MODELS.items():
+        d = CACHE / name
+        if not (d / "reward" / "config.json").exists():
+            cfg = LlamaConfig(vocab_size=len(tok), hidden_size=m["hidden"], intermediate_size=m["intermediate"],
+                              num_hidden_layers=m["layers"], num_attention_heads=m["heads"],
+                              num_key_value_heads=m["heads"], max_position_embeddings=512, tie_word_embeddings=True,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+            torch.manual_seed(1234)
+            LlamaForCausalLM(cfg).save_pretrained(d / "policy")
+            tok.save_pretrained(d / "policy")
+            torch.manual_seed(4321)
+            cfg.num_labels = 1
+            LlamaForSequenceClassification(cfg).save_pretrained(d / "reward")
+            tok.save_pretrained(d / "reward")
+        paths[name] = {"policy": str(d / "policy"), "reward": str(d / "reward")}
+    rng = random.Random(7)
+    prompts = CACHE / "prompts.jsonl"
+    if not prompts.exists():
+        texts = [_prompt(rng) for _ in range(N_PROMPTS)]
+        _write_jsonl(prompts, [{"prompt": t, "input_ids": prompt_token_ids(tok, t)} for t in texts])
+    sft, prefs = CACHE / "sft.jsonl", CACHE / "prefs.jsonl"
+    if not sft.exists():
+        rng = random.Random(11)
+        rows = []
+        for _ in range(512):
+            p = _prompt(rng)
+            rows.append({"prompt": p, "completion": " " + _answer(rng, p)})
+        _write_jsonl(sft, rows)
+    if not prefs.exists():
+        rng = random.Random(13)
+        rows = []
+        for _ in range(512):
+            p = _prompt(rng)
+            rows.append({"prompt": p, "chosen": " " + _answer(rng, p), "rejected": " " + _answer(rng, p)})
+        _write_jsonl(prefs, rows)
+    paths.update(prompts=str(prompts), sft=str(sft), prefs=str(prefs))
+    return paths
+
+
+# ----------------------------------------------------------------------------- peers' environments
+
+
+def ensure_venv(key: str) -> Path:
+    """benchmarks/.venv-trlXXX with torch 2.13.0 (CPU wheel) first, then TRL pinned, torch held."""
+    version, venv = VENVS[key]
+    py = venv / "bin" / "python"
+    ok = py.exists() and subprocess.run([str(py), "-c", f"import trl, torch; assert trl.__version__ == '{version}'"],
+                                        capture_output=True).returncode == 0
+    if ok:
+        return py
+    print(f"setting up {venv.name} (torch 2.13.0, trl {version}) ...", flush=True)
+    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "pip"), "install", "-q"]
+    subprocess.run([*pip, TORCH], check=True)
+    subprocess.run([*pip, f"trl=={version}", TORCH], check=True)  # the torch pin keeps pip from upgrading it
+    return py
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_one(python: str, runner: Path, spec: dict, workdir: Path) -> dict:
+    """Run one system once as a subprocess; adds its peak RSS (ru_maxrss)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path, result_path = workdir / "spec.json", workdir / "result.json"
+    spec_path.write_text(json.dumps(spec))
+    if result_path.exists():
+        result_path.unlink()
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("VIRTUAL_ENV", None)
+    log = open(workdir / "log.txt", "w")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([python, str(runner), str(spec_path), str(result_path)], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, cwd=str(workdir))
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    log.close()
+    if proc.returncode != 0 or not result_path.exists():
+        tail = (workdir / "log.txt").read_text()[-3000:]
+        raise RuntimeError(f"{runner.name} failed (exit {proc.returncode}) in {workdir}:\n{tail}")
+    result = json.loads(result_path.read_text())
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024  # KiB on Linux
+    result["process_seconds"] = wall
+    # CPU seconds of the whole subprocess (loading included): on a shared machine the
+    # wall-clock throughput swings with other load; work per CPU-second much less so.
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
+    return result
+
+
+def alternate(name: str, reps: int, rlhfkit_spec: dict, peer_spec: dict, peer_python: Path, out: Path,
+              unit: str) -> tuple[dict, dict]:
+    runs = {"rlhfkit": [], "peer": []}
+    for rep in range(reps):
+        for system in ("rlhfkit", "peer"):
+            workdir = out / name / f"{system}-{rep}"
+            spec = dict(rlhfkit_spec if system == "rlhfkit" else peer_spec, output_dir=str(workdir / "run"))
+            python = sys.executable if system == "rlhfkit" else str(peer_python)
+            runner = HERE / ("run_rlhfkit.py" if system == "rlhfkit" else "run_trl.py")
+            r = run_one(python, runner, spec, workdir)
+            runs[system].append(r)
+            print(f"  [{name}] {system} rep {rep}: {r[unit]:.4g} {unit}, quality {r.get('quality', float('nan')):.4f}, "
+                  f"train {r['train_seconds']:.1f}s, load {r['load_seconds']:.1f}s, "
+                  f"peak RSS {r['peak_rss_mib']:.0f} MiB, CPU {r['cpu_seconds']:.0f}s / wall {r['process_seconds']:.0f}s",
+                  flush=True)
+    return runs["rlhfkit"], runs["peer"]
+
+
+def _params(model_dir: str, scalar: bool) -> dict:
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return flops.llama_params(cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"],
+                              cfg["intermediate_size"], cfg["num_attention_heads"], cfg.get("num_key_value_heads"),
+                              tied=cfg.get("tie_word_embeddings", True), head_outputs=1 if scalar else 0)
+
+
+def bench_ppo(name: str, paths: dict, args, peak: dict, out: Path) -> dict:
+    model, response_length, full, quick = PPO_BENCHES[name]
+    episodes = args.episodes or (quick if args.quick else full)
+    h = dict(PPO_HPARAMS, response_length=response_length, total_episodes=episodes)
+    spec = {"task": "ppo", "policy": paths[model]["policy"], "reward": paths[model]["reward"],
+            "prompts": paths["prompts"], "hparams": h, "threads": THREADS, "seed": 0, "quality_last_steps": 5}
+    peer_py = ensure_venv("trl029")
+    ours, peer = alternate(name, args.reps, spec, spec, peer_py, out, "episodes_per_second")
+    n_pol = _params(paths[model]["policy"], scalar=False)
+    n_rm = _params(paths[model]["reward"], scalar=True)
+    prompts = [json.loads(line) for line in Path(paths["prompts"]).read_text().splitlines()]
+    p_mean = sum(len(r["input_ids"]) for r in prompts) / len(prompts)
+    f = flops.ppo_flops_per_episode(n_pol["total"], n_rm["total"], n_pol["total"], n_rm["total"], p_mean,
+                                    response_length, h["ppo_epochs"])
+    res = {"rlhfkit": flops.summarise(ours, "episodes_per_second"), "peer": flops.summarise(peer, "episodes_per_second")}
+    res["peer"]["name"] = f"trl {peer[0].get('version', VENVS['trl029'][0])}"
+    for s in ("rlhfkit", "peer"):
+        res[s]["mfu"] = flops.mfu(f["total"], res[s]["throughput"], peak["flops"])
+        res[s]["quality_metric"] = "mean objective/scores over the last 5 PPO steps (after the missing-EOS penalty)"
+    res["ratio"] = res["rlhfkit"]["throughput"] / res["peer"]["throughput"]
+    for s, runs in (("rlhfkit", ours), ("peer", peer)):
+        res[s]["episodes_per_cpu_second"] = flops.median([r["episodes"] / r["cpu_seconds"] for r in runs])
+    res["ratio_per_cpu_second"] = res["rlhfkit"]["episodes_per_cpu_second"] / res["peer"]["episodes_per_cpu_second"]
+    timings: dict[str, float] = {}
+    steps = 0
+    for r in ours:
+        steps += r["steps"]
+        for k, v in r["timings"].items():
+            timings[k] = timings.get(k, 0.0) + v
+    res["rlhfkit"]["phase_seconds_per_step"] = {k: v / max(steps, 1) for k, v in timings.items()}
+    res["rlhfkit"]["loop_seconds_per_step"] = sum(r["train_seconds"] for r in ours) / max(steps, 1)
+    res["rlhfkit"]["response_length_mean"] = flops.median([r["response_length_mean"] for r in ours])
+    res["flops"] = {"per_episode": f, "params_policy": n_pol, "params_value_reward": n_rm,
+                    "prompt_tokens_mean": p_mean, "response_tokens": response_length,
+                    "N": "all parameters: non-embedding + the (tied) embedding, counted once",
+                    "config": h, "model": MODELS[model]}
+    res["_phases_text"] = flops.format_phases(timings, steps)
+    return res
+
+
+def _tokens_sft(paths, tok) -> int:
+    rows = [json.loads(line) for line in Path(paths["sft"]).read_text().splitlines()]
+    return sum(len(tok(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) + 1 for r in rows)
+
+
+def bench_simple(name: str, paths: dict, args, peak: dict, out: Path) -> dict:
+    """SFT, RM, DPO on the h128 model, one epoch over 512 examples (quick: 64), batch 8, equal steps."""
+    from transformers import AutoTokenizer
+
+    model = paths["h128"]["policy"]
+    n = 64 if args.quick else 512
+    data_src = Path(paths["sft" if name == "sft" else "prefs"])
+    data = out / name / "data.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(data_src.read_text().splitlines(keepends=True)[:n]))
+    tok = AutoTokenizer.from_pretrained(model)
+    common = dict(model=model, data=str(data), per_device_batch_size=8, num_epochs=1.0, max_length=128,
+                  eval_fraction=0.0, learning_rate=1e-4, warmup_ratio=0.0, lr_scheduler="linear", num_threads=THREADS,
+                  progress=False, log_every=1, seed=0)
+    peer_common = dict(per_device_train_batch_size=8, num_train_epochs=1, learning_rate=1e-4,
+                       lr_scheduler_type="linear", max_grad_norm=1.0, weight_decay=0.0)
+    if name == "sft":
+        units, unit = _tokens_sft(paths, tok) * n // 512, "tokens_per_second"
+        ours_cfg = dict(common, completion_only_loss=True, disable_dropout=True)
+        peer_cfg = dict(peer_common, max_length=128, completion_only_loss=True, packing=False)
+    elif name == "rm":
+        units, unit = n, "pairs_per_second"
+        ours_cfg = dict(common, normalize_on="none")
+        peer_cfg = dict(peer_common, max_length=128, center_rewards_coefficient=None)
+    else:
+        units, unit = n, "pairs_per_second"
+        ours_cfg = dict(common, learning_rate=5e-6, beta=0.1, loss="sigmoid", precompute_ref_logprobs=False)
+        peer_cfg = dict(peer_common, learning_rate=5e-6, beta=0.1, loss_type=["sigmoid"], max_length=128,
+                        precompute_ref_log_probs=False)
+    ours_spec = {"task": name, "config": ours_cfg, "units": units, "threads": THREADS}
+    peer_spec = {"task": name, "model": model, "data": str(data), "peer": peer_cfg, "units": units, "threads": THREADS}
+    peer_py = ensure_venv("trl116")
+    def ours_for(workdir):
+        return dict(ours_spec, config=dict(ours_cfg, output_dir=str(workdir / "run")))
+
+    runs = {"rlhfkit": [], "peer": []}
+    for rep in range(args.reps):
+        for system in ("rlhfkit", "peer"):
+            workdir = out / name / f"{system}-{rep}"
+            if system == "rlhfkit":
+                spec = dict(ours_for(workdir), output_dir=str(workdir / "run"))
+                r = run_one(sys.executable, HERE / "run_rlhfkit.py", spec, workdir)
+            else:
+                spec = dict(peer_spec, output_dir=str(workdir / "run"))
+                r = run_one(str(peer_py), HERE / "run_trl.py", spec, workdir)
+            runs[system].append(r)
+            print(f"  [{name}] {system} rep {rep}: {r[unit]:.4g} {unit}, final loss {r['quality']:.4f}, "
+                  f"train {r['train_seconds']:.1f}s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+    res = {"rlhfkit": flops.summarise(runs["rlhfkit"], unit), "peer": flops.summarise(runs["peer"], unit)}
+    res["peer"]["name"] = f"trl {runs['peer'][0].get('version', '')}"
+    n_params = _params(model, scalar=(name == "rm"))["total"]
+    if name == "sft":
+        per_unit = flops.train_flops_per_token(n_params)
+    else:  # a pair: two sequences of about the mean length, DPO adds a reference forward
+        rows = [json.loads(line) for line in data.read_text().splitlines()]
+        length = sum(len(tok(r["prompt"] + r["chosen"])["input_ids"]) + len(tok(r["prompt"] + r["rejected"])["input_ids"])
+                     for r in rows) / len(rows)
+        per_unit = flops.train_flops_per_token(n_params, forwards_only=1 if name == "dpo" else 0) * length
+    for s in ("rlhfkit", "peer"):
+        res[s]["mfu"] = flops.mfu(per_unit, res[s]["throughput"], peak["flops"])
+        res[s]["quality_metric"] = "training loss at the last step (equal steps)"
+    res["ratio"] = res["rlhfkit"]["throughput"] / res["peer"]["throughput"]
+    return res
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=[*PPO_BENCHES, "sft", "rm", "dpo"], action="append",
+                    help="run only these benchmarks (repeatable); default: all")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--quick", action="store_true", help="tiny budgets (2 PPO steps, 64 examples), 1 repetition")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per system (default 2; --quick: 1)")
+    ap.add_argument("--episodes", type=int, default=0, help="override PPO total_episodes")
+    ap.add_argument("--out", default=str(HERE / "results"), help="work directory of the runs")
+    args = ap.parse_args(argv)
+    args.reps = args.reps or (1 if args.quick else 2)
+    names = args.only or [*PPO_BENCHES, "sft", "rm", "dpo"]
+    out = Path(args.out)
+    paths = build_assets(args.quick)
+    peak = flops.matmul_peak(THREADS)
+    print(f"fp32 matmul peak on {THREADS} threads: {peak['flops'] / 1e9:.1f} GFLOP/s (torch.mm {peak['size']}^2)",
+          flush=True)
+    results: dict = {"machine": {"matmul_peak_flops": peak["flops"], "matmul_size": peak["size"], "threads": THREADS,
+                                 "cpu_count": os.cpu_count()}}
+    phases = {}
+    for name in names:
+        print(f"== {name}", flush=True)
+        res = (bench_ppo if name in PPO_BENCHES else bench_simple)(name, paths, args, peak, out)
+        if "_phases_text" in res:
+            phases[name] = res.pop("_phases_text")
+        results[name] = res
+        # a second peak measurement after each benchmark shows how noisy the shared machine was
+    print()
+    print(flops.format_table(results))
+    for name, res in results.items():
+        if isinstance(res, dict) and "ratio_per_cpu_second" in res:
+            print(f"{name}: episodes per CPU-second rlhfkit {res['rlhfkit']['episodes_per_cpu_second']:.3g}, "
+                  f"peer {res['peer']['episodes_per_cpu_second']:.3g}, ratio {res['ratio_per_cpu_second']:.3f}")
+    for name, text in phases.items():
+        print(f"\nrlhfkit PPO phases ({name}):\n{text}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""One rlhfkit benchmark run, in its own process: `python run_rlhfkit.py SPEC.json RESULT.json`.
+
+The training loop is timed from the creation of the trainer's progress bar (just
+before the first step; models, data and optimizer are loaded by then) to its
+close (after the last step), so model loading is excluded, as for the peer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _threads(n: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+
+
+class _LoopClock:
+    """Wraps a trainer module's progress_bar to bracket the training loop."""
+
+    def __init__(self, module):
+        self.start = self.end = None
+        original = module.progress_bar
+
+        def patched(*args, **kwargs):
+            bar = original(*args, **kwargs)
+            self.start = time.perf_counter()
+            close = bar.close
+
+            def closing():
+                self.end = time.perf_counter()
+                close()
+
+            bar.close = closing
+            return bar
+
+        module.progress_bar = patched
+
+    @property
+    def seconds(self) -> float:
+        return (self.end or time.perf_counter()) - (self.start or 0.0)
+
+
+def _rows(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def run_ppo(spec: dict) -> dict:
+    import rlhfkit.trainers.ppo as ppo_mod
+    from rlhfkit.trainers.ppo import train_ppo
+    from rlhfkit.trainers.ppo_config import PPOConfig
+
+    h = spec["hparams"]
+    cfg = PPOConfig(
+        model=spec["policy"], reward_model=spec["reward"], value_model=spec["reward"], prompts=spec["prompts"],
+        output_dir=spec["output_dir"], seed=spec.get("seed", 0), total_episodes=h["total_episodes"],
+        rollout_batch_size=h["rollout_batch_size"], num_minibatches=h["num_minibatches"], ppo_epochs=h["ppo_epochs"],
+        per_device_train_batch_size=h["rollout_batch_size"] // h["num_minibatches"],
+        generation_batch_size=h["rollout_batch_size"], response_length=h["response_length"],
+        temperature=h["temperature"], missing_eos_penalty=h["missing_eos_penalty"], kl_coef=h["kl_coef"],
+        learning_rate=h["learning_rate"], num_threads=spec["threads"], progress=False, log_every=1,
+        max_prompt_length=256, num_samples_logged=0, dtype="float32",
+    )
+    clock = _LoopClock(ppo_mod)
+    t0 = time.perf_counter()
+    train_ppo(cfg)
+    total = time.perf_counter() - t0
+    rows = [r for r in _rows(Path(spec["output_dir"])) if "objective/scores" in r]
+    last = rows[-spec.get("quality_last_steps", 5):]
+    timings: dict[str, float] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k.startswith("timing/"):
+                timings[k] = timings.get(k, 0.0) + v
+    episodes = len(rows) * h["rollout_batch_size"]
+    return {
+        "train_seconds": clock.seconds, "load_seconds": total - clock.seconds, "episodes": episodes,
+        "episodes_per_second": episodes / clock.seconds,
+        "quality": sum(r["objective/scores"] for r in last) / max(len(last), 1),
+        "steps": len(rows), "timings": timings,
+        "response_length_mean": sum(r["response/length"] for r in rows) / max(len(rows), 1),
+    }
+
+
+def _simple(spec: dict, module_name: str, train_name: str, config_name: str, loss_key: str, unit: str) -> dict:
+    import importlib
+
+    mod = importlib.import_module(module_name)
+    clock = _LoopClock(mod)
+    cfg = getattr(mod, config_name)(**spec["config"])
+    t0 = time.perf_counter()
+    getattr(mod, train_name)(cfg)
+    total = time.perf_counter() - t0
+    rows = [r for r in _rows(Path(spec["output_dir"])) if loss_key in r and not r.get("final")]
+    return {
+        "train_seconds": clock.seconds, "load_seconds": total - clock.seconds,
+        unit: spec["units"] / clock.seconds, "quality": rows[-1][loss_key] if rows else float("nan"),
+        "steps": rows[-1]["step"] if rows else 0,
+    }
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    _threads(spec["threads"])
+    task = spec["task"]
+    if task == "ppo":
+        result = run_ppo(spec)
+    elif task == "sft":
+        result = _simple(spec, "rlhfkit.trainers.sft", "train_sft", "SFTConfig", "loss/train", "tokens_per_second")
+    elif task == "rm":
+        result = _simple(spec, "rlhfkit.trainers.reward", "train_reward_model", "RewardConfig", "loss/reward",
+                         "pairs_per_second")
+    elif task == "dpo":
+        result = _simple(spec, "rlhfkit.trainers.dpo", "train_dpo", "DPOConfig", "loss/dpo", "pairs_per_second")
+    else:
+        raise SystemExit(f"unknown task {task}")
+    import torch
+
+    result["threads"] = torch.get_num_threads()
+    Path(sys.argv[2]).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

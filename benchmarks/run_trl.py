@@ -1,0 +1,147 @@
+"""One TRL benchmark run, in the peer's own virtual environment:
+`python run_trl.py SPEC.json RESULT.json` (no rlhfkit import here).
+
+PPO: trl.experimental.ppo.PPOTrainer (TRL 0.29.1). SFT/RM/DPO: TRL 1.16's
+SFTTrainer, RewardTrainer, DPOTrainer. The training loop is `trainer.train()`,
+timed alone (model loading and trainer construction excluded).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _threads(n: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _common_args(spec: dict) -> dict:
+    # TRL's configs default to bf16=True and (PPO) gradient_checkpointing=True: both off, as in rlhfkit.
+    return dict(output_dir=spec["output_dir"], seed=spec.get("seed", 0), bf16=False, fp16=False,
+                gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                disable_tqdm=True, dataloader_num_workers=0)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def run_ppo(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    h = spec["hparams"]
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(spec["policy"], padding_side="left")
+    policy = AutoModelForCausalLM.from_pretrained(spec["policy"], dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(spec["policy"], dtype=torch.float32)
+    reward = AutoModelForSequenceClassification.from_pretrained(spec["reward"], num_labels=1, dtype=torch.float32)
+    value = AutoModelForSequenceClassification.from_pretrained(spec["reward"], num_labels=1, dtype=torch.float32)
+    data = Dataset.from_dict({"input_ids": [r["input_ids"] for r in _read_jsonl(spec["prompts"])]})
+    args = PPOConfig(
+        **_common_args(spec),
+        per_device_train_batch_size=h["rollout_batch_size"], gradient_accumulation_steps=1,
+        num_mini_batches=h["num_minibatches"], local_rollout_forward_batch_size=h["rollout_batch_size"],
+        total_episodes=h["total_episodes"], num_ppo_epochs=h["ppo_epochs"], response_length=h["response_length"],
+        stop_token="eos", missing_eos_penalty=h["missing_eos_penalty"], kl_coef=h["kl_coef"],
+        temperature=h["temperature"], learning_rate=h["learning_rate"], num_sample_generations=0,
+        lr_scheduler_type="linear", max_grad_norm=1.0,
+    )
+    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
+                         value_model=value, train_dataset=data)
+    load = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    trainer.train()
+    train = time.perf_counter() - t1
+    rows = [r for r in trainer.state.log_history if "objective/scores" in r]
+    last = rows[-spec.get("quality_last_steps", 5):]
+    episodes = len(rows) * h["rollout_batch_size"]
+    return {"train_seconds": train, "load_seconds": load, "episodes": episodes,
+            "episodes_per_second": episodes / train, "steps": len(rows),
+            "quality": sum(r["objective/scores"] for r in last) / max(len(last), 1)}
+
+
+def _loss_rows(trainer) -> list[dict]:
+    return [r for r in trainer.state.log_history if "loss" in r]
+
+
+def run_sft(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    c = spec["peer"]
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    data = Dataset.from_list(_read_jsonl(spec["data"]))
+    args = SFTConfig(**_common_args(spec), **c)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    return _train(trainer, spec, time.perf_counter() - t0, "tokens_per_second")
+
+
+def run_rm(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    data = Dataset.from_list(_read_jsonl(spec["data"]))
+    args = RewardConfig(**_common_args(spec), **spec["peer"])
+    trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    return _train(trainer, spec, time.perf_counter() - t0, "pairs_per_second")
+
+
+def run_dpo(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    data = Dataset.from_list(_read_jsonl(spec["data"]))
+    args = DPOConfig(**_common_args(spec), **spec["peer"])
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok)
+    return _train(trainer, spec, time.perf_counter() - t0, "pairs_per_second")
+
+
+def _train(trainer, spec: dict, load: float, unit: str) -> dict:
+    t1 = time.perf_counter()
+    trainer.train()
+    train = time.perf_counter() - t1
+    rows = _loss_rows(trainer)
+    return {"train_seconds": train, "load_seconds": load, unit: spec["units"] / train,
+            "quality": rows[-1]["loss"] if rows else float("nan"), "steps": trainer.state.global_step}
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    _threads(spec["threads"])
+    result = {"ppo": run_ppo, "sft": run_sft, "rm": run_rm, "dpo": run_dpo}[spec["task"]](spec)
+    import torch
+    import trl
+
+    result["threads"] = torch.get_num_threads()
+    result["version"] = trl.__version__
+    Path(sys.argv[2]).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

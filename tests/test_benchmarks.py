@@ -1,0 +1,65 @@
+"""Smoke test of the benchmark suite's FLOP counting and table code (no peers, no training)."""
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import flops  # noqa: E402
+
+
+def test_llama_params_matches_transformers():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=88, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=0)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(cfg)
+    want = len({id(p): p for p in lm.parameters()})
+    assert want > 0
+    got = flops.llama_params(96, 32, 2, 88, heads=4, kv_heads=2, tied=True)
+    assert got["total"] == sum({id(p): p.numel() for p in lm.parameters()}.values())
+    cfg.num_labels = 1
+    cls = LlamaForSequenceClassification(cfg)
+    got_cls = flops.llama_params(96, 32, 2, 88, heads=4, kv_heads=2, head_outputs=1)
+    assert got_cls["total"] == sum(p.numel() for p in cls.parameters())
+    assert got_cls["embedding"] == 96 * 32
+
+
+def test_reference_model_is_about_0_9m_parameters():
+    n = flops.llama_params(512, 128, 4, 352, heads=4)["total"]
+    assert 0.8e6 < n < 1.0e6
+    assert 13e6 < flops.llama_params(512, 384, 8, 1024, heads=6)["total"] < 16e6
+
+
+def test_ppo_flops_per_episode():
+    f = flops.ppo_flops_per_episode(10, 20, 10, 20, prompt_tokens=3, response_tokens=7, ppo_epochs=4)
+    assert f["generate"] == 2 * 10 * 10
+    assert f["score"] == 2 * (10 + 20 + 20) * 10
+    assert f["update"] == 6 * (10 + 20) * 10 * 4
+    assert f["total"] == f["generate"] + f["score"] + f["update"]
+    assert flops.mfu(f["total"], 2.0, f["total"] * 4) == 0.5
+    assert math.isnan(flops.mfu(1.0, 0.0, 1.0))
+
+
+def test_summary_and_table():
+    runs = [{"episodes_per_second": 2.0, "quality": -1.0, "peak_rss_mib": 100.0, "train_seconds": 5.0,
+             "load_seconds": 1.0, "timings": {}},
+            {"episodes_per_second": 4.0, "quality": -0.5, "peak_rss_mib": 120.0, "train_seconds": 3.0,
+             "load_seconds": 1.0}]
+    s = flops.summarise(runs, "episodes_per_second")
+    assert s["throughput"] == 3.0 and s["peak_rss_mib"] == 120.0 and s["quality"] == -0.75
+    assert all("timings" not in r for r in s["repetitions"])
+    peer = dict(s, throughput=6.0, name="trl 0.29.1", mfu=0.02)
+    table = flops.format_table({"machine": {}, "ppo": {"rlhfkit": dict(s, mfu=0.01), "peer": peer, "ratio": 0.5}})
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["benchmark", "system"]
+    assert "trl 0.29.1" in table and "0.500" in table and "1.00%" in table
+    phases = flops.format_phases({"timing/generate": 3.0, "timing/update": 1.0, "timing/step": 4.0}, steps=2)
+    assert "generate" in phases.splitlines()[1] and "75.0%" in phases and not any(l.startswith("step") for l in phases.splitlines())
+
+
+def test_matmul_peak_is_positive():
+    peak = flops.matmul_peak(threads=1, sizes=(64,), repeats=1)
+    assert peak["flops"] > 0 and peak["size"] == 64
