@@ -1,0 +1,297 @@
+"""report.json and report.md of a world run (rlhfkit.world.run), rebuilt from the
+files the stages stored, so a resumed run writes the same report.
+
+report.json:
+    models       base_small | base_large | sft | ppo (| ppo_ptx): path, params, gold, likert,
+                 exact, terminated, polite, length, kl_to_sft, webtext_loss, per_family
+    win_rates    ppo_vs_base_large, ppo_vs_sft, sft_vs_base_small,
+                 ppo_vs_sft_best_temperature, ppo_vs_sft_greedy (+ ppo_ptx_* with ptx)
+    reward_model val_accuracy, labeler_agreement, val_accuracy_vs_gold, oracle_agreement
+    eval         prompts, temperature, seed
+    seconds      per stage
+
+report.md adds, for people: the InstructGPT-style table, a Likert bar chart,
+training curves per stage, and the over-optimisation picture (gold and proxy
+reward against sqrt(KL) over PPO training).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rlhfkit.world.judge import win_rate
+
+FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "terminated", "polite", "length", "kl_to_sft",
+               "webtext_loss", "per_family")
+RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement")
+LABELS = {"base_small": "base-small", "base_large": "base-large (\"GPT-3\")", "sft": "SFT", "ppo": "PPO (RLHF)",
+          "ppo_ptx": "PPO-ptx"}
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_eval(out: Path, name: str) -> dict:
+    return json.loads((out / "eval" / f"{name}.json").read_text())
+
+
+def win_rates(evals: dict[str, dict], temperatures) -> tuple[dict, dict]:
+    """The five win rates (and which SFT temperature was best)."""
+    def scores(name, key="t1"):
+        return evals[name]["decodings"][key]["scores"]
+
+    sft_keys = [f"t{t:g}" for t in temperatures if f"t{t:g}" in evals["sft"]["decodings"]] or ["t1"]
+    best = max(sft_keys, key=lambda k: evals["sft"]["decodings"][k]["gold"])
+    rates = {
+        "ppo_vs_base_large": win_rate(scores("ppo"), scores("base_large")),
+        "ppo_vs_sft": win_rate(scores("ppo"), scores("sft")),
+        "sft_vs_base_small": win_rate(scores("sft"), scores("base_small")),
+        "ppo_vs_sft_best_temperature": win_rate(scores("ppo"), scores("sft", best)),
+        "ppo_vs_sft_greedy": win_rate(scores("ppo", "greedy"), scores("sft", "greedy")),
+    }
+    if "ppo_ptx" in evals:
+        rates["ppo_ptx_vs_base_large"] = win_rate(scores("ppo_ptx"), scores("base_large"))
+        rates["ppo_ptx_vs_sft"] = win_rate(scores("ppo_ptx"), scores("sft"))
+        rates["ppo_ptx_vs_ppo"] = win_rate(scores("ppo_ptx"), scores("ppo"))
+    return rates, {"sft_best_temperature": float(best[1:])}
+
+
+def build_report(out: Path, models: dict[str, str], seconds: dict[str, float], seed: int,
+                 temperatures=(0.5, 0.7, 1.0)) -> tuple[dict, dict]:
+    evals = {name: load_eval(out, name) for name in models}
+    rates, extra = win_rates(evals, temperatures)
+    rm = json.loads((out / "rm" / "heldout.json").read_text())
+    report = {
+        "models": {name: {k: evals[name]["figures"][k] for k in FIGURE_KEYS} for name in models},
+        "win_rates": rates,
+        "reward_model": {k: rm[k] for k in RM_KEYS},
+        "eval": {"prompts": len(evals["ppo"]["decodings"]["t1"]["scores"]), "temperature": 1.0, "seed": seed},
+        "seconds": {k: round(float(v), 3) for k, v in seconds.items()},
+    }
+    details = {"evals": evals, "rm": rm, **extra}
+    return _json_safe(report), details
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_likert(report: dict, path: Path) -> None:
+    plt = _plt()
+    names = list(report["models"])
+    values = [report["models"][n]["likert"] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([LABELS.get(n, n) for n in names], values, color=["#999", "#666", "#4a90d9", "#d9534f", "#f0ad4e"][:len(names)])
+    ax.set_ylim(1, 7)
+    ax.set_ylabel("mean Likert (1-7, gold judge)")
+    ax.set_title("Quality on held-out prompts (T = 1)")
+    for i, v in enumerate(values):
+        ax.text(i, v + 0.05, f"{v:.2f}", ha="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in rows if key in r and isinstance(r[key], (int, float)) and not r.get("final")]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_training(out: Path, path: Path, ppo_dirs: dict[str, Path]) -> None:
+    """One panel per stage: SFT loss, RM loss and accuracy, then per PPO run the
+    rewards (proxy and gold) and the KL and response length."""
+    plt = _plt()
+    panels = [("SFT", out / "sft" / "metrics.jsonl", ["loss/train", "loss/val"]),
+              ("reward model", out / "rm" / "metrics.jsonl", ["loss/reward", "rewards/accuracy", "val/accuracy"])]
+    for name, d in ppo_dirs.items():
+        panels.append((f"{name}: rewards", d / "metrics.jsonl", ["objective/scores_rm", "objective/scores_gold",
+                                                                   "objective/rlhf_reward"]))
+        panels.append((f"{name}: KL and length", d / "metrics.jsonl", ["objective/kl", "response/length",
+                                                                         "response/eos_rate"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5))
+    for ax, (title, metrics, keys) in zip(axes, panels):
+        rows = read_metrics(metrics)
+        for key in keys:
+            x, y = _series(rows, key)
+            final = [(r["step"], r[key]) for r in rows if r.get("final") and isinstance(r.get(key), (int, float))]
+            if x:
+                ax.plot(x, y, marker="." if len(x) < 30 else None, label=key)
+            if final:  # end-of-training evaluation (e.g. validation loss)
+                ax.plot([f[0] for f in final], [f[1] for f in final], "*", ms=10, label=f"{key} (final)")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def overoptimisation_points(metrics_path: Path) -> dict[str, list[float]]:
+    """sqrt(KL), proxy (RM, normalised) and gold per logged PPO step."""
+    rows = [r for r in read_metrics(metrics_path) if "objective/kl" in r]
+    return {"step": [r["step"] for r in rows],
+            "sqrt_kl": [math.sqrt(max(r["objective/kl"], 0.0)) for r in rows],
+            "proxy": [r.get("objective/scores_rm", float("nan")) for r in rows],
+            "gold": [r.get("objective/scores_gold", float("nan")) for r in rows]}
+
+
+def _smooth(values: list[float], window: int = 3) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        part = [v for v in values[max(0, i - window + 1):i + 1] if math.isfinite(v)]
+        out.append(sum(part) / len(part) if part else float("nan"))
+    return out
+
+
+def plot_overoptimisation(runs: dict[str, Path], path: Path, title: str = "Over-optimisation") -> None:
+    """Gold score (left) and proxy reward (right) against sqrt(KL to SFT), one
+    point per logged PPO step (each a batch of rollouts), with a running mean
+    over 3 steps drawn through them in training order (Gao et al. 2022)."""
+    plt = _plt()
+    fig, (ax_gold, ax_proxy) = plt.subplots(1, 2, figsize=(10, 4))
+    colors = ["#d9534f", "#4a90d9", "#5cb85c", "#f0ad4e", "#9b59b6", "#333"]
+    for i, (name, metrics) in enumerate(runs.items()):
+        p = overoptimisation_points(metrics)
+        c = colors[i % len(colors)]
+        for ax, key in ((ax_gold, "gold"), (ax_proxy, "proxy")):
+            ax.scatter(p["sqrt_kl"], p[key], s=10, color=c, alpha=0.35)
+            ax.plot(_smooth(p["sqrt_kl"]), _smooth(p[key]), "-", color=c, label=name)
+    ax_gold.set_ylabel("gold score (judge, on the PPO rollouts)")
+    ax_proxy.set_ylabel("proxy reward (RM, std units)")
+    for ax in (ax_gold, ax_proxy):
+        ax.set_xlabel("sqrt(KL to SFT), nats^0.5 per response")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- markdown
+
+def _f(x, fmt=".3f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
+    m, w, rm = report["models"], report["win_rates"], report["reward_model"]
+    lab = json.loads((out / "comparisons" / "labelers.json").read_text())
+    lines = ["# Instruction world: InstructGPT in miniature", "",
+             f"Run directory `{out}`, seed {report['eval']['seed']}, {report['eval']['prompts']} held-out evaluation "
+             "prompts (even over the 8 families), sampled at temperature 1.0 (top-k 0, top-p 1, "
+             f"at most {cfg.max_new_tokens} new tokens), judged by the gold judge.", "",
+             "## Headline (InstructGPT Figure 1 style)", "",
+             "| model | size (params) | Likert (1-7) | preferred to base-large |", "|---|---:|---:|---:|"]
+    vs_large = {"base_large": 0.5, "ppo": w["ppo_vs_base_large"]}
+    if "ppo_ptx_vs_base_large" in w:
+        vs_large["ppo_ptx"] = w["ppo_ptx_vs_base_large"]
+    for name, fig in m.items():
+        pref = vs_large.get(name)
+        if pref is None:
+            from rlhfkit.world.judge import win_rate
+
+            pref = win_rate(details["evals"][name]["decodings"]["t1"]["scores"],
+                            details["evals"]["base_large"]["decodings"]["t1"]["scores"])
+        lines.append(f"| {LABELS.get(name, name)} | {fig['params']:,} | {_f(fig['likert'], '.2f')} | {_f(pref, '.1%')} |")
+    lines += ["", "![Likert per model](likert.png)", "", "## All figures (samples at T = 1)", "",
+              "| model | gold | Likert | exact | terminated | polite | length (tok) | KL to SFT (nats) | web-text loss |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, fig in m.items():
+        lines.append(f"| {LABELS.get(name, name)} | {_f(fig['gold'])} | {_f(fig['likert'], '.2f')} | "
+                     f"{_f(fig['exact'], '.1%')} | {_f(fig['terminated'], '.1%')} | {_f(fig['polite'], '.1%')} | "
+                     f"{_f(fig['length'], '.1f')} | {_f(fig['kl_to_sft'], '.2f')} | {_f(fig['webtext_loss'])} |")
+    lines += ["", "Greedy decoding and other temperatures:", "", "| model | decoding | gold | exact | terminated | length |",
+              "|---|---|---:|---:|---:|---:|"]
+    for name, ev in details["evals"].items():
+        for key, d in ev["decodings"].items():
+            lines.append(f"| {LABELS.get(name, name)} | {'T = ' + key[1:] if key.startswith('t') else key} | "
+                         f"{_f(d['gold'])} | {_f(d['exact'], '.1%')} | {_f(d['terminated'], '.1%')} | {_f(d['length'], '.1f')} |")
+    families = list(next(iter(m.values()))["per_family"])
+    lines += ["", "Per family (gold / exact at T = 1):", "", "| model | " + " | ".join(families) + " |",
+              "|---|" + "---:|" * len(families)]
+    for name, fig in m.items():
+        cells = [f"{_f(fig['per_family'][f]['gold'], '.2f')} / {_f(fig['per_family'][f]['exact'], '.0%')}"
+                 for f in families]
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    lines += ["", "## Win rates (gold judge; ties count one half)", "", "| comparison | win rate |", "|---|---:|"]
+    for k, v in w.items():
+        lines.append(f"| {k.replace('_', ' ')} | {_f(v, '.1%')} |")
+    lines += ["", f"SFT's best sampling temperature among {list(cfg.eval_temperatures)}: "
+              f"{details.get('sft_best_temperature')}.", "",
+              "## Labelers and reward model", "",
+              f"- Comparison prompts: {lab['prompts']}, K = {lab['k']} SFT samples each at temperature "
+              f"{cfg.comparison_temperature}; {lab['responses_unterminated']} of {lab['responses_sampled']} responses "
+              "ran out of tokens without EOS.",
+              "- Unterminated responses were dropped from their ranking (the reward trainer appends EOS to every "
+              "response, so keeping them would teach the RM a stop the model never made), then duplicate texts "
+              f"(the trainer refuses them); rankings with fewer than 2 responses left were dropped: "
+              f"{lab['rankings_kept']} rankings, {lab['pairs_kept']} pairs kept "
+              f"({lab['train_prompts']} train / {lab['heldout_prompts']} held out).",
+              f"- Labeler noise recalibrated on these SFT samples to {cfg.labeler_target_agreement:.0%} agreement: "
+              f"noise_std {_f(lab['noise_std'], '.4f')} (default {lab['noise_std_default']}); two labelers agree on "
+              f"{_f(lab['labeler_agreement'], '.1%')} of pairs of different SFT samples, a labeler agrees with gold "
+              f"on {_f(lab['oracle_agreement'], '.1%')}."
+              + (f" Calibration failed: {lab['calibration_error']}" if lab.get("calibration_error") else ""), "",
+              f"Held-out pairs ({details['rm'].get('pairs', 0)} pairs of different texts, labeler order):", "",
+              "| figure | value |", "|---|---:|",
+              f"| RM accuracy vs the labeler | {_f(rm['val_accuracy'], '.1%')} |",
+              f"| second labeler vs the labeler (labelers' agreement) | {_f(rm['labeler_agreement'], '.1%')} |",
+              f"| RM accuracy vs gold (gold ties one half) | {_f(rm['val_accuracy_vs_gold'], '.1%')} |",
+              f"| labeler vs gold (oracle ceiling) | {_f(rm['oracle_agreement'], '.1%')} |", "",
+              "## Training curves", "", "![training curves](training.png)", "",
+              "## Over-optimisation", "",
+              "Gold score (evaluated on the PPO rollouts during training by a weight-0 reward function) and the proxy "
+              "(normalised RM score) against sqrt(KL to SFT) per logged PPO step:", "",
+              "![over-optimisation](overoptimisation.png)", "",
+              "## Time (seconds)", "", "| stage | seconds |", "|---|---:|"]
+    for k, v in report["seconds"].items():
+        lines.append(f"| {k} | {v:.1f} |")
+    lines.append(f"| total | {sum(report['seconds'].values()):.1f} |")
+    lines += ["", "## Settings", "",
+              f"- SFT: {cfg.sft.num_epochs} epochs, lr {cfg.sft.learning_rate}, batch {cfg.sft.per_device_batch_size}.",
+              f"- RM: init base-large, {cfg.rm.num_epochs} epoch, lr {cfg.rm.learning_rate}, "
+              f"{cfg.rm.per_device_batch_size} prompts per step (all C(K,2) pairs of a prompt in one element), "
+              "normalised to mean 0 / std 1 on the SFT comparison responses.",
+              f"- PPO: {cfg.ppo.total_episodes} episodes, rollout batch {cfg.ppo.rollout_batch_size}, "
+              f"{cfg.ppo.num_minibatches} minibatches x {cfg.ppo.ppo_epochs} epochs, lr {cfg.ppo.learning_rate}, "
+              f"beta {cfg.ppo.kl_coef} (per-token KL to SFT), value model: {cfg.ppo.value_model}, "
+              f"missing-EOS penalty {cfg.ppo.missing_eos_penalty}."]
+    if cfg.ptx:
+        lines.append(f"- PPO-ptx: the same plus ptx_coef {cfg.ptx_coef} x web-text NLL ({cfg.ptx_docs} documents).")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, cfg, models: dict[str, str], seconds: dict[str, float]) -> dict:
+    report, details = build_report(out, models, seconds, cfg.seed, cfg.eval_temperatures)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    ppo_dirs = {name: out / name for name in models if name.startswith("ppo")}
+    try:
+        plot_likert(report, out / "likert.png")
+        plot_training(out, out / "training.png", ppo_dirs)
+        plot_overoptimisation({n: d / "metrics.jsonl" for n, d in ppo_dirs.items()}, out / "overoptimisation.png")
+    except ImportError as e:  # matplotlib missing: the numbers are still written
+        print(f"report: no plots ({e})")
+    (out / "report.md").write_text(render_markdown(report, details, out, cfg))
+    return report

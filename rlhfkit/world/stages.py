@@ -1,0 +1,336 @@
+"""Building blocks of `rlhfkit run` (rlhfkit.world.run): the world's datasets
+written as JSONL, batched sampling from a policy, the comparison stage (K SFT
+samples per prompt ranked by recalibrated simulated labelers) and the reward
+model's held-out figures.
+
+Everything here is deterministic in its seed, so a resumed run rebuilds the
+same files.
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from rlhfkit.data.collate import pad_sequences
+from rlhfkit.data.tokenize import prompt_token_ids
+from rlhfkit.world.demonstrators import make_demonstrations
+from rlhfkit.world.judge import gold_rewards, gold_score
+from rlhfkit.world.labelers import (
+    LabelerConfig,
+    calibrate_noise,
+    labeler_agreement,
+    make_comparisons,
+    oracle_agreement,
+    rank,
+)
+from rlhfkit.world.splits import make_split
+from rlhfkit.world.tasks import Task, parse_instruction
+
+# Offset of the second, independent labeler (never in the pool) used for the
+# labelers' own agreement on the reward model's held-out pairs.
+SECOND_LABELER_OFFSET = 1_000_003
+
+
+# ----------------------------------------------------------------------------- files
+
+def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def chat(instruction: str) -> list[dict]:
+    """The world's prompt: one user message."""
+    return [{"role": "user", "content": instruction}]
+
+
+def tasks_of(rows: Sequence[dict]) -> list[Task]:
+    return [parse_instruction(r["instruction"]) for r in rows]
+
+
+# ----------------------------------------------------------------------------- stage 1: data
+
+def make_world_data(data_dir: Path, *, n_demonstrations: int, n_comparison_prompts: int, n_ppo_prompts: int,
+                    n_eval_prompts: int, seed: int) -> dict[str, int]:
+    """demonstrations.jsonl (prompt messages + completion), comparison_prompts,
+    ppo_prompts and eval_prompts (prompt messages + instruction + family) from
+    the world's disjoint splits."""
+    demos = make_demonstrations(n_demonstrations, seed)
+    write_jsonl(data_dir / "demonstrations.jsonl",
+                [{"prompt": chat(d["prompt"]), "completion": d["completion"], "family": d["family"],
+                  "kind": d["kind"]} for d in demos])
+    counts = {"demonstrations": len(demos)}
+    for name, split, n in (("comparison_prompts", "comparisons", n_comparison_prompts),
+                           ("ppo_prompts", "ppo", n_ppo_prompts), ("eval_prompts", "eval", n_eval_prompts)):
+        tasks = make_split(split, n, seed)
+        write_jsonl(data_dir / f"{name}.jsonl",
+                    [{"prompt": chat(t.instruction), "instruction": t.instruction, "family": t.family} for t in tasks])
+        counts[name] = len(tasks)
+    return counts
+
+
+def ptx_texts(n_docs: int, seed: int, max_chars: int = 250) -> list[str]:
+    """Web text for PPO-ptx, cut at line boundaries into pieces of at most
+    `max_chars` characters, so that every piece fits the PPO max_length (a
+    byte-level BPE never makes more tokens than bytes) and none is an error."""
+    from rlhfkit.world.webtext import make_webtext
+
+    pieces = []
+    for doc in make_webtext(n_docs, seed):
+        current = ""
+        for line in doc.split("\n"):
+            line = line[:max_chars]
+            if current and len(current) + 1 + len(line) > max_chars:
+                pieces.append(current)
+                current = line
+            else:
+                current = f"{current}\n{line}" if current else line
+        if current.strip():
+            pieces.append(current)
+    return [p for p in pieces if p.strip()]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+class Samples:
+    """Responses of one policy to a prompt list: token ids (EOS included when the
+    model emitted it), decoded text (EOS and padding removed) and terminated flags."""
+
+    def __init__(self, prompt_ids: list[list[int]], response_ids: list[list[int]], texts: list[str],
+                 terminated: list[bool], temperature: float = 1.0, logprob_sums: list[float] | None = None):
+        self.prompt_ids, self.response_ids, self.texts, self.terminated = prompt_ids, response_ids, texts, terminated
+        self.temperature = temperature
+        # sum of the sampler's log-probs per response (softmax(logits / temperature)); None when greedy
+        self.logprob_sums = logprob_sums
+
+    def lengths(self) -> list[int]:
+        """Generated tokens per response, the EOS not counted."""
+        return [len(r) - int(t) for r, t in zip(self.response_ids, self.terminated)]
+
+
+@torch.no_grad()
+def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int):
+    """Greedy decoding with a KV cache, same conventions as LocalGenerator."""
+    from transformers import DynamicCache
+
+    from rlhfkit.models.forward import positions_from_mask
+    from rlhfkit.rollout.generate import _cache_kwarg, truncate_after_eos
+
+    B, P = ids.shape
+    full_mask = torch.cat([mask.long(), mask.new_zeros(B, max_new_tokens)], dim=1)
+    tokens = ids.new_full((B, max_new_tokens), pad_id)
+    finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    cache, cache_name = DynamicCache(), _cache_kwarg(model)
+    step_ids, positions = ids, positions_from_mask(mask)
+    next_position = positions[:, -1:] + 1
+    for t in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=full_mask[:, :P + t], position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **{cache_name: cache})
+        chosen = out.logits[:, -1].argmax(-1).masked_fill(finished, pad_id)
+        tokens[:, t] = chosen
+        full_mask[:, P + t] = (~finished).long()
+        finished = finished | (chosen == eos_id)
+        if bool(finished.all()):
+            break
+        step_ids, positions = chosen.view(-1, 1), next_position
+        next_position = next_position + 1
+    return truncate_after_eos(tokens, eos_id, pad_id)
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, prompts: Sequence, *, temperature: float, max_new_tokens: int = 48,
+                     batch_size: int = 256, seed: int = 0) -> Samples:
+    """Sample one response per prompt (chat messages or strings), batched, with
+    LocalGenerator (top-k 0, top-p 1) at `temperature`, or greedily when
+    temperature == 0. Prompts are sorted by length so batches carry little padding."""
+    from rlhfkit.rollout.generate import LocalGenerator
+
+    model.eval()
+    device = next(model.parameters()).device
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompt_ids = [prompt_token_ids(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
+    responses: list[list[int] | None] = [None] * len(prompts)
+    ended: list[bool] = [False] * len(prompts)
+    logprob_sums: list[float] = [0.0] * len(prompts)
+    torch.manual_seed(seed)
+    generator = None if temperature == 0 else LocalGenerator(model, eos_id, pad_id, max_new_tokens, temperature)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask = pad_sequences([prompt_ids[i] for i in idx], pad_id, side="left")
+        ids, mask = ids.to(device), mask.to(device)
+        gen = _greedy(model, ids, mask, max_new_tokens, eos_id, pad_id) if generator is None \
+            else generator.generate(ids, mask)
+        for row, i in enumerate(idx):
+            n = int(gen.response_mask[row].sum())
+            responses[i] = gen.response_ids[row, :n].tolist()
+            ended[i] = bool(gen.eos[row])
+            if gen.sampler_logprobs is not None:
+                logprob_sums[i] = float(gen.sampler_logprobs[row].sum())
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    return Samples(prompt_ids, responses, texts, ended, temperature, None if generator is None else logprob_sums)
+
+
+@torch.no_grad()
+def response_logprob_sums(model, samples: Samples, batch_size: int = 128, temperature: float = 1.0) -> list[float]:
+    """sum_t log pi(y_t | x, y_<t) over each sampled response (EOS included)."""
+    from rlhfkit.models.forward import response_logprobs
+
+    model.eval()
+    device = next(model.parameters()).device
+    pad = 0
+    out: list[float] = []
+    for start in range(0, len(samples.texts), batch_size):
+        p = samples.prompt_ids[start:start + batch_size]
+        r = samples.response_ids[start:start + batch_size]
+        pids, pmask = pad_sequences(p, pad, side="left")
+        rids, rmask = pad_sequences([x or [pad] for x in r], pad, side="right")
+        rmask = rmask * torch.tensor([[1] if x else [0] for x in r])  # empty responses contribute nothing
+        ids, mask = torch.cat([pids, rids], 1).to(device), torch.cat([pmask, rmask], 1).to(device)
+        lp = response_logprobs(model, ids, mask, pids.shape[1], temperature)
+        out += (lp * mask[:, pids.shape[1]:].float()).sum(1).tolist()
+    return out
+
+
+# ----------------------------------------------------------------------------- stage 3: comparisons
+
+def gold(prompts, responses, terminated) -> list[float]:
+    """The gold judge as a PPO reward function, added with weight 0 so that
+    metrics.jsonl records `objective/scores_gold` beside the proxy reward."""
+    return gold_rewards(prompts, responses, terminated)
+
+
+def filter_ranking(row: dict) -> dict | None:
+    """Make a labeled K-way ranking loadable by the reward trainer, which appends
+    EOS to every response: unterminated responses are dropped (their text would
+    otherwise be encoded as if the model had stopped) and empty ones (the loader
+    refuses them), then duplicate texts (the trainer refuses them; the
+    best-ranked copy stays). None when fewer than two
+    responses remain."""
+    keep = [r for r in range(len(row["responses"])) if row["terminated"][r] and row["responses"][r].strip()]
+    seen, unique = set(), []
+    for r in keep:
+        if row["responses"][r] not in seen:
+            seen.add(row["responses"][r])
+            unique.append(r)
+    if len(unique) < 2:
+        return None
+    return {
+        "prompt": chat(row["prompt"]),
+        "responses": [row["responses"][r] for r in unique],
+        "ranking": list(range(len(unique))),  # responses are stored best first
+        "terminated": [True] * len(unique),
+        "original_order": [row["order"][r] for r in unique],
+        "labeler": row["labeler"], "seed": row["seed"], "index": row["index"], "family": row["family"],
+    }
+
+
+def label_comparisons(tasks: Sequence[Task], responses: Sequence[Sequence[str]], terminated: Sequence[Sequence[bool]],
+                      *, seed: int, labeler: LabelerConfig, target_agreement: float,
+                      calibrate: bool) -> tuple[list[dict], dict, LabelerConfig]:
+    """Recalibrate the labelers' noise on these samples, rank, and filter.
+    Returns (rows for the reward trainer, figures, the labeler config used)."""
+    samples = list(zip(tasks, responses, terminated))
+    figures: dict = {"noise_std_default": labeler.noise_std}
+    if calibrate:
+        try:
+            labeler = LabelerConfig(**{**labeler.__dict__, "noise_std": calibrate_noise(
+                samples, target_agreement, config=labeler, seed=seed)})
+        except ValueError as e:  # e.g. too few distinct pairs in a micro run
+            figures["calibration_error"] = str(e)
+    figures["noise_std"] = labeler.noise_std
+    try:
+        figures["labeler_agreement"] = labeler_agreement(samples, labeler, seed)
+        figures["oracle_agreement"] = oracle_agreement(samples, labeler, seed)
+    except ValueError:
+        figures["labeler_agreement"] = figures["oracle_agreement"] = float("nan")
+    raw = make_comparisons(tasks, responses, terminated, seed, labeler)
+    rows = [r for r in (filter_ranking(x) for x in raw) if r is not None]
+    k = len(responses[0]) if responses else 0
+    figures.update({
+        "prompts": len(raw), "rankings_kept": len(rows),
+        "responses_sampled": sum(len(r) for r in responses),
+        "responses_unterminated": sum(not t for ts in terminated for t in ts),
+        "responses_kept": sum(len(r["responses"]) for r in rows),
+        "pairs_kept": sum(len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in rows),
+        "k": k,
+    })
+    return rows, figures, labeler
+
+
+# ----------------------------------------------------------------------------- stage 4: reward-model figures
+
+@torch.no_grad()
+def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConfig, batch_size: int = 64) -> dict:
+    """Held-out pairwise figures on the same pairs (different texts, labeler order):
+    val_accuracy (RM vs the labeler who ranked them), val_accuracy_vs_gold (RM vs
+    the gold judge, gold ties count one half), labeler_agreement (a second,
+    independent labeler vs the first), oracle_agreement (gold vs the first labeler:
+    the ceiling a reward model that learned the labeler could reach against gold)."""
+    from rlhfkit.models.forward import scores_at
+    from rlhfkit.models.loading import load_scalar_model, load_tokenizer
+
+    tokenizer = load_tokenizer(rm_dir)
+    model = load_scalar_model(rm_dir, tokenizer).eval()
+    seqs, owners = [], []
+    for g, row in enumerate(rows):
+        p = prompt_token_ids(tokenizer, row["prompt"])
+        for y in row["responses"]:
+            seqs.append(p + tokenizer(y, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+            owners.append(g)
+    scores: list[float] = []
+    for start in range(0, len(seqs), batch_size):
+        ids, mask = pad_sequences(seqs[start:start + batch_size], tokenizer.pad_token_id, side="left")
+        scores += scores_at(model, ids, mask).tolist()
+    acc = acc_gold = agree = oracle = 0.0
+    pairs = 0
+    pos = 0
+    for row in rows:
+        ys = row["responses"]
+        k = len(ys)
+        s = scores[pos:pos + k]
+        pos += k
+        task = parse_instruction(row["prompt"][-1]["content"])
+        g = [gold_score(y, task.accepted, True).gold for y in ys]
+        other = rank(task, ys, [True] * k, row["labeler"] + SECOND_LABELER_OFFSET, row["seed"],
+                     prompt_index=row["index"], config=labeler)
+        other_pos = {idx: r for r, idx in enumerate(other)}
+        for i in range(k):
+            for j in range(i + 1, k):  # the labeler preferred i to j
+                pairs += 1
+                acc += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+                if abs(g[i] - g[j]) <= 1e-9:
+                    acc_gold += 0.5
+                    oracle += 0.5
+                else:
+                    acc_gold += float((s[i] > s[j]) == (g[i] > g[j]))
+                    oracle += float(g[i] > g[j])
+                agree += float(other_pos[i] < other_pos[j])
+    if not pairs:
+        return {"val_accuracy": float("nan"), "labeler_agreement": float("nan"),
+                "val_accuracy_vs_gold": float("nan"), "oracle_agreement": float("nan"), "pairs": 0}
+    return {"val_accuracy": acc / pairs, "labeler_agreement": agree / pairs,
+            "val_accuracy_vs_gold": acc_gold / pairs, "oracle_agreement": oracle / pairs, "pairs": pairs,
+            "prompts": len(rows)}
+
+
+def split_rows(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) by a seeded shuffle; at least one held-out row when possible."""
+    order = list(range(len(rows)))
+    random.Random(f"rlhfkit.world.rm-holdout/{seed}").shuffle(order)
+    n_out = max(1, round(fraction * len(rows))) if len(rows) > 1 else 0
+    held = sorted(order[:n_out])
+    train = sorted(order[n_out:])
+    return [rows[i] for i in train], [rows[i] for i in held]

@@ -1,0 +1,137 @@
+"""The world run end to end at micro size (configs/world-micro.yaml) on tiny
+stand-in base models: report.json has every key, SFT beats base-small on gold,
+the reward model beats chance on held-out pairs, and re-running resumes (every
+stage skipped) with the same report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhfkit.config import from_dict, load_yaml
+from rlhfkit.world.report import FIGURE_KEYS, RM_KEYS
+from rlhfkit.world.run import RunConfig, run_world
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("data", "sft", "comparisons", "rm", "ppo", "eval/sft", "eval/base_small", "eval/base_large", "eval/ppo")
+WIN_RATES = ("ppo_vs_base_large", "ppo_vs_sft", "sft_vs_base_small", "ppo_vs_sft_best_temperature",
+             "ppo_vs_sft_greedy")
+
+
+def make_standins(directory: Path) -> dict[str, str]:
+    """Random-init Llama stand-ins for base-small / base-large with a 512-token BPE
+    tokenizer trained on web text (the real ones come from `rlhfkit world pretrain`)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhfkit.models.tokenizer import train_bpe_tokenizer
+    from rlhfkit.world.webtext import make_webtext
+
+    tok = train_bpe_tokenizer(make_webtext(300, seed=5), vocab_size=512)
+    paths = {}
+    for name, hidden in (("base-small", 64), ("base-large", 96)):
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                          tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                          bos_token_id=None)
+        LlamaForCausalLM(cfg).save_pretrained(directory / name)
+        tok.save_pretrained(directory / name)
+        paths[name] = str(directory / name)
+    return paths
+
+
+def micro_config(tmp: Path, models: dict[str, str]) -> RunConfig:
+    data = load_yaml(ROOT / "configs" / "world-micro.yaml")
+    data.update(output_dir=str(tmp / "run"), base_small=models["base-small"], base_large=models["base-large"])
+    return from_dict(RunConfig, data)
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("world")
+    cfg = micro_config(tmp, make_standins(tmp / "models"))
+    out = run_world(cfg)
+    return cfg, out
+
+
+def test_report_has_every_key(micro_run):
+    _, out = micro_run
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"models", "win_rates", "reward_model", "eval", "seconds"}
+    assert set(report["models"]) == {"base_small", "base_large", "sft", "ppo"}
+    for name, figures in report["models"].items():
+        assert set(figures) == set(FIGURE_KEYS), name
+        assert figures["params"] > 0 and 0 <= figures["gold"] <= 1
+        assert figures["likert"] == pytest.approx(1 + 6 * figures["gold"])
+        assert set(figures["per_family"]) == {"add", "compare", "count", "reverse", "sort", "repeat", "name", "greet"}
+        assert figures["webtext_loss"] > 0
+    assert report["models"]["sft"]["kl_to_sft"] == 0.0
+    assert report["models"]["ppo"]["kl_to_sft"] > -0.5  # a Monte-Carlo KL: about zero or positive
+    assert set(report["win_rates"]) == set(WIN_RATES)
+    assert all(0 <= v <= 1 for v in report["win_rates"].values())
+    assert set(report["reward_model"]) == set(RM_KEYS)
+    assert report["eval"] == {"prompts": 128, "temperature": 1.0, "seed": 0}
+    assert {"data", "sft", "comparisons", "rm", "ppo", "eval"} <= set(report["seconds"])
+    for png in ("likert.png", "training.png", "overoptimisation.png"):
+        assert (out / png).stat().st_size > 0
+    assert "| model | size (params) | Likert" in (out / "report.md").read_text()
+
+
+def test_sft_beats_base_small_and_rm_beats_chance(micro_run):
+    _, out = micro_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"]["sft"]["gold"] > report["models"]["base_small"]["gold"]
+    assert report["win_rates"]["sft_vs_base_small"] > 0.5
+    assert report["reward_model"]["val_accuracy"] > 0.55
+
+
+def test_datasets_written_and_gold_logged(micro_run):
+    _, out = micro_run
+    for name in ("demonstrations", "comparison_prompts", "ppo_prompts", "eval_prompts"):
+        assert (out / "data" / f"{name}.jsonl").exists()
+    rows = [json.loads(line) for line in (out / "comparisons" / "comparisons.jsonl").read_text().splitlines()]
+    assert rows and all(len(r["responses"]) >= 2 and all(r["terminated"]) for r in rows)
+    ppo = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert all("objective/scores_gold" in r and "objective/scores_rm" in r for r in ppo)
+
+
+def test_rerun_resumes_with_the_same_report(micro_run, capsys):
+    cfg, out = micro_run
+    before = (out / "report.json").read_text()
+    markers = {s: (out / s / ".done").stat().st_mtime_ns for s in STAGES}
+    capsys.readouterr()
+    run_world(cfg)
+    log = capsys.readouterr().out
+    for stage in STAGES:
+        assert f"[{stage.replace('/', ' ')}] already done" in log
+        assert (out / stage / ".done").stat().st_mtime_ns == markers[stage]
+    assert (out / "report.json").read_text() == before
+
+
+def test_sweep_kl_reuses_the_run(micro_run, tmp_path):
+    from rlhfkit.world.sweep import SweepConfig, sweep_kl
+
+    _, out = micro_run
+    sweep = sweep_kl(SweepConfig(run_dir=str(out), output_dir=str(tmp_path / "sweep"), betas=[0.0, 0.1],
+                                 total_episodes=64, eval_prompts=16))
+    result = json.loads((sweep / "sweep.json").read_text())
+    assert set(result) == {"beta_0", "beta_0.1"}
+    for r in result.values():
+        assert r["train_gold"] is not None and r["train_proxy"] is not None and "eval" in r
+    assert (sweep / "sweep.png").stat().st_size > 0
+    assert not (out / "ppo" / "beta_0").exists()  # the run's own PPO is untouched
+
+
+def test_filter_ranking_drops_unterminated_empty_and_duplicates():
+    from rlhfkit.world.stages import filter_ranking
+
+    row = {"prompt": "Name a fruit.", "responses": ["apple.", "pear. I hope", "", "apple.", "fig."],
+           "terminated": [True, False, True, True, True], "order": [3, 0, 1, 4, 2], "labeler": 5, "seed": 0,
+           "index": 7, "family": "name"}
+    out = filter_ranking(row)
+    assert out["responses"] == ["apple.", "fig."]  # best first, the better copy of "apple." kept
+    assert out["ranking"] == [0, 1] and out["original_order"] == [3, 2]
+    assert out["prompt"] == [{"role": "user", "content": "Name a fruit."}]
+    assert filter_ranking({**row, "terminated": [False, False, True, False, False]}) is None
