@@ -150,3 +150,30 @@ def test_batch_encoders_skip_over_long_records(tok, tmp_path):
 def test_sft_text_record(tok):
     [ex] = encode_sft(tok, [SFTRecord("", "plain text")], 32)
     assert ex.prompt_length == 0 and masked_text(tok, ex) == "plain text" + tok.eos_token
+
+
+def test_ranking_terminated_flags_control_eos_and_follow_the_order(tmp_path):
+    """Sampled responses that ran out of tokens are encoded without EOS."""
+    import json
+
+    from rlhfkit.data import load_preferences
+    from rlhfkit.data.tokenize import encode_ranking
+    from rlhfkit.testing import tiny_tokenizer
+
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"prompt": "Say a.", "responses": ["a.", "b b b", "c."], "ranking": [1, 2, 0],
+                                "terminated": [True, False, True]}) + "\n")
+    (record,) = load_preferences(str(path))
+    assert record.responses == ["c.", "a.", "b b b"] and record.terminated == [True, True, False]
+    tok = tiny_tokenizer()
+    encoded = encode_ranking(tok, record, 64)
+    assert [e.input_ids[-1] == tok.eos_token_id for e in encoded] == [True, True, False]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Say a.", "responses": ["a.", "b."], "ranking": [0, 1],
+                               "terminated": [True]}) + "\n")
+    import pytest
+
+    from rlhfkit.data.errors import DataError
+
+    with pytest.raises(DataError, match="bad.jsonl:1.*terminated"):
+        load_preferences(str(bad))

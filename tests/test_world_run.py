@@ -92,7 +92,7 @@ def test_datasets_written_and_gold_logged(micro_run):
     for name in ("demonstrations", "comparison_prompts", "ppo_prompts", "eval_prompts"):
         assert (out / "data" / f"{name}.jsonl").exists()
     rows = [json.loads(line) for line in (out / "comparisons" / "comparisons.jsonl").read_text().splitlines()]
-    assert rows and all(len(r["responses"]) >= 2 and all(r["terminated"]) for r in rows)
+    assert rows and all(len(r["responses"]) >= 2 and len(r["terminated"]) == len(r["responses"]) for r in rows)
     ppo = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert all("objective/scores_gold" in r and "objective/scores_rm" in r for r in ppo)
 
@@ -124,14 +124,15 @@ def test_sweep_kl_reuses_the_run(micro_run, tmp_path):
     assert not (out / "ppo" / "beta_0").exists()  # the run's own PPO is untouched
 
 
-def test_filter_ranking_drops_unterminated_empty_and_duplicates():
+def test_filter_ranking_keeps_unterminated_and_drops_empty_and_duplicates():
     from rlhfkit.world.stages import filter_ranking
 
     row = {"prompt": "Name a fruit.", "responses": ["apple.", "pear. I hope", "", "apple.", "fig."],
            "terminated": [True, False, True, True, True], "order": [3, 0, 1, 4, 2], "labeler": 5, "seed": 0,
            "index": 7, "family": "name"}
     out = filter_ranking(row)
-    assert out["responses"] == ["apple.", "fig."]  # best first, the better copy of "apple." kept
-    assert out["ranking"] == [0, 1] and out["original_order"] == [3, 2]
+    assert out["responses"] == ["apple.", "pear. I hope", "fig."]  # best first, the better copy of "apple." kept
+    assert out["terminated"] == [True, False, True]
+    assert out["ranking"] == [0, 1, 2] and out["original_order"] == [3, 0, 2]
     assert out["prompt"] == [{"role": "user", "content": "Name a fruit."}]
-    assert filter_ranking({**row, "terminated": [False, False, True, False, False]}) is None
+    assert filter_ranking({**row, "responses": ["a.", "", "", "a.", ""]}) is None

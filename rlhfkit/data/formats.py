@@ -65,6 +65,7 @@ class ColumnMap:
     ranking: str | None = "ranking"
     margin: str | None = "margin"
     label: str | None = "label"
+    terminated: str | None = "terminated"
 
 
 @dataclass(frozen=True)
@@ -480,7 +481,15 @@ def _parse_ranking_row(row: dict, cols: ColumnMap, where: Where) -> RankingRecor
     margin = as_margin(row.get(cols.margin) if cols.margin else None, where, cols.margin)
     if margin is not None and len(texts) != 2:
         raise where.error(cols.margin, f"a margin is only meaningful for K = 2, got K = {len(texts)}")
-    return RankingRecord(prompt=prompt, responses=[texts[i] for i in order], margin=margin, source=where.tag())
+    terminated = None
+    if present(row, cols.terminated):
+        flags = row[cols.terminated]
+        if not isinstance(flags, list) or len(flags) != len(texts) or not all(isinstance(f, bool) for f in flags):
+            raise where.error(cols.terminated, f"expected a list of {len(texts)} booleans (did each response end "
+                              f"with EOS?), got {_describe(flags)}", reason="type")
+        terminated = [flags[i] for i in order]
+    return RankingRecord(prompt=prompt, responses=[texts[i] for i in order], margin=margin, source=where.tag(),
+                         terminated=terminated)
 
 
 def parse_prompt_row(row: dict, cols: ColumnMap, where: Where) -> PromptRecord:

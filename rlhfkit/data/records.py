@@ -44,6 +44,9 @@ class RankingRecord:
     responses: list[str]  # responses[0] is the most preferred
     margin: float | None = None  # only for K = 2: optional preference strength
     source: str = ""
+    # per response, best first: whether it ended with EOS (sampled responses can run out of
+    # tokens); None means all did. Encoding appends EOS only where True.
+    terminated: list[bool] | None = None
 
 
 @dataclass

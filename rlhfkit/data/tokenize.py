@@ -182,10 +182,11 @@ def encode_ranking(
     """One example per response, best first, sharing the prompt's tokens. A
     PreferenceRecord encodes as [chosen, rejected]."""
     responses = record.responses if isinstance(record, RankingRecord) else [record.chosen, record.rejected]
+    terminated = getattr(record, "terminated", None) or [True] * len(responses)
     p = prompt_token_ids(tokenizer, record.prompt, record.source)
     out = []
     for i, resp in enumerate(responses):
-        c = _completion_ids(tokenizer, resp, add_eos, record.source, f"responses[{i}]")
+        c = _completion_ids(tokenizer, resp, add_eos and terminated[i], record.source, f"responses[{i}]")
         out.append(_join(list(p), c, max_length, True, record.source))
     return out
 

@@ -130,16 +130,16 @@ def scalar_head(model: nn.Module) -> nn.Linear:
     raise ValueError(f"{type(base).__name__} has no scalar head (score/classifier)")
 
 
-def load_scalar_model(path: str, tokenizer, *, head_init: str = "normal", dtype: str = "float32",
+def load_scalar_model(path: str, tokenizer, *, new_head: str = "normal", dtype: str = "float32",
                       gradient_checkpointing: bool = False, lora: LoraOptions | None = None,
                       trust_remote_code: bool = False) -> PreTrainedModel:
     """A reward or value model: AutoModelForSequenceClassification with one label.
 
     From a causal-LM checkpoint the trunk is kept and a new scalar head is
-    initialised: "normal" = N(0, 1/sqrt(d+1)) for reward models, "zero" for a
-    value head (lm-human-preferences). A checkpoint that already is a one-label
-    sequence classifier (a trained reward model) keeps its head unless
-    head_init is forced by the caller with `reinit_head=True` semantics below.
+    initialised (`new_head`): "normal" = N(0, 1/sqrt(d+1)) for reward models,
+    "zero" for a value head (lm-human-preferences). A checkpoint that already is a
+    one-label sequence classifier (a trained reward model) keeps its head: a value
+    model initialised from the reward model starts from its scores (N+ details).
     """
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     already_scalar = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
@@ -148,9 +148,9 @@ def load_scalar_model(path: str, tokenizer, *, head_init: str = "normal", dtype:
     model = AutoModelForSequenceClassification.from_pretrained(
         path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
         use_safetensors=_prefer_safetensors(path))
-    if not already_scalar or head_init == "zero":
+    if not already_scalar:
         head = scalar_head(model)
-        if head_init == "zero":
+        if new_head == "zero":
             with torch.no_grad():
                 head.weight.zero_()
         else:

@@ -244,9 +244,9 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
               f"- Comparison prompts: {lab['prompts']}, K = {lab['k']} SFT samples each at temperature "
               f"{cfg.comparison_temperature}; {lab['responses_unterminated']} of {lab['responses_sampled']} responses "
               "ran out of tokens without EOS.",
-              "- Unterminated responses were dropped from their ranking (the reward trainer appends EOS to every "
-              "response, so keeping them would teach the RM a stop the model never made), then duplicate texts "
-              f"(the trainer refuses them); rankings with fewer than 2 responses left were dropped: "
+              "- Unterminated responses stay in their ranking, encoded without EOS (as PPO's reward model sees "
+              "them); empty responses and duplicate texts (the loader refuses both) were dropped, and "
+              f"rankings with fewer than 2 responses left: "
               f"{lab['rankings_kept']} rankings, {lab['pairs_kept']} pairs kept "
               f"({lab['train_prompts']} train / {lab['heldout_prompts']} held out).",
               f"- Labeler noise recalibrated on these SFT samples to {cfg.labeler_target_agreement:.0%} agreement: "

@@ -21,10 +21,10 @@ same.
 
 Choices (documented again in report.md):
 
-- Comparisons: the reward trainer appends EOS to every response, so responses
-  that ran out of tokens (no EOS) cannot be encoded honestly; they are dropped
-  from their ranking, as are empty responses and duplicate texts (the loader
-  refuses both); a ranking needs >= 2 responses left. The labelers' noise is
+- Comparisons: responses that ran out of tokens stay in their ranking, marked
+  `terminated: false`, and are encoded without EOS; empty responses and
+  duplicate texts are dropped (the loader refuses both); a ranking needs >= 2
+  responses left. The labelers' noise is
   recalibrated (calibrate_noise, target 0.73) on the K raw SFT samples before
   labelling; comparisons/labelers.json records the noise and the agreement.
 - Reward model: base-large + a new head, Bradley-Terry over all pairs of a

@@ -213,13 +213,12 @@ def gold(prompts, responses, terminated) -> list[float]:
 
 
 def filter_ranking(row: dict) -> dict | None:
-    """Make a labeled K-way ranking loadable by the reward trainer, which appends
-    EOS to every response: unterminated responses are dropped (their text would
-    otherwise be encoded as if the model had stopped) and empty ones (the loader
-    refuses them), then duplicate texts (the trainer refuses them; the
-    best-ranked copy stays). None when fewer than two
-    responses remain."""
-    keep = [r for r in range(len(row["responses"])) if row["terminated"][r] and row["responses"][r].strip()]
+    """Make a labeled K-way ranking loadable by the reward trainer: empty responses
+    are dropped (the loader refuses them), then duplicate texts (the trainer refuses
+    them; the best-ranked copy stays). Responses that ran out of tokens stay, marked
+    `terminated: false`, so they are encoded without EOS, as PPO's reward model will
+    see them. None when fewer than two responses remain."""
+    keep = [r for r in range(len(row["responses"])) if row["responses"][r].strip()]
     seen, unique = set(), []
     for r in keep:
         if row["responses"][r] not in seen:
@@ -231,7 +230,7 @@ def filter_ranking(row: dict) -> dict | None:
         "prompt": chat(row["prompt"]),
         "responses": [row["responses"][r] for r in unique],
         "ranking": list(range(len(unique))),  # responses are stored best first
-        "terminated": [True] * len(unique),
+        "terminated": [bool(row["terminated"][r]) for r in unique],
         "original_order": [row["order"][r] for r in unique],
         "labeler": row["labeler"], "seed": row["seed"], "index": row["index"], "family": row["family"],
     }
@@ -287,8 +286,9 @@ def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConf
     seqs, owners = [], []
     for g, row in enumerate(rows):
         p = prompt_token_ids(tokenizer, row["prompt"])
-        for y in row["responses"]:
-            seqs.append(p + tokenizer(y, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+        for y, ended in zip(row["responses"], row["terminated"]):
+            eos = [tokenizer.eos_token_id] if ended else []
+            seqs.append(p + tokenizer(y, add_special_tokens=False)["input_ids"] + eos)
             owners.append(g)
     scores: list[float] = []
     for start in range(0, len(seqs), batch_size):
@@ -303,8 +303,9 @@ def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConf
         s = scores[pos:pos + k]
         pos += k
         task = parse_instruction(row["prompt"][-1]["content"])
-        g = [gold_score(y, task.accepted, True).gold for y in ys]
-        other = rank(task, ys, [True] * k, row["labeler"] + SECOND_LABELER_OFFSET, row["seed"],
+        ended = row["terminated"]
+        g = [gold_score(y, task.accepted, t).gold for y, t in zip(ys, ended)]
+        other = rank(task, ys, ended, row["labeler"] + SECOND_LABELER_OFFSET, row["seed"],
                      prompt_index=row["index"], config=labeler)
         other_pos = {idx: r for r, idx in enumerate(other)}
         for i in range(k):
