@@ -65,7 +65,9 @@ def test_missing_eos_penalty_is_applied_in_score_phase():
         prompt, metadata = "p", {}
 
     reward = WeightedReward([lambda batch: torch.ones(2)], names=["one"])
-    score(ro, model, model, value, reward, tok, [Rec(), Rec()], PPOConfig(missing_eos_penalty=1.0), 2, {})
+    from rlhfkit.models.actor_critic import ActorCritic
+
+    score(ro, ActorCritic(model, value), model, reward, tok, [Rec(), Rec()], PPOConfig(missing_eos_penalty=1.0), 2, {})
     assert ro.scores.tolist() == [1.0, 0.0]
     assert (ro.logprobs[0, 3:] == 0).all() and (ro.values[0, 3:] == 0).all()
 

@@ -127,13 +127,17 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) at each position, in float32.
 
     logits: [B, T, V]. Returns [B, T].
-    H = -sum_v p_v log p_v, in float32 (float64 stays float64), computed one row at a time in float32 to bound the
-    extra memory to [T, V]. Logits of -inf (banned tokens) have p = 0 and add 0:
+    H = -sum_v p_v log p_v, in float32 (float64 stays float64); low-precision logits
+    are upcast one row at a time to bound the extra memory to [T, V]. Logits of -inf (banned tokens) have p = 0 and add 0:
     the clamp turns 0 * -inf into 0 * finfo.min, keeping value and gradient finite.
     """
+    def entropy(x: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(x, dim=-1)
+        return -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)
+
+    if logits.dtype in (torch.float32, torch.float64):
+        return entropy(logits)  # one vectorised pass; the row loop below only bounds upcast memory
     rows = []
     for row_logits in logits:
-        logp = torch.log_softmax(row_logits.to(torch.promote_types(row_logits.dtype, torch.float32)), dim=-1)
-        plogp = logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)
-        rows.append(-plogp.sum(-1))
+        rows.append(entropy(row_logits.float()))
     return torch.stack(rows)

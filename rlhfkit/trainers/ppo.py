@@ -172,7 +172,8 @@ def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig):
     logprobs = gather_logprobs(logits, part.response_ids)  # [b,A]
     pg_loss, pg_metrics = ppo_policy_loss(logprobs, part.logprobs, adv, rmask, cfg.clip_range)
     vf_loss, vf_metrics = ppo_value_loss(values, part.values, part.returns, rmask, cfg.clip_range_value)
-    entropy = masked_mean(entropy_from_logits(logits), rmask)
+    with torch.set_grad_enabled(cfg.entropy_coef != 0 and torch.is_grad_enabled()):
+        entropy = masked_mean(entropy_from_logits(logits), rmask)  # a metric only when its coefficient is 0
     loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
     return loss, {**pg_metrics, **vf_metrics, "objective/entropy": entropy.detach()}
 
