@@ -15,9 +15,11 @@ from rlhfkit.world.report import FIGURE_KEYS, RM_KEYS
 from rlhfkit.world.run import RunConfig, run_world
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("data", "sft", "comparisons", "rm", "ppo", "eval/sft", "eval/base_small", "eval/base_large", "eval/ppo")
+STAGES = ("data", "sft", "comparisons", "rm", "ppo", "dpo", "eval/sft", "eval/base_small", "eval/base_large",
+          "eval/ppo", "eval/dpo")
 WIN_RATES = ("ppo_vs_base_large", "ppo_vs_sft", "sft_vs_base_small", "ppo_vs_sft_best_temperature",
-             "ppo_vs_sft_greedy")
+             "ppo_vs_sft_greedy", "dpo_vs_base_large", "dpo_vs_sft", "dpo_vs_sft_best_temperature",
+             "dpo_vs_sft_greedy")
 
 
 def make_standins(directory: Path) -> dict[str, str]:
@@ -60,7 +62,7 @@ def test_report_has_every_key(micro_run):
     _, out = micro_run
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"models", "win_rates", "reward_model", "eval", "seconds"}
-    assert set(report["models"]) == {"base_small", "base_large", "sft", "ppo"}
+    assert set(report["models"]) == {"base_small", "base_large", "sft", "ppo", "dpo"}
     for name, figures in report["models"].items():
         assert set(figures) == set(FIGURE_KEYS), name
         assert figures["params"] > 0 and 0 <= figures["gold"] <= 1
@@ -73,7 +75,7 @@ def test_report_has_every_key(micro_run):
     assert all(0 <= v <= 1 for v in report["win_rates"].values())
     assert set(report["reward_model"]) == set(RM_KEYS)
     assert report["eval"] == {"prompts": 128, "temperature": 1.0, "seed": 0}
-    assert {"data", "sft", "comparisons", "rm", "ppo", "eval"} <= set(report["seconds"])
+    assert {"data", "sft", "comparisons", "rm", "ppo", "dpo", "eval"} <= set(report["seconds"])
     for png in ("likert.png", "training.png", "overoptimisation.png"):
         assert (out / png).stat().st_size > 0
     assert "| model | size (params) | Likert" in (out / "report.md").read_text()

@@ -5,7 +5,8 @@ report.json:
     models       base_small | base_large | sft | ppo (| ppo_ptx): path, params, gold, likert,
                  exact, terminated, polite, length, kl_to_sft, webtext_loss, per_family
     win_rates    ppo_vs_base_large, ppo_vs_sft, sft_vs_base_small,
-                 ppo_vs_sft_best_temperature, ppo_vs_sft_greedy (+ ppo_ptx_* with ptx)
+                 ppo_vs_sft_best_temperature, ppo_vs_sft_greedy (the same four for every
+                 trained method: ppo_ptx, dpo, ...)
     reward_model val_accuracy, labeler_agreement, val_accuracy_vs_gold, oracle_agreement
     eval         prompts, temperature, seed
     seconds      per stage
@@ -26,7 +27,8 @@ FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "terminated", "polit
                "webtext_loss", "per_family")
 RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement")
 LABELS = {"base_small": "base-small", "base_large": "base-large (\"GPT-3\")", "sft": "SFT", "ppo": "PPO (RLHF)",
-          "ppo_ptx": "PPO-ptx"}
+          "ppo_ptx": "PPO-ptx", "dpo": "DPO", "ipo": "IPO", "cdpo": "cDPO", "robust": "robust DPO", "hinge": "SLiC hinge",
+          "simpo": "SimPO", "kto": "KTO"}
 
 
 def _json_safe(x):
@@ -57,16 +59,15 @@ def win_rates(evals: dict[str, dict], temperatures) -> tuple[dict, dict]:
 
     sft_keys = [f"t{t:g}" for t in temperatures if f"t{t:g}" in evals["sft"]["decodings"]] or ["t1"]
     best = max(sft_keys, key=lambda k: evals["sft"]["decodings"][k]["gold"])
-    rates = {
-        "ppo_vs_base_large": win_rate(scores("ppo"), scores("base_large")),
-        "ppo_vs_sft": win_rate(scores("ppo"), scores("sft")),
-        "sft_vs_base_small": win_rate(scores("sft"), scores("base_small")),
-        "ppo_vs_sft_best_temperature": win_rate(scores("ppo"), scores("sft", best)),
-        "ppo_vs_sft_greedy": win_rate(scores("ppo", "greedy"), scores("sft", "greedy")),
-    }
-    if "ppo_ptx" in evals:
-        rates["ppo_ptx_vs_base_large"] = win_rate(scores("ppo_ptx"), scores("base_large"))
-        rates["ppo_ptx_vs_sft"] = win_rate(scores("ppo_ptx"), scores("sft"))
+    rates = {"sft_vs_base_small": win_rate(scores("sft"), scores("base_small"))}
+    # every trained method (ppo, ppo_ptx, dpo, ...) against base-large and SFT, as the paper's Figure 1
+    for name in [n for n in evals if n not in ("base_small", "base_large", "sft")]:
+        rates[f"{name}_vs_base_large"] = win_rate(scores(name), scores("base_large"))
+        rates[f"{name}_vs_sft"] = win_rate(scores(name), scores("sft"))
+        rates[f"{name}_vs_sft_best_temperature"] = win_rate(scores(name), scores("sft", best))
+        if "greedy" in evals[name]["decodings"]:
+            rates[f"{name}_vs_sft_greedy"] = win_rate(scores(name, "greedy"), scores("sft", "greedy"))
+    if "ppo_ptx" in evals and "ppo" in evals:
         rates["ppo_ptx_vs_ppo"] = win_rate(scores("ppo_ptx"), scores("ppo"))
     return rates, {"sft_best_temperature": float(best[1:])}
 
@@ -80,7 +81,7 @@ def build_report(out: Path, models: dict[str, str], seconds: dict[str, float], s
         "models": {name: {k: evals[name]["figures"][k] for k in FIGURE_KEYS} for name in models},
         "win_rates": rates,
         "reward_model": {k: rm[k] for k in RM_KEYS},
-        "eval": {"prompts": len(evals["ppo"]["decodings"]["t1"]["scores"]), "temperature": 1.0, "seed": seed},
+        "eval": {"prompts": len(evals["sft"]["decodings"]["t1"]["scores"]), "temperature": 1.0, "seed": seed},
         "seconds": {k: round(float(v), 3) for k, v in seconds.items()},
     }
     details = {"evals": evals, "rm": rm, **extra}
@@ -103,7 +104,7 @@ def plot_likert(report: dict, path: Path) -> None:
     names = list(report["models"])
     values = [report["models"][n]["likert"] for n in names]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar([LABELS.get(n, n) for n in names], values, color=["#999", "#666", "#4a90d9", "#d9534f", "#f0ad4e"][:len(names)])
+    ax.bar([LABELS.get(n, n) for n in names], values, color=(["#999", "#666", "#4a90d9", "#d9534f", "#f0ad4e", "#5cb85c", "#9b59b6", "#1abc9c"] * 2)[:len(names)])
     ax.set_ylim(1, 7)
     ax.set_ylabel("mean Likert (1-7, gold judge)")
     ax.set_title("Quality on held-out prompts (T = 1)")
@@ -204,9 +205,7 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
              f"at most {cfg.max_new_tokens} new tokens), judged by the gold judge.", "",
              "## Headline (InstructGPT Figure 1 style)", "",
              "| model | size (params) | Likert (1-7) | preferred to base-large |", "|---|---:|---:|---:|"]
-    vs_large = {"base_large": 0.5, "ppo": w["ppo_vs_base_large"]}
-    if "ppo_ptx_vs_base_large" in w:
-        vs_large["ppo_ptx"] = w["ppo_ptx_vs_base_large"]
+    vs_large = {"base_large": 0.5, **{n: w[f"{n}_vs_base_large"] for n in m if f"{n}_vs_base_large" in w}}
     for name, fig in m.items():
         pref = vs_large.get(name)
         if pref is None:

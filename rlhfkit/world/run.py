@@ -50,6 +50,7 @@ import torch
 
 from rlhfkit.config import nested, option, save_yaml
 from rlhfkit.pipeline import run_stage
+from rlhfkit.trainers.dpo import DPOConfig, train_dpo
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.reward import RewardConfig, train_reward_model
@@ -111,6 +112,24 @@ class WorldPPOConfig(PPOConfig):
     progress: bool = option(False, "show a progress bar")
 
 
+@dataclass
+class WorldDPOConfig(DPOConfig):
+    """Direct-preference options of the world run (model = SFT, data = the comparisons)."""
+
+    learning_rate: float = option(5e-5, "peak learning rate (a 0.87M policy), decayed linearly")
+    num_epochs: float = option(2.0, "passes over the comparison pairs")
+    per_device_batch_size: int = option(32, "pairs per forward pass")
+    max_length: int = option(256, "longest prompt + response")
+    eval_fraction: float = option(0.05, "pairs held out for the implicit-reward accuracy")
+    log_every: int = option(5, "write metrics every N optimizer steps")
+    progress: bool = option(False, "show a progress bar")
+
+
+# Direct methods `--algo` accepts (each trains from SFT on the RM's comparisons): name -> DPO loss.
+DIRECT_METHODS = {"dpo": "sigmoid", "ipo": "ipo", "cdpo": "cdpo", "robust": "robust", "hinge": "hinge",
+                  "simpo": "simpo", "kto": "kto"}
+
+
 # ----------------------------------------------------------------------------- the run
 
 @dataclass
@@ -137,6 +156,8 @@ class RunConfig:
     webtext_eval_docs: int = option(100, "held-out web-text documents for the alignment tax")
     eval_batch_size: int = option(256, "prompts generated at once in evaluation")
     eval_temperatures: list[float] = option([0.5, 0.7, 1.0], "SFT temperatures for ppo_vs_sft_best_temperature")
+    algo: list[str] = option(["ppo"], "methods trained after SFT on the same comparisons, comma-separated: ppo "
+                             "and any of dpo, ipo, cdpo, robust, hinge, simpo, kto")
     ptx: bool = option(False, "also train and evaluate a PPO-ptx policy")
     ptx_coef: float = option(2.0, "gamma of PPO-ptx (InstructGPT 27.8 with its loss scale)")
     ptx_docs: int = option(2000, "web-text documents for PPO-ptx")
@@ -144,6 +165,7 @@ class RunConfig:
     sft: WorldSFTConfig = nested(WorldSFTConfig, "SFT stage options")
     rm: WorldRewardConfig = nested(WorldRewardConfig, "reward-model stage options")
     ppo: WorldPPOConfig = nested(WorldPPOConfig, "PPO stage options")
+    dpo: WorldDPOConfig = nested(WorldDPOConfig, "options of the direct methods (--algo dpo, ...)")
 
 
 def resolve_model_path(path: str) -> str:
@@ -275,6 +297,34 @@ def _eval_stage(cfg: RunConfig, out: Path, name: str, path: str, sft_holder: dic
         {"figures": result["figures"], "decodings": result["decodings"]}, indent=1))
 
 
+def _direct_pairs(out: Path) -> str:
+    """The comparisons as (better, worse) pairs for the direct methods. Only pairs of
+    responses that ended with EOS: a pair encodes both with EOS appended, which
+    would teach a stop the SFT model never made."""
+    from rlhfkit.world.stages import read_jsonl, write_jsonl
+
+    path = out / "comparisons" / "pairs.jsonl"
+    if not path.exists():
+        pairs = []
+        for row in read_jsonl(out / "comparisons" / "comparisons.jsonl"):
+            ys, ended = row["responses"], row["terminated"]
+            pairs += [{"prompt": row["prompt"], "chosen": ys[i], "rejected": ys[j]}
+                      for i in range(len(ys)) for j in range(i + 1, len(ys)) if ended[i] and ended[j]]
+        write_jsonl(path, pairs)
+    return str(path)
+
+
+def _direct_stage(cfg: RunConfig, out: Path, name: str) -> tuple[float, str]:
+    if name not in DIRECT_METHODS:
+        raise ValueError(f"--algo: unknown method {name!r}; choose ppo or one of {sorted(DIRECT_METHODS)}")
+    fields = {f.name: getattr(cfg.dpo, f.name) for f in dataclasses.fields(DPOConfig)}
+    fields.update(model=str(out / "sft"), data=_direct_pairs(out), output_dir=str(out / name), seed=cfg.seed,
+                  loss=DIRECT_METHODS[name], num_threads=cfg.num_threads)
+    if name == "cdpo" and not fields["label_smoothing"]:
+        fields["label_smoothing"] = 0.1  # cDPO is DPO with label smoothing
+    return run_stage(name, out / name, train_dpo, DPOConfig(**fields), log=_log), str(out / name)
+
+
 def run_world(cfg: RunConfig) -> Path:
     """Run (or resume) the whole world; returns the run directory."""
     from rlhfkit.world.report import write_report
@@ -302,9 +352,13 @@ def run_world(cfg: RunConfig) -> Path:
                                  seed=cfg.seed, normalize_on="responses", num_threads=cfg.num_threads)
     seconds["rm"] = run_stage("rm", out / "rm", lambda c: _rm_stage(cfg, out, c), rm_cfg, log=_log)
 
-    seconds["ppo"] = run_stage("ppo", out / "ppo", _train_ppo_with_gold, ppo_stage_config(cfg, out, out / "ppo"),
-                               log=_log)
-    models = {"base_small": base_small, "base_large": base_large, "sft": str(out / "sft"), "ppo": str(out / "ppo")}
+    models = {"base_small": base_small, "base_large": base_large, "sft": str(out / "sft")}
+    if "ppo" in cfg.algo:
+        seconds["ppo"] = run_stage("ppo", out / "ppo", _train_ppo_with_gold, ppo_stage_config(cfg, out, out / "ppo"),
+                                   log=_log)
+        models["ppo"] = str(out / "ppo")
+    for name in [a for a in cfg.algo if a != "ppo"]:
+        seconds[name], models[name] = _direct_stage(cfg, out, name)
     if cfg.ptx:
         ptx_cfg = ppo_stage_config(cfg, out, out / "ppo_ptx", ptx_data=_ptx_data(cfg, out), ptx_coef=cfg.ptx_coef)
         seconds["ppo_ptx"] = run_stage("ppo_ptx", out / "ppo_ptx", _train_ppo_with_gold, ptx_cfg, log=_log)
