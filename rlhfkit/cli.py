@@ -80,9 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input is reported in one line naming the file, line and field; no traceback.
         print(f"rlhfkit {name}: error: {e}", file=sys.stderr)
         return 1
-    except MemoryError:
-        print(f"rlhfkit {name}: error: out of memory; try a smaller per_device_batch_size "
-              "or --gradient_checkpointing true", file=sys.stderr)
+    except (MemoryError, RuntimeError) as e:
+        import torch
+
+        out_of_memory = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(e)
+        if not out_of_memory:
+            raise
+        print(f"rlhfkit {name}: error: out of memory ({str(e).splitlines()[0][:200]}); try a smaller "
+              "per_device_batch_size (PPO: per_device_train_batch_size, generation_batch_size) or "
+              "--gradient_checkpointing true; the last checkpoint is intact", file=sys.stderr)
         return 1
     print(f"rlhfkit {name}: wrote {result}")
     return 0

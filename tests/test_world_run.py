@@ -138,3 +138,21 @@ def test_filter_ranking_keeps_unterminated_and_drops_empty_and_duplicates():
     assert out["ranking"] == [0, 1, 2] and out["original_order"] == [3, 0, 2]
     assert out["prompt"] == [{"role": "user", "content": "Name a fruit."}]
     assert filter_ranking({**row, "responses": ["a.", "", "", "a.", ""]}) is None
+
+
+@pytest.mark.slow
+def test_full_default_world_run(tmp_path):
+    """Opt-in (`pytest -m slow`): the default `rlhfkit run` on the shipped base models,
+    within the 15-minute budget, with the reward model well above chance and SFT
+    above base-small. The issue's headline targets are reported, not asserted: they
+    are what the world measures, and README/report.md say where they stand."""
+    import time
+
+    start = time.perf_counter()
+    out = run_world(RunConfig(output_dir=str(tmp_path / "world")))
+    seconds = time.perf_counter() - start
+    report = json.loads((out / "report.json").read_text())
+    assert seconds < 15 * 60
+    assert report["win_rates"]["sft_vs_base_small"] > 0.5
+    assert report["reward_model"]["val_accuracy"] > 0.55
+    assert report["models"]["ppo"]["kl_to_sft"] is not None

@@ -69,6 +69,9 @@ def make_accelerator(cfg: TrainConfig, project_dir: str | Path) -> Accelerator:
         log_with=cfg.report_to or None,
         project_dir=str(project_dir),
     )
+    if cfg.report_to:  # TensorBoard / W&B through Accelerate's trackers; metrics.jsonl is always written
+        flat = {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(Path(project_dir).name or "rlhfkit", config=flat)
     set_seed(cfg.seed)
     return accelerator
 

@@ -1,0 +1,64 @@
+"""`rlhfkit pipeline`: SFT -> RM -> PPO in one run directory, each stage feeding the
+next; re-running skips finished stages. And PPO-ptx's pretraining term."""
+import json
+import subprocess
+import sys
+
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from rlhfkit.testing import save_tiny_model
+from rlhfkit.trainers.ppo import train_ppo
+from rlhfkit.trainers.ppo_config import PPOConfig
+
+from conftest import read_metrics, write_jsonl
+
+WORDS = ["cat", "dog", "owl", "fig", "red", "yak"]
+ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+
+
+def test_pipeline_runs_three_stages_in_one_directory_and_resumes(tmp_path):
+    model = save_tiny_model(tmp_path / "base")
+    demos = write_jsonl(tmp_path / "demos.jsonl", [{"prompt": [{"role": "user", "content": f"Say {w}."}],
+                                                    "completion": f"{w}."} for w in WORDS * 4])
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": [{"role": "user", "content": f"Say {w}."}],
+                                                    "responses": [f"{w}.", f"{w} {w} {w}.", "no."],
+                                                    "ranking": [0, 1, 2]} for w in WORDS * 2])
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": [{"role": "user", "content": f"Say {w}."}]}
+                                                       for w in WORDS])
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rlhfkit.cli", "pipeline", "--model", model, "--demonstrations", demos,
+           "--comparisons", prefs, "--prompts", prompts, "--out", str(out), "--sft.num_epochs", "1",
+           "--sft.progress", "false", "--rm.progress", "false", "--ppo.progress", "false",
+           "--ppo.total_episodes", "12", "--ppo.rollout_batch_size", "6", "--ppo.response_length", "6",
+           "--ppo.kl_coef", "0.1"]
+    first = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert AutoModelForCausalLM.from_pretrained(out / "sft") is not None
+    assert AutoModelForSequenceClassification.from_pretrained(out / "rm").config.num_labels == 1
+    assert AutoModelForCausalLM.from_pretrained(out / "ppo") is not None
+    ppo_cfg = (out / "ppo" / "config.yaml").read_text()
+    assert f"model: {out / 'sft'}" in ppo_cfg and f"reward_model: {out / 'rm'}" in ppo_cfg
+    assert read_metrics(out / "ppo" / "metrics.jsonl")[-1]["objective/beta"] == 0.1
+    mtime = (out / "ppo" / "model.safetensors").stat().st_mtime_ns
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0 and "already done" in again.stdout
+    assert (out / "ppo" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert set(json.loads((out / "stages.json").read_text())["seconds"]) == {"sft", "rm", "ppo"}
+
+
+def test_ppo_ptx_adds_the_pretraining_loss_and_keeps_its_likelihood(tmp_path):
+    model = save_tiny_model(tmp_path / "base")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Say {w}."} for w in WORDS * 2])
+    texts = write_jsonl(tmp_path / "web.jsonl", [{"text": f"the {w} sat on the mat."} for w in WORDS * 4])
+
+    def run(name, coef):
+        cfg = PPOConfig(model=model, prompts=prompts, output_dir=str(tmp_path / name), total_episodes=16 * 8,
+                        rollout_batch_size=16, per_device_train_batch_size=16, response_length=6, learning_rate=3e-3,
+                        progress=False, log_every=1, kl_coef=0.0, ptx_data=texts, ptx_coef=coef, ptx_batch_size=8)
+        train_ppo(cfg, reward_fns=[lambda prompts, responses: [float(len(r)) / 20 for r in responses]])
+        return read_metrics(tmp_path / name / "metrics.jsonl")
+
+    with_ptx = run("ptx", 1.0)
+    assert all("loss/ptx" in r for r in with_ptx)
+    assert with_ptx[-1]["loss/ptx"] < with_ptx[0]["loss/ptx"]  # the pretraining texts are being learned
+    assert "loss/ptx" not in run("plain", 0.0)[-1]
