@@ -93,13 +93,14 @@ def _name(data: Any) -> str:
 
 
 def _dispatch(data: Any, split: str | None) -> Iterator[_Item]:
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        datasets = None
     if isinstance(data, (str, os.PathLike)):
         yield from _from_path(str(data), split)
-    elif datasets is not None and isinstance(data, (datasets.Dataset, datasets.DatasetDict)):
+        return
+    # imported only for in-memory datasets: `import datasets` costs about a second of start-up
+    datasets = None
+    if type(data).__module__.startswith("datasets"):
+        import datasets
+    if datasets is not None and isinstance(data, (datasets.Dataset, datasets.DatasetDict)):
         yield from _from_dataset(_pick_split(data, split, MEMORY), MEMORY)
     elif datasets is not None and isinstance(data, datasets.IterableDataset):
         yield from _from_dataset(data, MEMORY)
