@@ -76,9 +76,11 @@ def test_report_has_every_key(micro_run):
     assert set(report["reward_model"]) == set(RM_KEYS)
     assert report["eval"] == {"prompts": 128, "temperature": 1.0, "seed": 0}
     assert {"data", "sft", "comparisons", "rm", "ppo", "dpo", "eval"} <= set(report["seconds"])
-    for png in ("likert.png", "training.png", "overoptimisation.png"):
+    for png in ("likert.png", "training.png", "overoptimisation.png", "frontier.png"):
         assert (out / png).stat().st_size > 0
-    assert "| model | size (params) | Likert" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| model | size (params) | Likert" in markdown
+    assert "| DPO |" in markdown and "| PPO (RLHF) |" in markdown  # the method comparison table
 
 
 def test_sft_beats_base_small_and_rm_beats_chance(micro_run):

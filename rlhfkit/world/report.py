@@ -190,6 +190,47 @@ def plot_overoptimisation(runs: dict[str, Path], path: Path, title: str = "Over-
     plt.close(fig)
 
 
+TRAINED = ("base_small", "base_large", "sft")  # models that are not an alignment method
+
+
+def plot_frontier(report: dict, ppo_metrics: dict[str, Path], path: Path) -> None:
+    """Gold score against sqrt(KL to SFT) for SFT and every trained method, evaluated
+    on the held-out prompts, with PPO's training trajectory behind them: the
+    gold-vs-KL frontier on one plot."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, metrics in ppo_metrics.items():
+        p = overoptimisation_points(metrics)
+        ax.plot(_smooth(p["sqrt_kl"]), _smooth(p["gold"]), "-", alpha=0.4, label=f"{LABELS.get(name, name)} (training)")
+    for name, fig_ in report["models"].items():
+        if name in ("base_small", "base_large") or fig_.get("kl_to_sft") is None:
+            continue
+        x = math.sqrt(max(fig_["kl_to_sft"], 0.0))
+        ax.scatter([x], [fig_["gold"]], s=40, zorder=3)
+        ax.annotate(LABELS.get(name, name), (x, fig_["gold"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("sqrt(KL to SFT), nats^0.5 per response")
+    ax.set_ylabel("gold score (held-out prompts, T = 1)")
+    ax.set_title("Gold vs KL: PPO and the direct methods")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def method_comparison(report: dict) -> list[str]:
+    """Markdown table: every alignment method at the same data budget."""
+    m, w = report["models"], report["win_rates"]
+    lines = ["| method | gold | Likert | exact | length | KL to SFT | vs SFT | vs base-large |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, fig in m.items():
+        if name in TRAINED:
+            continue
+        lines.append(f"| {LABELS.get(name, name)} | {_f(fig['gold'])} | {_f(fig['likert'], '.2f')} | "
+                     f"{_f(fig['exact'], '.1%')} | {_f(fig['length'], '.1f')} | {_f(fig['kl_to_sft'], '.2f')} | "
+                     f"{_f(w.get(f'{name}_vs_sft'), '.1%')} | {_f(w.get(f'{name}_vs_base_large'), '.1%')} |")
+    return lines
+
+
 # ----------------------------------------------------------------------------- markdown
 
 def _f(x, fmt=".3f") -> str:
@@ -259,6 +300,9 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
               f"| second labeler vs the labeler (labelers' agreement) | {_f(rm['labeler_agreement'], '.1%')} |",
               f"| RM accuracy vs gold (gold ties one half) | {_f(rm['val_accuracy_vs_gold'], '.1%')} |",
               f"| labeler vs gold (oracle ceiling) | {_f(rm['oracle_agreement'], '.1%')} |", "",
+              "## Alignment methods on the same comparisons", "",
+              *method_comparison(report), "",
+              "![gold vs KL for every method](frontier.png)", "",
               "## Training curves", "", "![training curves](training.png)", "",
               "## Over-optimisation", "",
               "Gold score (evaluated on the PPO rollouts during training by a weight-0 reward function) and the proxy "
@@ -290,6 +334,7 @@ def write_report(out: Path, cfg, models: dict[str, str], seconds: dict[str, floa
         plot_likert(report, out / "likert.png")
         plot_training(out, out / "training.png", ppo_dirs)
         plot_overoptimisation({n: d / "metrics.jsonl" for n, d in ppo_dirs.items()}, out / "overoptimisation.png")
+        plot_frontier(report, {n: d / "metrics.jsonl" for n, d in ppo_dirs.items()}, out / "frontier.png")
     except ImportError as e:  # matplotlib missing: the numbers are still written
         print(f"report: no plots ({e})")
     (out / "report.md").write_text(render_markdown(report, details, out, cfg))
