@@ -29,7 +29,8 @@ def toy_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
     cfg = PretrainConfig(output_dir=str(root / "ckpt"), work_dir=str(root / "work"), n_docs=200, n_eval_docs=20,
                          tokenizer_docs=200, vocab_size=300, max_length=128, small_epochs=2.0, large_epochs=2.0,
-                         small_lr=3e-3, large_lr=3e-3, small_batch_size=4, large_batch_size=4, warmup_ratio=0.1)
+                         small_lr=3e-3, large_lr=3e-3, small_batch_size=4, large_batch_size=4, warmup_ratio=0.1,
+                         judge_prompts=0)
     out = pretrain_world(cfg, _specs=TOY)
     return cfg, out
 
@@ -98,7 +99,7 @@ def test_real_spec_sizes():
 def test_resume_from_checkpoint(tmp_path):
     cfg = PretrainConfig(output_dir=str(tmp_path / "ckpt"), work_dir=str(tmp_path / "work"), n_docs=60, n_eval_docs=5,
                          vocab_size=300, max_length=128, models="small", small_epochs=2.0, small_batch_size=2,
-                         checkpoint_every=2)
+                         checkpoint_every=2, judge_prompts=0)
     pretrain_world(cfg, _specs=TOY)
     first = json.loads((tmp_path / "ckpt" / "base-small" / "pretrain.json").read_text())
     assert not first["resumed"] and any((tmp_path / "work" / "base-small" / "checkpoints").glob("step-*"))

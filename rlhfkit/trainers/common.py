@@ -336,6 +336,29 @@ class CheckpointManager:
             log(f"warning: checkpoint {path} is damaged ({problem}); falling back to an earlier one")
         return None
 
+    def save_training(self, step: int, accelerator, models: dict[str, torch.nn.Module], optimizer, scheduler,
+                      **extra: Any) -> Path | None:
+        """Models (safetensors), optimizer, scheduler, RNG states and `extra` state."""
+        return self.save(step, {name: accelerator.get_state_dict(m) for name, m in models.items()},
+                         {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "rng": rng_state(), **extra})
+
+    def resume_training(self, accelerator, models: dict[str, torch.nn.Module], optimizer, scheduler,
+                        stage: str) -> tuple[int, dict[str, Any]]:
+        """Restore the newest intact checkpoint into models, optimizer, scheduler and the
+        RNGs; returns (its step, its state for extra fields), or (0, {}) when none."""
+        path = self.latest(log=accelerator.print)
+        if path is None:
+            return 0, {}
+        tensors, state = self.load(path)
+        for name, model in models.items():
+            accelerator.unwrap_model(model).load_state_dict(tensors[name], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        accelerator.print(f"resumed {stage} from {path} (step {state['step']})")
+        return int(state["step"]), state
+
     @staticmethod
     def load(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
         from safetensors.torch import load_file

@@ -32,8 +32,6 @@ from rlhfkit.trainers.common import (
     lr_schedule,
     make_accelerator,
     progress_bar,
-    rng_state,
-    set_rng_state,
     write_run_info,
 )
 from rlhfkit.trainers.data_plan import split_holdout, step_plan
@@ -240,7 +238,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
                 torch.cuda.empty_cache()
 
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
-    start = _resume(checkpoints, accelerator, model, optimizer, scheduler)
+    start, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, "dpo")
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="dpo")
     bar = progress_bar(len(plan), f"dpo ({cfg.loss})", cfg.progress and accelerator.is_local_main_process)
     bar.update(start)
@@ -258,9 +256,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
         if done % cfg.log_every == 0 or done == len(plan):
             logger.log(done, metrics)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < len(plan):
-            checkpoints.save(done, {"model": accelerator.get_state_dict(model)},
-                             {"step": done, "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "rng": rng_state()})
+            checkpoints.save_training(done, accelerator, {"model": model}, optimizer, scheduler)
     bar.close()
     final = {"final": True}
     if len(held):
@@ -300,16 +296,3 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, items, ref_table,
     if grad_norm is not None:
         out["grad_norm"] = float(grad_norm)
     return out
-
-
-def _resume(checkpoints, accelerator, model, optimizer, scheduler) -> int:
-    path = checkpoints.latest(log=accelerator.print)
-    if path is None:
-        return 0
-    tensors, state = CheckpointManager.load(path)
-    accelerator.unwrap_model(model).load_state_dict(tensors["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    accelerator.print(f"resumed dpo from {path} (step {state['step']})")
-    return int(state["step"])

@@ -34,8 +34,6 @@ from rlhfkit.trainers.common import (
     make_accelerator,
     mean_metrics,
     progress_bar,
-    rng_state,
-    set_rng_state,
     timer,
     write_run_info,
 )
@@ -259,7 +257,10 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     ptx = PretrainingBatches(cfg, tokenizer, device, accelerator) if cfg.ptx_data and cfg.ptx_coef > 0 else None
     shuffle = torch.Generator().manual_seed(cfg.seed)
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
-    start = _resume(checkpoints, accelerator, actor_critic, optimizer, scheduler, kl_ctl, shuffle)
+    start, state = checkpoints.resume_training(accelerator, {"actor_critic": actor_critic}, optimizer, scheduler, "ppo")
+    if state:
+        kl_ctl.load_state_dict(state["kl_controller"])
+        shuffle.set_state(state["shuffle"])
 
     generator = make_generator(cfg.generation_backend, policy, eos_id=tokenizer.eos_token_id,
                                pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
@@ -296,7 +297,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
             logger.log(done, metrics)
             _log_samples(out, done, ro, tokenizer, prompt_records, cfg.num_samples_logged, accelerator)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < sizes["ppo_steps"]:
-            _save_checkpoint(checkpoints, accelerator, actor_critic, optimizer, scheduler, kl_ctl, shuffle, done)
+            checkpoints.save_training(done, accelerator, {"actor_critic": actor_critic}, optimizer, scheduler,
+                                      kl_controller=kl_ctl.state_dict(), shuffle=shuffle.get_state())
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -358,26 +360,3 @@ def _save_models(actor_critic: ActorCritic, tokenizer, out: Path) -> None:
                   str(out / "value_head.safetensors"))
     else:
         save_pretrained_dir(actor_critic.value_model, tokenizer, out / "value_model")
-
-
-def _save_checkpoint(checkpoints, accelerator, actor_critic, optimizer, scheduler, kl_ctl, shuffle, step):
-    checkpoints.save(step, {"actor_critic": accelerator.get_state_dict(actor_critic)},
-                     {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "kl_controller": kl_ctl.state_dict(), "rng": rng_state(), "shuffle": shuffle.get_state()})
-
-
-def _resume(checkpoints, accelerator, actor_critic, optimizer, scheduler, kl_ctl, shuffle) -> int:
-    path = checkpoints.latest(log=accelerator.print)
-    if path is None:
-        return 0
-    tensors, state = CheckpointManager.load(path)
-    accelerator.unwrap_model(actor_critic).load_state_dict(tensors["actor_critic"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    kl_ctl.load_state_dict(state["kl_controller"])
-    set_rng_state(state["rng"])
-    shuffle.set_state(state["shuffle"])
-    accelerator.print(f"resumed ppo from {path} (step {state['step']})")
-    return int(state["step"])
-
-

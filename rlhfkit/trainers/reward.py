@@ -35,8 +35,6 @@ from rlhfkit.trainers.common import (
     lr_schedule,
     make_accelerator,
     progress_bar,
-    rng_state,
-    set_rng_state,
     write_run_info,
 )
 from rlhfkit.trainers.data_plan import load_records, split_holdout, step_plan
@@ -161,7 +159,7 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
     model, optimizer = accelerator.prepare(model, optimizer)
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
-    start = _resume(checkpoints, accelerator, model, optimizer, scheduler)
+    start, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, "rm")
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="rm")
     logger.truncate_after(start)
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "rm", accelerator.print)
@@ -196,9 +194,7 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         if done % cfg.log_every == 0 or done == len(plan):
             logger.log(done, metrics)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < len(plan):
-            checkpoints.save(done, {"model": accelerator.get_state_dict(model)},
-                             {"step": done, "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "rng": rng_state()})
+            checkpoints.save_training(done, accelerator, {"model": model}, optimizer, scheduler)
     bar.close()
     final = {"final": True}
     if eval_enc:
@@ -217,16 +213,3 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         save_pretrained_dir(unwrapped, tokenizer, out)
     accelerator.end_training()
     return out
-
-
-def _resume(checkpoints, accelerator, model, optimizer, scheduler) -> int:
-    path = checkpoints.latest(log=accelerator.print)
-    if path is None:
-        return 0
-    tensors, state = CheckpointManager.load(path)
-    accelerator.unwrap_model(model).load_state_dict(tensors["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    accelerator.print(f"resumed rm from {path} (step {state['step']})")
-    return int(state["step"])

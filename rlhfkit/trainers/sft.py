@@ -26,8 +26,6 @@ from rlhfkit.trainers.common import (
     lr_schedule,
     make_accelerator,
     progress_bar,
-    rng_state,
-    set_rng_state,
     write_run_info,
 )
 from rlhfkit.trainers.data_plan import load_records, split_holdout, step_plan
@@ -116,7 +114,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
 
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
-    start_step = _maybe_resume(checkpoints, accelerator, model, optimizer, scheduler)
+    start_step, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, "sft")
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="sft")
     logger.truncate_after(start_step)
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "sft", accelerator.print)
@@ -134,7 +132,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         if done % cfg.log_every == 0 or done == total_steps:
             logger.log(done, metrics)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
-            _save_checkpoint(checkpoints, accelerator, model, optimizer, scheduler, done)
+            checkpoints.save_training(done, accelerator, {"model": model}, optimizer, scheduler)
     bar.close()
     if eval_examples:
         val = evaluate_nll(model, eval_examples, eval_collator, cfg.per_device_batch_size, accelerator)
@@ -176,22 +174,3 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collato
     if grad_norm is not None:
         out["grad_norm"] = float(grad_norm)
     return out
-
-
-def _save_checkpoint(checkpoints, accelerator, model, optimizer, scheduler, step: int) -> None:
-    model_sd = accelerator.get_state_dict(model)
-    checkpoints.save(step, {"model": model_sd}, {"step": step, "optimizer": optimizer.state_dict(),
-                                                   "scheduler": scheduler.state_dict(), "rng": rng_state()})
-
-
-def _maybe_resume(checkpoints, accelerator, model, optimizer, scheduler) -> int:
-    path = checkpoints.latest(log=accelerator.print)
-    if path is None:
-        return 0
-    tensors, state = CheckpointManager.load(path)
-    accelerator.unwrap_model(model).load_state_dict(tensors["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    accelerator.print(f"resumed sft from {path} (step {state['step']})")
-    return int(state["step"])

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from rlhfkit.world.demonstrators import CHATTER, near_miss
 from rlhfkit.world.splits import iter_split
-from rlhfkit.world.tasks import ANIMALS, COLORS, FRUITS, KINDS, WORDS, Task, build_task
+from rlhfkit.world.tasks import ANIMALS, COLORS, FRUITS, KINDS, WORDS, Task
 
 DEFAULT_EOS = "<|endoftext|>"
 DOC_KINDS: tuple[str, ...] = ("worksheet", "digression", "rude", "chat", "plain")
