@@ -69,7 +69,8 @@ class WorldSFTConfig(SFTConfig):
     """SFT options of the world run (model, data, output_dir and seed are set by the run)."""
 
     learning_rate: float = option(1e-3, "peak learning rate (a 0.87M-parameter model takes a large one)")
-    num_epochs: float = option(1.0, "passes over the 13k demonstrations (InstructGPT: 16; 1 fits the time budget)")
+    num_epochs: float = option(3.0, "passes over the 13k demonstrations (InstructGPT: 16). Measured on 200 eval "
+                               "prompts at T = 1: 1 epoch gold 0.44 / exact 29%, 3 epochs gold 0.58 / exact 46%")
     per_device_batch_size: int = option(32, "demonstrations per optimizer step")
     warmup_ratio: float = option(0.03, "warmup share of the steps")
     eval_fraction: float = option(0.02, "demonstrations held out for validation loss")
