@@ -62,3 +62,23 @@ def test_ppo_ptx_adds_the_pretraining_loss_and_keeps_its_likelihood(tmp_path):
     assert all("loss/ptx" in r for r in with_ptx)
     assert with_ptx[-1]["loss/ptx"] < with_ptx[0]["loss/ptx"]  # the pretraining texts are being learned
     assert "loss/ptx" not in run("plain", 0.0)[-1]
+
+
+def test_ptx_stream_position_survives_a_checkpoint(tmp_path):
+    import torch
+
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.trainers.ptx import PretrainingBatches
+
+    model = save_tiny_model(tmp_path / "base")
+    texts = write_jsonl(tmp_path / "web.jsonl", [{"text": f"the {w} number {i}."} for i, w in enumerate(WORDS * 3)])
+    cfg = PPOConfig(model=model, prompts="unused", ptx_data=texts, ptx_batch_size=4)
+    tok = load_tokenizer(model)
+    first = PretrainingBatches(cfg, tok, "cpu")
+    for _ in range(3):
+        first.next_batch()
+    state = first.state_dict()
+    expected = [first.next_batch()["input_ids"] for _ in range(6)]  # crosses into a new pass
+    resumed = PretrainingBatches(cfg, tok, "cpu")
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, resumed.next_batch()["input_ids"]) for a in expected)

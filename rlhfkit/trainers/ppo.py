@@ -225,11 +225,14 @@ def _episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int
     """Prompt indices of one process at one step: a seeded permutation per pass
     over the prompts, so a resumed run sees exactly the prompts it would have."""
     start = step * local  # episodes this process consumed before `step`
+    perms: dict[int, list[int]] = {}
     out = []
     for e in range(start, start + local):
         cycle, pos = divmod(e, n_prompts)
-        perm = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 7919 + cycle * 31 + rank))
-        out.append(int(perm[pos]))
+        if cycle not in perms:
+            gen = torch.Generator().manual_seed(seed * 7919 + cycle * 31 + rank)
+            perms[cycle] = torch.randperm(n_prompts, generator=gen).tolist()
+        out.append(perms[cycle][pos])
     return out
 
 
@@ -261,6 +264,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     if state:
         kl_ctl.load_state_dict(state["kl_controller"])
         shuffle.set_state(state["shuffle"])
+        if ptx is not None and "ptx" in state:
+            ptx.load_state_dict(state["ptx"])
 
     generator = make_generator(cfg.generation_backend, policy, eos_id=tokenizer.eos_token_id,
                                pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
@@ -298,7 +303,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
             _log_samples(out, done, ro, tokenizer, prompt_records, cfg.num_samples_logged, accelerator)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < sizes["ppo_steps"]:
             checkpoints.save_training(done, accelerator, {"actor_critic": actor_critic}, optimizer, scheduler,
-                                      kl_controller=kl_ctl.state_dict(), shuffle=shuffle.get_state())
+                                      kl_controller=kl_ctl.state_dict(), shuffle=shuffle.get_state(),
+                                      **({"ptx": ptx.state_dict()} if ptx is not None else {}))
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

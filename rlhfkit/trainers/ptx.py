@@ -24,6 +24,14 @@ class PretrainingBatches:
         self.generator = torch.Generator().manual_seed(cfg.seed + 17)
         self.order: list[int] = []
 
+    def state_dict(self) -> dict:
+        """Position in the pretraining stream, for bit-exact resume."""
+        return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.long)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = state["order"].tolist()
+
     def next_batch(self) -> dict:
         batch = []
         while len(batch) < self.batch_size:
