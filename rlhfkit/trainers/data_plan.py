@@ -34,6 +34,24 @@ def split_holdout(records: Sequence, fraction: float, seed: int) -> tuple[list, 
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
+def optimization(cfg, model, n_examples: int, accelerator):
+    """AdamW over the trainable parameters, the run's step plan and its learning-rate
+    schedule (warmup, then cfg.lr_scheduler); model and optimizer prepared by
+    Accelerate. Returns (model, optimizer, scheduler, plan)."""
+    import torch
+
+    from rlhfkit.trainers.common import lr_schedule
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    plan = step_plan(n_examples, cfg.per_device_batch_size * accelerator.num_processes,
+                     cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler, plan
+
+
 def step_plan(n_examples: int, micro_batch_size: int, accumulation: int, num_epochs: float,
               seed: int) -> list[list[list[int]]]:
     """[optimizer step][micro-batch][example index]: a fresh seeded permutation per

@@ -29,12 +29,11 @@ from rlhfkit.trainers.common import (
     CheckpointManager,
     MetricsLogger,
     TrainConfig,
-    lr_schedule,
     make_accelerator,
     progress_bar,
     write_run_info,
 )
-from rlhfkit.trainers.data_plan import split_holdout, step_plan
+from rlhfkit.trainers.data_plan import optimization, split_holdout
 from rlhfkit.trainers.dpo_data import (
     PreferenceItems,
     encode_items,
@@ -218,13 +217,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
     model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                            lora=lora, trust_remote_code=cfg.trust_remote_code)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    plan = step_plan(len(train), cfg.per_device_batch_size * accelerator.num_processes,
-                     cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler, plan = optimization(cfg, model, len(train), accelerator)
 
     ref_fn, train_ref, held_ref = None, None, None
     if cfg.loss not in REFERENCE_FREE:

@@ -32,12 +32,11 @@ from rlhfkit.trainers.common import (
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
-    lr_schedule,
     make_accelerator,
     progress_bar,
     write_run_info,
 )
-from rlhfkit.trainers.data_plan import load_records, split_holdout, step_plan
+from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
 
 
 @dataclass
@@ -151,13 +150,7 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     lora = LoraOptions(r=cfg.lora_r) if cfg.use_lora else None
     model = load_scalar_model(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                               lora=lora, trust_remote_code=cfg.trust_remote_code)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    plan = step_plan(len(train_enc), cfg.per_device_batch_size * accelerator.num_processes,
-                     cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler, plan = optimization(cfg, model, len(train_enc), accelerator)
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
     start, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, "rm")
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="rm")

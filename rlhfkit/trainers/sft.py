@@ -23,12 +23,11 @@ from rlhfkit.trainers.common import (
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
-    lr_schedule,
     make_accelerator,
     progress_bar,
     write_run_info,
 )
-from rlhfkit.trainers.data_plan import load_records, split_holdout, step_plan
+from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
 
 
 @dataclass
@@ -104,14 +103,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, dropout=not cfg.disable_dropout,
                            gradient_checkpointing=cfg.gradient_checkpointing, lora=lora,
                            trust_remote_code=cfg.trust_remote_code)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    plan = step_plan(len(train_examples), cfg.per_device_batch_size * accelerator.num_processes,
-                     cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed)
+    model, optimizer, scheduler, plan = optimization(cfg, model, len(train_examples), accelerator)
     total_steps = len(plan)
-    schedule = lr_schedule(cfg.lr_scheduler, total_steps, int(cfg.warmup_ratio * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model, optimizer = accelerator.prepare(model, optimizer)
 
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
     start_step, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, "sft")
