@@ -160,3 +160,22 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(base, tmp_path, monkeypa
     assert any(r.get("skipped_nonfinite") == 1 for r in rows)
     assert _checkpoint_steps(tmp_path / "o") == [4, 8]
     assert CheckpointManager(tmp_path / "o").latest() is not None
+
+
+def test_reward_model_resumes_bit_for_bit_after_kill_9(base, tmp_path):
+    root, model = base
+    rows = [{"prompt": f"Rate {w} {i}.", "responses": [f"{w} gold.", f"{w}.", "no."], "ranking": [0, 1, 2]}
+            for i, w in enumerate(["cat", "dog", "owl", "fig"] * 10)]
+    data = write_jsonl(tmp_path / "r.jsonl", rows)
+
+    def cmd(out):
+        return [sys.executable, "-m", "rlhfkit.cli", "rm", "--model", model, "--data", data, "--output_dir", str(out),
+                "--num_epochs", "6", "--per_device_batch_size", "2", "--learning_rate", "1e-3", "--checkpoint_every",
+                "10", "--progress", "false", "--eval_fraction", "0.1", "--log_every", "1"]
+
+    subprocess.run(cmd(tmp_path / "straight"), env=ENV, check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    _kill_after_checkpoint(cmd(killed), killed, 20)
+    _kill_after_checkpoint(cmd(killed), killed, 70)
+    subprocess.run(cmd(killed), env=ENV, check=True, capture_output=True)
+    _assert_same(_weights(tmp_path / "straight"), _weights(killed))
