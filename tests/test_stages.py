@@ -154,3 +154,21 @@ def test_config_file_errors_name_the_key(tmp_path, yaml_text, error):
     path.write_text(yaml_text)
     with pytest.raises(ConfigError, match=error):
         from_dict(SFTConfig, load_yaml(path), where=str(path))
+
+
+def test_metrics_reach_tensorboard_through_accelerate_trackers(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model_dir = save_tiny_model(tmp_path / "m")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Say a.", "completion": "a."}] * 16)
+    out = train_sft(SFTConfig(model=model_dir, data=data, output_dir=str(tmp_path / "o"), report_to=["tensorboard"],
+                              log_every=1, progress=False, eval_fraction=0))
+    events = sorted(out.rglob("events.out.tfevents*"))
+    assert events, "no TensorBoard event file written"
+    scalars = set()
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+    assert "loss/train" in scalars
