@@ -1,0 +1,52 @@
+"""Model and tokenizer hygiene: pad distinct from EOS, a chat template when the
+tokenizer has none, a clear error without EOS; scalar heads; safetensors only."""
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from rlhfkit.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+from rlhfkit.models.tokenizer import DEFAULT_CHAT_TEMPLATE, prepare_tokenizer
+from rlhfkit.testing import save_tiny_model, tiny_tokenizer
+
+
+def test_pad_equal_to_eos_is_replaced_and_embeddings_grow(tmp_path):
+    directory = save_tiny_model(tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(directory)
+    tok.pad_token = tok.eos_token  # the classic mistake: EOS would be masked out of the loss
+    tok.chat_template = None
+    tok.save_pretrained(directory)
+    loaded = load_tokenizer(directory)
+    assert loaded.pad_token_id != loaded.eos_token_id
+    assert loaded.chat_template == DEFAULT_CHAT_TEMPLATE
+    model = load_causal_lm(directory, loaded)
+    assert model.get_input_embeddings().weight.shape[0] >= len(loaded)
+    assert model.config.pad_token_id == loaded.pad_token_id
+
+
+def test_tokenizer_without_eos_is_a_clear_error():
+    tok = tiny_tokenizer()
+    tok.eos_token = None
+    with pytest.raises(ValueError, match="no EOS token"):
+        prepare_tokenizer(tok)
+
+
+def test_new_reward_head_is_normal_and_value_head_zero(tmp_path):
+    directory = save_tiny_model(tmp_path / "m", hidden=64)
+    tok = load_tokenizer(directory)
+    reward = load_scalar_model(directory, tok, new_head="normal")
+    std = float(reward.score.weight.std())
+    assert abs(std - 1 / (64 + 1) ** 0.5) < 0.05  # N(0, 1/sqrt(d+1))
+    value = load_scalar_model(directory, tok, new_head="zero")
+    assert torch.count_nonzero(value.score.weight) == 0
+    reward.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    again = load_scalar_model(str(tmp_path / "rm"), tok, new_head="zero")  # a trained head is kept
+    assert torch.equal(again.score.weight, reward.score.weight)
+
+
+def test_local_weights_only_through_safetensors(tmp_path):
+    directory = save_tiny_model(tmp_path / "m")
+    tok = load_tokenizer(directory)
+    (tmp_path / "m" / "model.safetensors").rename(tmp_path / "m" / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        load_causal_lm(directory, tok)
