@@ -179,3 +179,30 @@ def test_reward_model_resumes_bit_for_bit_after_kill_9(base, tmp_path):
     _kill_after_checkpoint(cmd(killed), killed, 70)
     subprocess.run(cmd(killed), env=ENV, check=True, capture_output=True)
     _assert_same(_weights(tmp_path / "straight"), _weights(killed))
+
+
+def test_dpo_skips_a_nonfinite_step_and_stops_on_a_lasting_one(base, tmp_path, monkeypatch):
+    import rlhfkit.trainers.dpo as dpo
+
+    root, model = base
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Say {w}.", "chosen": f"{w}.", "rejected": "no."}
+                                              for w in ["cat", "dog", "owl", "fig"] * 8])
+    calls = {"n": 0}
+    real = dpo.preference_loss
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss, metrics = real(*args, **kwargs)
+        if calls["n"] == 2 or calls["n"] >= 6:
+            loss = loss * float("nan")
+            metrics = {**metrics, "loss/dpo": loss.detach()}
+        return loss, metrics
+
+    monkeypatch.setattr(dpo, "preference_loss", flaky)
+    cfg = dpo.DPOConfig(model=model, data=data, output_dir=str(tmp_path / "o"), per_device_batch_size=4,
+                        num_epochs=1, eval_fraction=0, progress=False, log_every=1, max_nonfinite_steps=3,
+                        learning_rate=1e-3)
+    with pytest.raises(DivergenceError, match="dpo diverged.*non-finite loss"):
+        dpo.train_dpo(cfg)
+    rows = read_metrics(tmp_path / "o" / "metrics.jsonl")
+    assert any(r.get("skipped_nonfinite") == 1 for r in rows)

@@ -14,7 +14,6 @@ micro-batches and processes.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_tokenizer, 
 from rlhfkit.trainers.common import (
     CheckpointManager,
     MetricsLogger,
+    NonFiniteGuard,
     TrainConfig,
     make_accelerator,
     progress_bar,
@@ -233,14 +233,14 @@ def train_dpo(cfg: DPOConfig) -> Path:
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
     start, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, "dpo")
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="dpo")
+    logger.truncate_after(start)
+    guard = NonFiniteGuard(cfg.max_nonfinite_steps, "dpo", accelerator.print)
     bar = progress_bar(len(plan), f"dpo ({cfg.loss})", cfg.progress and accelerator.is_local_main_process)
     bar.update(start)
     model.train()
     for step in range(start, len(plan)):
         metrics = _optimizer_step(model, optimizer, scheduler, plan[step], train, train_ref, ref_fn, cfg,
-                                  accelerator, pad)
-        if not math.isfinite(metrics["loss/dpo"]):
-            raise FloatingPointError(f"dpo: non-finite loss at step {step + 1} (lower the learning rate?)")
+                                  accelerator, pad, guard, step + 1)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/dpo']:.4f}", acc=f"{metrics.get('rewards/accuracy', 0):.2f}")
         done = step + 1
@@ -263,7 +263,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
 
 
 def _optimizer_step(model, optimizer, scheduler, step_indices, items, ref_table, ref_fn, cfg, accelerator,
-                    pad) -> dict:
+                    pad, guard: NonFiniteGuard, step: int) -> dict:
     """One optimizer step; each micro-batch's mean loss is weighted by its share of
     the step's pairs (over all processes), so every pair counts equally."""
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -280,11 +280,14 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, items, ref_table,
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * len(local)
             counts[k] = counts.get(k, 0) + len(local)
+    out = {k: sums[k] / counts[k] for k in sums}
+    if not guard.step_ok(step, {"loss": out["loss/dpo"]}, model.named_parameters()):
+        optimizer.zero_grad(set_to_none=True)  # skipped: a non-finite loss or gradient
+        return {**out, "skipped_nonfinite": guard.skipped, "lr": scheduler.get_last_lr()[0]}
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    out = {k: sums[k] / counts[k] for k in sums}
     out["lr"] = scheduler.get_last_lr()[0]
     if grad_norm is not None:
         out["grad_norm"] = float(grad_norm)
