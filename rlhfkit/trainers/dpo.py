@@ -169,8 +169,8 @@ def evaluate(model, items: PreferenceItems, ref_table, ref_fn, cfg: DPOConfig, p
 
 
 def _reference(cfg: DPOConfig, model, tokenizer, accelerator):
-    """(ref_fn, ref_model): a function rows -> reference log-probs [N], and the separate
-    reference model it holds (None when the reference is the policy itself)."""
+    """A function rows -> reference log-probs [N]; a separate reference model lives only
+    in its closure, so dropping the function frees the model."""
     pad, device = tokenizer.pad_token_id, accelerator.device
     unwrapped = accelerator.unwrap_model(model)
     same = not cfg.ref_model or cfg.ref_model == cfg.model
@@ -178,12 +178,12 @@ def _reference(cfg: DPOConfig, model, tokenizer, accelerator):
         def adapter_off(rows):
             with unwrapped.disable_adapter(), accelerator.autocast():
                 return sequence_logps(unwrapped, rows, pad, device)[0]
-        return adapter_off, None
+        return adapter_off
     if same and cfg.precompute_ref_logprobs:  # the policy before its first update is the reference
         def initial_policy(rows):
             with accelerator.autocast():
                 return sequence_logps(unwrapped, rows, pad, device)[0]
-        return initial_policy, None
+        return initial_policy
     ref = load_causal_lm(cfg.ref_model or cfg.model, tokenizer, dtype=cfg.dtype,
                          trust_remote_code=cfg.trust_remote_code).to(device).eval()
     ref.requires_grad_(False)
@@ -191,7 +191,7 @@ def _reference(cfg: DPOConfig, model, tokenizer, accelerator):
     def frozen(rows):
         with accelerator.autocast():
             return sequence_logps(ref, rows, pad, device)[0]
-    return frozen, ref
+    return frozen
 
 
 # ----------------------------------------------------------------------------- training loop
@@ -221,12 +221,12 @@ def train_dpo(cfg: DPOConfig) -> Path:
 
     ref_fn, train_ref, held_ref = None, None, None
     if cfg.loss not in REFERENCE_FREE:
-        ref_fn, ref_model = _reference(cfg, model, tokenizer, accelerator)
+        ref_fn = _reference(cfg, model, tokenizer, accelerator)
         if cfg.precompute_ref_logprobs:  # before any resume: the policy may be the reference
             model.eval()
             train_ref = reference_table(ref_fn, train, cfg.per_device_batch_size)
             held_ref = reference_table(ref_fn, held, cfg.per_device_batch_size) if len(held) else None
-            ref_fn, ref_model = None, None  # frees a separate reference model
+            ref_fn = None  # frees a separate reference model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
