@@ -45,10 +45,6 @@ class Rollout:
         return Rollout(**{f.name: (getattr(self, f.name)[index] if getattr(self, f.name) is not None else None)
                           for f in fields(self)})
 
-    def to(self, device) -> Rollout:
-        return Rollout(**{f.name: (getattr(self, f.name).to(device) if getattr(self, f.name) is not None else None)
-                          for f in fields(self)})
-
 
 def pad_to_length(x: torch.Tensor, length: int, value) -> torch.Tensor:
     """Right-pad the last dimension of x [B,n] to `length`."""

@@ -178,8 +178,9 @@ def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig):
 
 # ----------------------------------------------------------------------------- set-up
 
-def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> tuple[WeightedReward, object | None]:
-    scorers, names, rm = [], [], None
+def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> WeightedReward:
+    """The reward model (if any) and the Python reward functions, weighted."""
+    scorers, names = [], []
     if cfg.reward_model:
         rm_tokenizer = load_tokenizer(cfg.reward_model, trust_remote_code=cfg.trust_remote_code)
         rm = load_scalar_model(cfg.reward_model, rm_tokenizer, dtype=cfg.dtype,
@@ -191,7 +192,7 @@ def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> tuple[Weig
         scorer = FunctionScorer(fn)
         scorers.append(scorer)
         names.append(scorer.name)
-    return WeightedReward(scorers, cfg.reward_weights or None, names), rm
+    return WeightedReward(scorers, cfg.reward_weights or None, names)
 
 
 def _build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, object | None]:
@@ -249,7 +250,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     tokenizer.padding_side = "left"
     prompt_records, prompt_tokens = _load_prompts(cfg, tokenizer, accelerator)
     actor_critic, ref_policy = _build_models(cfg, tokenizer, device)
-    reward, _ = build_reward(cfg, tokenizer, device, reward_fns)
+    reward = build_reward(cfg, tokenizer, device, reward_fns)
     optimizer = torch.optim.Adam([p for p in actor_critic.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                  eps=cfg.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", sizes["optimizer_steps"], 0))

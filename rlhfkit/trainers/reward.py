@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import option
-from rlhfkit.data.collate import RankingCollator, SFTCollator
+from rlhfkit.data.collate import RankingCollator, SFTCollator, scatter_scores
 from rlhfkit.data.loading import ColumnMap, as_rankings, load_preferences, load_sft
 from rlhfkit.data.tokenize import encode_rankings, encode_sft
 from rlhfkit.losses.reward import pairwise_accuracy_by_gap, ranking_loss
@@ -80,13 +80,11 @@ def _ranking_batch_loss(model, items, collator, device, use_margin: bool):
     groups = [group for group, _ in items]
     batch = collator(groups)
     scores = _scores(model, batch, device)  # [N]
-    valid = batch["valid"].to(device)  # [B,Kmax]
-    rewards = scores.new_zeros(valid.shape).index_put(  # [B,Kmax], response k of prompt b at rewards[b, k]
-        (batch["group_index"].to(device), batch["rank"].to(device)), scores)
+    rewards = scatter_scores(scores, batch)  # [B,Kmax]: response k of prompt b at rewards[b, k]
     margin = None
     if use_margin:
         margin = torch.tensor([m or 0.0 for _, m in items], device=device)
-    return ranking_loss(rewards, valid, margin=margin)
+    return ranking_loss(rewards, batch["valid"].to(device), margin=margin)
 
 
 @torch.no_grad()
