@@ -200,11 +200,17 @@ class NonFiniteGuard:
         self.consecutive = 0
         self.skipped = 0
 
-    def step_ok(self, step: int, losses: dict[str, float], named_parameters) -> bool:
+    def step_ok(self, step: int, losses: dict[str, float], named_parameters, grad_norm=None) -> bool:
         """True when every loss and gradient is finite; otherwise count, log, maybe raise.
-        Call after backward, before optimizer.step()."""
+        Call after backward, before optimizer.step(). `grad_norm` (the total norm
+        from clipping) saves the per-tensor scan: it is finite exactly when every
+        gradient is, so parameters are only named when it is not."""
         bad_losses = [k for k, v in losses.items() if not math.isfinite(v)]
-        bad_params = [] if bad_losses else _nonfinite_grads(named_parameters)
+        bad_params = []
+        if not bad_losses and (grad_norm is None or not math.isfinite(float(grad_norm))):
+            bad_params = _nonfinite_grads(named_parameters)
+            if not bad_params and grad_norm is not None:  # finite gradients whose norm overflowed
+                bad_params = ["(gradient norm overflows float32)"]
         if not bad_losses and not bad_params:
             self.consecutive = 0
             return True
@@ -221,6 +227,32 @@ class NonFiniteGuard:
 
 def _nonfinite_grads(named_parameters) -> list[str]:
     return [name for name, p in named_parameters if p.grad is not None and not torch.isfinite(p.grad).all()]
+
+
+def clip_gradients(accelerator, parameters, max_grad_norm: float) -> torch.Tensor:
+    """Clip to `max_grad_norm` (<= 0: measure only) and return the total gradient
+    norm before clipping: one fused pass that also tells NonFiniteGuard whether
+    any gradient is non-finite (a non-finite norm leaves the step to be skipped)."""
+    params = [p for p in parameters if p.grad is not None]
+    if max_grad_norm > 0:
+        return accelerator.clip_grad_norm_(params, max_grad_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+
+
+def make_adam(params, *, lr: float, eps: float, weight_decay: float = 0.0, decoupled: bool = True):
+    """Adam (PPO, weight decay 0) or AdamW, fused into one kernel per step where the
+    build supports it (CPU and CUDA in current torch; about 3x faster than the
+    per-tensor loop on small models, same update rule)."""
+    params = [p for p in params if p.requires_grad]
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    kwargs = dict(lr=lr, eps=eps, weight_decay=weight_decay)
+    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    if fusable:
+        try:
+            return cls(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError):  # e.g. a dtype or device the fused kernel lacks
+            pass
+    return cls(params, **kwargs)
 
 
 # ----------------------------------------------------------------------------- checkpoints

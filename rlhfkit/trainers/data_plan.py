@@ -40,10 +40,9 @@ def optimization(cfg, model, n_examples: int, accelerator):
     Accelerate. Returns (model, optimizer, scheduler, plan)."""
     import torch
 
-    from rlhfkit.trainers.common import lr_schedule
+    from rlhfkit.trainers.common import lr_schedule, make_adam
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    optimizer = make_adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     plan = step_plan(n_examples, cfg.per_device_batch_size * accelerator.num_processes,
                      cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

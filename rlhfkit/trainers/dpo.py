@@ -29,6 +29,7 @@ from rlhfkit.trainers.common import (
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
+    clip_gradients,
     make_accelerator,
     progress_bar,
     write_run_info,
@@ -281,14 +282,13 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, items, ref_table,
             sums[k] = sums.get(k, 0.0) + float(v) * len(local)
             counts[k] = counts.get(k, 0) + len(local)
     out = {k: sums[k] / counts[k] for k in sums}
-    if not guard.step_ok(step, {"loss": out["loss/dpo"]}, model.named_parameters()):
+    grad_norm = clip_gradients(accelerator, model.parameters(), cfg.max_grad_norm)
+    if not guard.step_ok(step, {"loss": out["loss/dpo"]}, model.named_parameters(), grad_norm):
         optimizer.zero_grad(set_to_none=True)  # skipped: a non-finite loss or gradient
         return {**out, "skipped_nonfinite": guard.skipped, "lr": scheduler.get_last_lr()[0]}
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     out["lr"] = scheduler.get_last_lr()[0]
-    if grad_norm is not None:
-        out["grad_norm"] = float(grad_norm)
+    out["grad_norm"] = float(grad_norm)
     return out

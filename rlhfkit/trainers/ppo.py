@@ -30,8 +30,10 @@ from rlhfkit.trainers.common import (
     DivergenceError,
     MetricsLogger,
     NonFiniteGuard,
+    clip_gradients,
     lr_schedule,
     make_accelerator,
+    make_adam,
     mean_metrics,
     progress_bar,
     timer,
@@ -153,9 +155,8 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
                 row = mean_metrics(metrics)
                 losses = {k: row[k] for k in ("loss/policy", "loss/value", "loss/ptx") if k in row}
                 named = [(n, p) for n, p in actor_critic.named_parameters() if p.requires_grad]
-                if guard.step_ok(step, losses, named):
-                    if cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm)
+                grad_norm = clip_gradients(accelerator, [p for _, p in named], cfg.max_grad_norm)
+                if guard.step_ok(step, losses, named, grad_norm):
                     optimizer.step()
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -251,8 +252,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     prompt_records, prompt_tokens = _load_prompts(cfg, tokenizer, accelerator)
     actor_critic, ref_policy = _build_models(cfg, tokenizer, device)
     reward = build_reward(cfg, tokenizer, device, reward_fns)
-    optimizer = torch.optim.Adam([p for p in actor_critic.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                 eps=cfg.adam_eps)
+    optimizer = make_adam(actor_critic.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, decoupled=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", sizes["optimizer_steps"], 0))
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     policy = accelerator.unwrap_model(actor_critic).policy

@@ -32,6 +32,7 @@ from rlhfkit.trainers.common import (
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
+    clip_gradients,
     make_accelerator,
     progress_bar,
     write_run_info,
@@ -167,11 +168,11 @@ def train_reward_model(cfg: RewardConfig) -> Path:
             accelerator.backward(loss * len(groups) * world / sum(len(m) for m in plan[step]))
             rows.append({k: float(v) for k, v in metrics.items()})
         metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-        if not guard.step_ok(step + 1, {"loss": metrics["loss/reward"]}, model.named_parameters()):
+        grad_norm = clip_gradients(accelerator, model.parameters(), cfg.max_grad_norm)
+        if not guard.step_ok(step + 1, {"loss": metrics["loss/reward"]}, model.named_parameters(), grad_norm):
             optimizer.zero_grad(set_to_none=True)
             continue
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        metrics["grad_norm"] = float(grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

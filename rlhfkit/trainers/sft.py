@@ -23,6 +23,7 @@ from rlhfkit.trainers.common import (
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
+    clip_gradients,
     make_accelerator,
     progress_bar,
     write_run_info,
@@ -156,14 +157,13 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collato
         accelerator.backward(loss * weight)
         total_loss += loss.item() * float(metrics["tokens"])
     out = {"loss/train": total_loss / max(local_tokens, 1), "tokens": global_tokens}
-    if not guard.step_ok(step, {"loss": out["loss/train"]}, model.named_parameters()):
+    grad_norm = clip_gradients(accelerator, model.parameters(), cfg.max_grad_norm)
+    if not guard.step_ok(step, {"loss": out["loss/train"]}, model.named_parameters(), grad_norm):
         optimizer.zero_grad(set_to_none=True)
         return {**out, "skipped_nonfinite": guard.skipped, "lr": scheduler.get_last_lr()[0]}
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     out["lr"] = scheduler.get_last_lr()[0]
-    if grad_norm is not None:
-        out["grad_norm"] = float(grad_norm)
+    out["grad_norm"] = float(grad_norm)
     return out

@@ -77,6 +77,9 @@ class PretrainConfig:
     num_threads: int = option(1, "torch CPU threads (1: the two models train side by side, one per core)")
     checkpoint_every: int = option(50, "save a resumable checkpoint every N optimizer steps (0: never mid-run)")
     resume: bool = option(False, "continue interrupted runs from their latest checkpoint in work_dir (same config)")
+    init_large: str = option("", "continued pretraining: start base-large from this model directory (and use its "
+                                 "tokenizer) instead of random weights; give a new --seed for fresh documents")
+    init_small: str = option("", "the same for base-small")
     judge_prompts: int = option(200, "after training, sample this many eval-split prompts and score them (0: skip)")
     progress: bool = option(False, "show progress bars")
 
@@ -230,7 +233,7 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
     validation loss) and the config that produced it."""
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.models.loading import save_pretrained_dir
+    from rlhfkit.models.loading import load_tokenizer, save_pretrained_dir
     from rlhfkit.models.tokenizer import train_bpe_tokenizer
     from rlhfkit.trainers.sft import SFTConfig, train_sft
 
@@ -248,7 +251,15 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
     t0 = time.time()
     texts = make_webtext(cfg.n_docs, cfg.seed)
     eval_texts = webtext_eval_texts(cfg.n_eval_docs)
-    tokenizer = train_bpe_tokenizer(texts[: cfg.tokenizer_docs], cfg.vocab_size, model_max_length=cfg.max_length)
+    inits = {k: getattr(cfg, f"init_{k}", "") for k in kinds}
+    init_dirs = {d for d in inits.values() if d}
+    if len(init_dirs) > 1 or (init_dirs and len(init_dirs) != len(kinds)):
+        raise ValueError("continued pretraining: give init_* for every model trained in this run, all sharing one "
+                         "tokenizer (or train the models in separate runs)")
+    if init_dirs:  # continued pretraining keeps the tokenizer the models were trained with
+        tokenizer = load_tokenizer(next(iter(init_dirs)))
+    else:
+        tokenizer = train_bpe_tokenizer(texts[: cfg.tokenizer_docs], cfg.vocab_size, model_max_length=cfg.max_length)
     tokenizer.save_pretrained(work / "tokenizer")
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]  # + EOS
     kept = [t for t, n in zip(texts, lengths) if n <= cfg.max_length]
@@ -263,7 +274,10 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
         lr = getattr(cfg, f"{kind}_lr", 1e-3)
         bs = getattr(cfg, f"{kind}_batch_size", 16)
         init_dir, run_dir = work / f"{name}-init", work / name
-        model = build_base_model(kind, tokenizer, cfg.max_length, cfg.seed, specs[kind])
+        if inits[kind]:
+            model = AutoModelForCausalLM.from_pretrained(inits[kind], dtype=torch.float32)
+        else:
+            model = build_base_model(kind, tokenizer, cfg.max_length, cfg.seed, specs[kind])
         n_params = count_parameters(model)
         init_loss = webtext_loss(model, tokenizer, eval_texts, max_length=cfg.max_length)
         save_pretrained_dir(model, tokenizer, init_dir)
@@ -291,7 +305,7 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
         final = out / name
         _copy_model_dir(run_dir, final)
         figures = {
-            "name": name, "parameters": n_params, "architecture": specs[kind],
+            "name": name, "init_from": inits[kind] or "random", "parameters": n_params, "architecture": specs[kind],
             "corpus_docs": len(kept), "corpus_tokens": corpus_tokens, "epochs": epochs,
             "tokens_seen": int(round(corpus_tokens * epochs)), "optimizer_steps": steps,
             "wall_time_s": round(wall, 1), "resumed": bool(resumed), "val_loss_init": round(init_loss, 4), "val_loss": round(val, 4),

@@ -1,0 +1,67 @@
+"""The shared training-step helpers: gradient clipping that doubles as the
+non-finite check, and the fused Adam that must match the per-tensor one."""
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from rlhfkit.trainers.common import DivergenceError, NonFiniteGuard, clip_gradients, make_adam
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def test_clip_gradients_returns_the_norm_before_clipping_and_clips():
+    model = _model()
+    model(torch.randn(16, 4)).pow(2).sum().backward()
+    expected = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters()))
+    norm = clip_gradients(Accelerator(cpu=True), model.parameters(), 0.5)
+    assert float(norm) == pytest.approx(expected, rel=1e-5)
+    after = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters()))
+    assert after == pytest.approx(0.5, rel=1e-4)
+    # max_grad_norm <= 0 measures without clipping
+    model.zero_grad()
+    model(torch.randn(16, 4)).pow(2).sum().backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    norm = clip_gradients(Accelerator(cpu=True), model.parameters(), 0.0)
+    assert float(norm) == pytest.approx(math.sqrt(sum(float(g.pow(2).sum()) for g in before)), rel=1e-5)
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, model.parameters()))
+
+
+def test_guard_names_the_parameter_with_a_nan_gradient_from_the_norm():
+    model = _model()
+    model(torch.randn(16, 4)).pow(2).sum().backward()
+    model[2].weight.grad[0, 3] = float("nan")
+    logged = []
+    guard = NonFiniteGuard(2, "test", log=logged.append)
+    norm = clip_gradients(Accelerator(cpu=True), model.parameters(), 1.0)
+    assert not math.isfinite(float(norm))
+    assert not guard.step_ok(7, {"loss": 1.0}, model.named_parameters(), norm)
+    assert "2.weight" in logged[0] and "step 7" in logged[0]
+    model.zero_grad()
+    model(torch.randn(16, 4)).pow(2).sum().backward()  # a finite step resets the count
+    assert guard.step_ok(8, {"loss": 1.0}, model.named_parameters(),
+                         clip_gradients(Accelerator(cpu=True), model.parameters(), 1.0))
+    assert not guard.step_ok(9, {"loss": float("inf")}, model.named_parameters(), torch.tensor(1.0))
+    with pytest.raises(DivergenceError, match="test diverged at step 10: non-finite loss"):
+        guard.step_ok(10, {"loss": float("nan")}, model.named_parameters(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("decoupled,weight_decay", [(True, 0.01), (False, 0.0)])
+def test_fused_adam_matches_the_per_tensor_update(decoupled, weight_decay):
+    models = [_model(1), _model(1)]
+    fused = make_adam(models[0].parameters(), lr=1e-2, eps=1e-5, weight_decay=weight_decay, decoupled=decoupled)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    plain = cls(models[1].parameters(), lr=1e-2, eps=1e-5, weight_decay=weight_decay, foreach=False)
+    assert fused.defaults.get("fused") is True  # CPU supports the fused kernel in the pinned torch
+    x = torch.randn(32, 4)
+    for _ in range(20):
+        for m, opt in zip(models, (fused, plain)):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
