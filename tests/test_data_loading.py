@@ -339,6 +339,20 @@ def test_ranking_semantics_and_pairs_order():
     assert all(x.prompt == "p" and x.source == r.source for x in pairs)
 
 
+def test_pairs_of_a_ranking_keep_the_terminated_flags_so_dpo_encodes_run_on_responses_without_eos(tiny_model_dir):
+    from rlhfkit.data.tokenize import encode_ranking
+    from rlhfkit.models.loading import load_tokenizer
+
+    [r] = load_preferences([{"prompt": "p", "responses": ["x y", "z", "w"], "ranking": [0, 1, 2],
+                             "terminated": [True, False, True]}])
+    pairs = as_pairs([r])
+    assert [(x.responses, x.terminated) for x in pairs] == [
+        (["x y", "z"], [True, False]), (["x y", "w"], [True, True]), (["z", "w"], [False, True])]
+    tok = load_tokenizer(tiny_model_dir)
+    chosen, rejected = encode_ranking(tok, pairs[0], None)
+    assert chosen.input_ids[-1] == tok.eos_token_id and rejected.input_ids[-1] != tok.eos_token_id
+
+
 def test_as_rankings_and_back():
     pair = PreferenceRecord("p", "good", "bad", margin=0.5, source="f:1")
     [rk] = as_rankings([pair])

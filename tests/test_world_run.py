@@ -15,11 +15,12 @@ from rlhfkit.world.report import FIGURE_KEYS, RM_KEYS
 from rlhfkit.world.run import RunConfig, run_world
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("data", "sft", "comparisons", "rm", "ppo", "dpo", "eval/sft", "eval/base_small", "eval/base_large",
-          "eval/ppo", "eval/dpo")
+STAGES = ("data", "sft", "comparisons", "rm", "ppo", "dpo", "orpo", "eval/sft", "eval/base_small",
+          "eval/base_large", "eval/ppo", "eval/dpo", "eval/orpo")
 WIN_RATES = ("ppo_vs_base_large", "ppo_vs_sft", "sft_vs_base_small", "ppo_vs_sft_best_temperature",
              "ppo_vs_sft_greedy", "dpo_vs_base_large", "dpo_vs_sft", "dpo_vs_sft_best_temperature",
-             "dpo_vs_sft_greedy")
+             "dpo_vs_sft_greedy", "orpo_vs_base_large", "orpo_vs_sft", "orpo_vs_sft_best_temperature",
+             "orpo_vs_sft_greedy")
 
 
 def make_standins(directory: Path) -> dict[str, str]:
@@ -62,7 +63,7 @@ def test_report_has_every_key(micro_run):
     _, out = micro_run
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"models", "win_rates", "reward_model", "eval", "seconds"}
-    assert set(report["models"]) == {"base_small", "base_large", "sft", "ppo", "dpo"}
+    assert set(report["models"]) == {"base_small", "base_large", "sft", "ppo", "dpo", "orpo"}
     for name, figures in report["models"].items():
         assert set(figures) == set(FIGURE_KEYS), name
         assert figures["params"] > 0 and 0 <= figures["gold"] <= 1
@@ -75,7 +76,7 @@ def test_report_has_every_key(micro_run):
     assert all(0 <= v <= 1 for v in report["win_rates"].values())
     assert set(report["reward_model"]) == set(RM_KEYS)
     assert report["eval"] == {"prompts": 128, "temperature": 1.0, "seed": 0}
-    assert {"data", "sft", "comparisons", "rm", "ppo", "dpo", "eval"} <= set(report["seconds"])
+    assert {"data", "sft", "comparisons", "rm", "ppo", "dpo", "orpo", "eval"} <= set(report["seconds"])
     for png in ("likert.png", "training.png", "overoptimisation.png", "frontier.png"):
         assert (out / png).stat().st_size > 0
     markdown = (out / "report.md").read_text()
@@ -89,6 +90,22 @@ def test_sft_beats_base_small_and_rm_beats_chance(micro_run):
     assert report["models"]["sft"]["gold"] > report["models"]["base_small"]["gold"]
     assert report["win_rates"]["sft_vs_base_small"] > 0.5
     assert report["reward_model"]["val_accuracy"] > 0.55
+
+
+def test_orpo_learns_from_base_small_in_one_stage(micro_run):
+    """ORPO starts from base-small (no SFT stage) on the comparisons plus labeled
+    (demonstration, base-small sample) pairs, and must learn the demonstrations."""
+    cfg, out = micro_run
+    run = load_yaml(out / "orpo" / "config.yaml")
+    assert run["model"] == cfg.base_small and run["loss"] == "orpo"
+    figures = json.loads((out / "orpo_data" / "figures.json").read_text())
+    assert figures["demonstration_pairs"] > 0.9 * cfg.demonstrations
+    assert figures["demonstration_preferred"] > 0.8  # labelers mostly prefer a demonstration to base-small
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"]["orpo"]["gold"] > report["models"]["base_small"]["gold"] + 0.05
+    metrics = [json.loads(line) for line in (out / "orpo" / "metrics.jsonl").read_text().splitlines()]
+    nll = [r["loss/nll"] for r in metrics if "loss/nll" in r]
+    assert nll[-1] < 0.7 * nll[0]
 
 
 def test_datasets_written_and_gold_logged(micro_run):
@@ -157,4 +174,20 @@ def test_full_default_world_run(tmp_path):
     assert seconds < 15 * 60
     assert report["win_rates"]["sft_vs_base_small"] > 0.5
     assert report["reward_model"]["val_accuracy"] > 0.55
+
+
+def test_orpo_learns_from_base_small_in_one_stage(micro_run):
+    """ORPO starts from base-small (no SFT stage) on the comparisons plus labeled
+    (demonstration, base-small sample) pairs, and must learn the demonstrations."""
+    cfg, out = micro_run
+    run = load_yaml(out / "orpo" / "config.yaml")
+    assert run["model"] == cfg.base_small and run["loss"] == "orpo"
+    figures = json.loads((out / "orpo_data" / "figures.json").read_text())
+    assert figures["demonstration_pairs"] > 0.9 * cfg.demonstrations
+    assert figures["demonstration_preferred"] > 0.8  # labelers mostly prefer a demonstration to base-small
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"]["orpo"]["gold"] > report["models"]["base_small"]["gold"] + 0.05
+    metrics = [json.loads(line) for line in (out / "orpo" / "metrics.jsonl").read_text().splitlines()]
+    nll = [r["loss/nll"] for r in metrics if "loss/nll" in r]
+    assert nll[-1] < 0.7 * nll[0]
     assert report["models"]["ppo"]["kl_to_sft"] is not None

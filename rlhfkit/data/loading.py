@@ -373,19 +373,25 @@ def as_rankings(records: Iterable[PreferenceRecord | RankingRecord]) -> list[Ran
     return out
 
 
-def as_pairs(records: Iterable[PreferenceRecord | RankingRecord]) -> list[PreferenceRecord]:
+def as_pairs(records: Iterable[PreferenceRecord | RankingRecord]) -> list[PreferenceRecord | RankingRecord]:
     """A K-way ranking expands to all C(K, 2) (better, worse) pairs in the ranking's
-    order: (0,1), (0,2), ..., (0,K-1), (1,2), ...; a K = 2 ranking keeps its margin."""
-    out = []
+    order: (0,1), (0,2), ..., (0,K-1), (1,2), ...; a K = 2 ranking keeps its margin.
+    A ranking with per-response `terminated` flags gives K = 2 rankings that keep
+    them (so a response that ran out of tokens is encoded without EOS); otherwise
+    the pairs are PreferenceRecords."""
+    out: list[PreferenceRecord | RankingRecord] = []
     for r in records:
         if isinstance(r, PreferenceRecord):
             out.append(r)
         elif isinstance(r, RankingRecord):
             margin = r.margin if len(r.responses) == 2 else None
-            out.extend(
-                PreferenceRecord(r.prompt, r.responses[i], r.responses[j], margin=margin, source=r.source)
-                for i, j in combinations(range(len(r.responses)), 2)
-            )
+            for i, j in combinations(range(len(r.responses)), 2):
+                if r.terminated is None:
+                    out.append(PreferenceRecord(r.prompt, r.responses[i], r.responses[j], margin=margin,
+                                                source=r.source))
+                else:
+                    out.append(RankingRecord(r.prompt, [r.responses[i], r.responses[j]], margin=margin,
+                                             source=r.source, terminated=[r.terminated[i], r.terminated[j]]))
         else:
             raise TypeError(f"expected PreferenceRecord or RankingRecord, got {type(r).__name__}")
     return out

@@ -28,7 +28,7 @@ FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "terminated", "polit
 RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement")
 LABELS = {"base_small": "base-small", "base_large": "base-large (\"GPT-3\")", "sft": "SFT", "ppo": "PPO (RLHF)",
           "ppo_ptx": "PPO-ptx", "dpo": "DPO", "ipo": "IPO", "cdpo": "cDPO", "robust": "robust DPO", "hinge": "SLiC hinge",
-          "simpo": "SimPO", "kto": "KTO"}
+          "simpo": "SimPO", "kto": "KTO", "orpo": "ORPO (from base-small)"}
 
 
 def _json_safe(x):

@@ -11,6 +11,9 @@
                     normalised to mean 0 / std 1 on the SFT samples; rm/heldout.json
       ppo/          PPO from SFT against the RM, per-token KL to SFT, gold logged with weight 0
       ppo_ptx/      (with ptx: true) PPO-ptx: + ptx_coef * web-text log-likelihood
+      dpo/ ipo/ ... (with --algo) a direct method from SFT on the same comparisons
+      orpo_data/ orpo/  (with --algo orpo) ORPO from base-small: comparisons + labeled
+                    (demonstration, base-small sample) pairs, one stage
       eval/         one JSON per model (figures, per-decoding gold scores) + samples
       report.json  report.md  *.png
 
@@ -126,9 +129,27 @@ class WorldDPOConfig(DPOConfig):
     progress: bool = option(False, "show a progress bar")
 
 
-# Direct methods `--algo` accepts (each trains from SFT on the RM's comparisons): name -> DPO loss.
+@dataclass
+class WorldORPOConfig(DPOConfig):
+    """ORPO options of the world run: one stage from base-small (no SFT stage), so
+    the step sizes are SFT's; data = the comparisons + labeled demonstration pairs."""
+
+    learning_rate: float = option(1e-3, "peak learning rate (SFT's: ORPO also does the SFT)")
+    num_epochs: float = option(3.0, "passes over the pairs (SFT's 3 over the demonstrations)")
+    per_device_batch_size: int = option(32, "pairs per forward pass")
+    warmup_ratio: float = option(0.03, "warmup share of the steps")
+    lr_scheduler: str = option("cosine", "learning-rate schedule after warmup (SFT's)")
+    orpo_lambda: float = option(0.1, "weight of the odds-ratio term against the chosen NLL (paper: 0.1)")
+    max_length: int = option(256, "longest prompt + response")
+    eval_fraction: float = option(0.02, "pairs held out for the odds-ratio accuracy")
+    log_every: int = option(20, "write metrics every N optimizer steps")
+    progress: bool = option(False, "show a progress bar")
+
+
+# Direct methods `--algo` accepts: name -> DPO-family loss. All but orpo train from SFT
+# on the RM's comparisons; orpo trains from base-small (see _orpo_stage).
 DIRECT_METHODS = {"dpo": "sigmoid", "ipo": "ipo", "cdpo": "cdpo", "robust": "robust", "hinge": "hinge",
-                  "simpo": "simpo", "kto": "kto"}
+                  "simpo": "simpo", "kto": "kto", "orpo": "orpo"}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -157,8 +178,9 @@ class RunConfig:
     webtext_eval_docs: int = option(100, "held-out web-text documents for the alignment tax")
     eval_batch_size: int = option(256, "prompts generated at once in evaluation")
     eval_temperatures: list[float] = option([0.5, 0.7, 1.0], "SFT temperatures for ppo_vs_sft_best_temperature")
-    algo: list[str] = option(["ppo"], "methods trained after SFT on the same comparisons, comma-separated: ppo "
-                             "and any of dpo, ipo, cdpo, robust, hinge, simpo, kto")
+    algo: list[str] = option(["ppo"], "methods trained on the same comparisons, comma-separated: ppo and any of "
+                             "dpo, ipo, cdpo, robust, hinge, simpo, kto (from SFT), orpo (from base-small: "
+                             "demonstrations and comparisons in one stage)")
     ptx: bool = option(False, "also train and evaluate a PPO-ptx policy")
     ptx_coef: float = option(2.0, "gamma of PPO-ptx (InstructGPT 27.8 with its loss scale)")
     ptx_docs: int = option(2000, "web-text documents for PPO-ptx")
@@ -167,6 +189,9 @@ class RunConfig:
     rm: WorldRewardConfig = nested(WorldRewardConfig, "reward-model stage options")
     ppo: WorldPPOConfig = nested(WorldPPOConfig, "PPO stage options")
     dpo: WorldDPOConfig = nested(WorldDPOConfig, "options of the direct methods (--algo dpo, ...)")
+    orpo: WorldORPOConfig = nested(WorldORPOConfig, "options of ORPO (--algo orpo)")
+    orpo_demonstration_pairs: bool = option(True, "ORPO: pair every demonstration with base-small's own response "
+                                            "to its prompt, ranked by the labelers (else comparisons only)")
 
 
 def resolve_model_path(path: str) -> str:
@@ -298,32 +323,63 @@ def _eval_stage(cfg: RunConfig, out: Path, name: str, path: str, sft_holder: dic
         {"figures": result["figures"], "decodings": result["decodings"]}, indent=1))
 
 
-def _direct_pairs(out: Path) -> str:
-    """The comparisons as (better, worse) pairs for the direct methods. Only pairs of
-    responses that ended with EOS: a pair encodes both with EOS appended, which
-    would teach a stop the SFT model never made."""
-    from rlhfkit.world.stages import read_jsonl, write_jsonl
-
-    path = out / "comparisons" / "pairs.jsonl"
-    if not path.exists():
-        pairs = []
-        for row in read_jsonl(out / "comparisons" / "comparisons.jsonl"):
-            ys, ended = row["responses"], row["terminated"]
-            pairs += [{"prompt": row["prompt"], "chosen": ys[i], "rejected": ys[j]}
-                      for i in range(len(ys)) for j in range(i + 1, len(ys)) if ended[i] and ended[j]]
-        write_jsonl(path, pairs)
-    return str(path)
-
-
-def _direct_stage(cfg: RunConfig, out: Path, name: str) -> tuple[float, str]:
-    if name not in DIRECT_METHODS:
-        raise ValueError(f"--algo: unknown method {name!r}; choose ppo or one of {sorted(DIRECT_METHODS)}")
+def _direct_stage(cfg: RunConfig, out: Path, name: str, base_small: str) -> tuple[float, str]:
+    """A direct method from SFT on the comparisons (the RM's training rankings, each
+    expanded to its pairs; a response that ran out of tokens is encoded without
+    EOS, as the RM saw it), or ORPO from base-small."""
+    if name == "orpo":
+        return _orpo_stage(cfg, out, base_small)
     fields = {f.name: getattr(cfg.dpo, f.name) for f in dataclasses.fields(DPOConfig)}
-    fields.update(model=str(out / "sft"), data=_direct_pairs(out), output_dir=str(out / name), seed=cfg.seed,
-                  loss=DIRECT_METHODS[name], num_threads=cfg.num_threads)
+    fields.update(model=str(out / "sft"), data=str(out / "comparisons" / "comparisons.jsonl"),
+                  output_dir=str(out / name), seed=cfg.seed, loss=DIRECT_METHODS[name], num_threads=cfg.num_threads)
     if name == "cdpo" and not fields["label_smoothing"]:
         fields["label_smoothing"] = 0.1  # cDPO is DPO with label smoothing
     return run_stage(name, out / name, train_dpo, DPOConfig(**fields), log=_log), str(out / name)
+
+
+def _orpo_data(cfg: RunConfig, out: Path, base_small: str) -> str:
+    """ORPO's data for one stage from base-small (Hong et al. 2024 replace SFT + preference
+    tuning by one loss): the comparisons every method gets, plus, for every
+    demonstration, the demonstration and base-small's own sampled response to its
+    prompt, ranked by the same (recalibrated) labelers. The NLL term then learns
+    the demonstrations, the odds-ratio term what the labelers prefer."""
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.world.labelers import make_comparisons
+    from rlhfkit.world.stages import filter_ranking, parse_instruction, read_jsonl, sample_responses, write_jsonl
+
+    path = out / "orpo_data" / "pairs.jsonl"
+    if path.exists():
+        return str(path)
+    rows = read_jsonl(out / "comparisons" / "comparisons.jsonl")
+    figures: dict = {"comparison_rankings": len(rows)}
+    if cfg.orpo_demonstration_pairs:
+        demos = read_jsonl(out / "data" / "demonstrations.jsonl")
+        tokenizer = load_tokenizer(base_small)
+        model = load_causal_lm(base_small, tokenizer).eval()
+        s = sample_responses(model, tokenizer, [d["prompt"] for d in demos], temperature=1.0,
+                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, seed=cfg.seed + 211)
+        labelers = json.loads((out / "comparisons" / "labelers.json").read_text())
+        labeler = LabelerConfig(**labelers["labeler_config"])
+        tasks = [parse_instruction(d["prompt"][-1]["content"]) for d in demos]
+        raw = make_comparisons(tasks, [[d["completion"], y] for d, y in zip(demos, s.texts)],
+                               [[True, e] for e in s.terminated], cfg.seed, labeler, index_offset=1_000_000)
+        demo_rows = [r for r in (filter_ranking(x) for x in raw) if r is not None]
+        figures.update(demonstration_pairs=len(demo_rows),
+                       demonstration_preferred=sum(r["original_order"][0] == 0 for r in demo_rows) / max(len(demo_rows), 1))
+        rows = rows + demo_rows
+    write_jsonl(path, rows)
+    (path.parent / "figures.json").write_text(json.dumps(figures, indent=2))
+    return str(path)
+
+
+def _orpo_stage(cfg: RunConfig, out: Path, base_small: str) -> tuple[float, str]:
+    def stage(orpo_cfg: DPOConfig) -> Path:
+        return train_dpo(dataclasses.replace(orpo_cfg, data=_orpo_data(cfg, out, base_small)))
+
+    fields = {f.name: getattr(cfg.orpo, f.name) for f in dataclasses.fields(DPOConfig)}
+    fields.update(model=base_small, data=str(out / "orpo_data" / "pairs.jsonl"), output_dir=str(out / "orpo"),
+                  seed=cfg.seed, loss="orpo", num_threads=cfg.num_threads)
+    return run_stage("orpo", out / "orpo", stage, DPOConfig(**fields), log=_log), str(out / "orpo")
 
 
 def run_world(cfg: RunConfig) -> Path:
@@ -332,6 +388,9 @@ def run_world(cfg: RunConfig) -> Path:
 
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    unknown = [a for a in cfg.algo if a != "ppo" and a not in DIRECT_METHODS]
+    if unknown:
+        raise ValueError(f"--algo: unknown method {unknown[0]!r}; choose ppo or any of {sorted(DIRECT_METHODS)}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
@@ -359,7 +418,7 @@ def run_world(cfg: RunConfig) -> Path:
                                    log=_log)
         models["ppo"] = str(out / "ppo")
     for name in [a for a in cfg.algo if a != "ppo"]:
-        seconds[name], models[name] = _direct_stage(cfg, out, name)
+        seconds[name], models[name] = _direct_stage(cfg, out, name, base_small)
     if cfg.ptx:
         ptx_cfg = ppo_stage_config(cfg, out, out / "ppo_ptx", ptx_data=_ptx_data(cfg, out), ptx_coef=cfg.ptx_coef)
         seconds["ppo_ptx"] = run_stage("ppo_ptx", out / "ppo_ptx", _train_ppo_with_gold, ptx_cfg, log=_log)
