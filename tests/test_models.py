@@ -50,3 +50,33 @@ def test_local_weights_only_through_safetensors(tmp_path):
     (tmp_path / "m" / "model.safetensors").rename(tmp_path / "m" / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="safetensors"):
         load_causal_lm(directory, tok)
+
+
+def test_response_logits_project_only_the_response_and_match_the_full_forward(tiny_model_dir):
+    """`logits_to_keep` must give exactly the slice of the full logits that predicts the
+    response, with left padding, and the fallback (a model without the argument) too."""
+    from rlhfkit.models.forward import causal_lm_logits, response_logits
+
+    model = load_causal_lm(tiny_model_dir, load_tokenizer(tiny_model_dir)).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(3, 100, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    P = 5
+    full = causal_lm_logits(model, ids, mask)[:, P - 1:-1]
+    part, _ = response_logits(model, ids, mask, P)
+    assert part.shape == (3, 12 - P, full.shape[-1])
+    torch.testing.assert_close(part, full, rtol=0, atol=0)
+
+    class NoKeep(torch.nn.Module):  # forward without logits_to_keep: full logits, same slice
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=use_cache)
+
+    fallback, out = response_logits(NoKeep(model), ids, mask, P)
+    assert out.logits.shape[1] == 12
+    torch.testing.assert_close(fallback, full, rtol=0, atol=0)

@@ -13,7 +13,7 @@ import contextlib
 import torch
 from torch import nn
 
-from rlhfkit.models.forward import causal_lm_logits, positions_from_mask, token_scalars
+from rlhfkit.models.forward import response_logits, token_scalars
 
 
 class ActorCritic(nn.Module):
@@ -39,20 +39,18 @@ class ActorCritic(nn.Module):
         values [b,A]: the value before emitting each response token)."""
         P = prompt_length
         if self.shared:
-            out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=positions_from_mask(attention_mask), use_cache=False,
-                              output_hidden_states=True)
-            logits = out.logits
-            values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1).float()
+            logits, out = response_logits(self.policy, input_ids, attention_mask, P, output_hidden_states=True)
+            hidden = out.hidden_states[-1][:, P - 1:-1]
+            values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         else:
-            logits = causal_lm_logits(self.policy, input_ids, attention_mask)
-            values = token_scalars(self.value_model, input_ids, attention_mask)
-        return logits[:, P - 1:-1].float() / temperature, values[:, P - 1:-1]
+            logits, _ = response_logits(self.policy, input_ids, attention_mask, P)
+            values = token_scalars(self.value_model, input_ids, attention_mask)[:, P - 1:-1]
+        return logits.float() / temperature, values
 
     def policy_logits(self, input_ids, attention_mask, prompt_length: int, temperature: float) -> torch.Tensor:
         """Response logits / T [b,A,V] from the policy alone (separate layout)."""
-        logits = causal_lm_logits(self.policy, input_ids, attention_mask)
-        return logits[:, prompt_length - 1:-1].float() / temperature
+        logits, _ = response_logits(self.policy, input_ids, attention_mask, prompt_length)
+        return logits.float() / temperature
 
     def values(self, input_ids, attention_mask, prompt_length: int) -> torch.Tensor:
         """Values [b,A] from the separate value model."""

@@ -7,6 +7,9 @@ the unpadded sequence (ANCHORS.md).
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
@@ -25,6 +28,30 @@ def causal_lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
     return out.logits
 
 
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    params = inspect.signature(cls.forward).parameters
+    return "logits_to_keep" in params
+
+
+def response_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    prompt_length: int, **kwargs):
+    """Logits [B,A,V] at the positions that predict the response tokens
+    input_ids[:, prompt_length:] (A = T - prompt_length), and the model output.
+
+    Models that accept `logits_to_keep` (every current HF causal LM) project only
+    the last A + 1 positions through the LM head: the prompt's logits are never
+    used, and the head with its [*, V] softmax is a sizeable share of a small
+    model's work."""
+    A = input_ids.shape[1] - prompt_length
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    keep = {"logits_to_keep": A + 1} if _forward_takes_logits_to_keep(type(base)) else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
+                use_cache=False, **keep, **kwargs)
+    logits = out.logits[:, -(A + 1):-1]  # [B,A,V] position t predicts token t + 1
+    return logits, out
+
+
 def response_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       prompt_length: int, temperature: float = 1.0,
                       return_entropy: bool = False):
@@ -35,8 +62,8 @@ def response_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     computed from logits / temperature: the same temperature the sampler used, or
     the KL estimate is biased (ANCHORS.md).
     """
-    logits = causal_lm_logits(model, input_ids, attention_mask)
-    logits = logits[:, prompt_length - 1 : -1].float() / temperature  # [B,A,V] predicts tokens prompt_length..T-1
+    logits, _ = response_logits(model, input_ids, attention_mask, prompt_length)
+    logits = logits.float() / temperature  # [B,A,V] predicts tokens prompt_length..T-1
     logprobs = gather_logprobs(logits, input_ids[:, prompt_length:])
     if not return_entropy:
         return logprobs
