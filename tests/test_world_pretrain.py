@@ -115,3 +115,24 @@ def test_tokenizer_is_deterministic():
     texts = webtext_eval_texts(100)
     a, b = train_bpe_tokenizer(texts, 512), train_bpe_tokenizer(texts, 512)
     assert a.get_vocab() == b.get_vocab() and a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+
+
+def test_continued_pretraining_keeps_the_tokenizer_and_lowers_the_loss(toy_run, tmp_path):
+    """A second pass on fresh documents (new seed) from the first pass's weights: the
+    tokenizer is the init model's (the base models must keep sharing one), the
+    starting loss is the first pass's final loss, and it falls further."""
+    cfg, out = toy_run
+    first = json.loads((out / "base-large" / "pretrain.json").read_text())
+    cont = PretrainConfig(output_dir=str(tmp_path / "ckpt"), work_dir=str(tmp_path / "work"), n_docs=200,
+                          n_eval_docs=20, max_length=128, models="large", init_large=str(out / "base-large"), seed=1,
+                          large_epochs=1.0, large_lr=1e-3, large_batch_size=4, warmup_ratio=0.1, judge_prompts=0)
+    pretrain_world(cont, _specs=TOY)
+    d = tmp_path / "ckpt" / "base-large"
+    second = json.loads((d / "pretrain.json").read_text())
+    assert second["val_loss_init"] == pytest.approx(first["val_loss"], abs=1e-3)
+    assert second["val_loss"] < second["val_loss_init"]
+    assert second["init_from"] == str(out / "base-large") and second["previous"]["val_loss"] == first["val_loss"]
+    assert (d / "tokenizer.json").read_text() == (out / "base-large" / "tokenizer.json").read_text()
+    with pytest.raises(ValueError, match="every model trained in this run"):
+        pretrain_world(PretrainConfig(output_dir=str(tmp_path / "x"), work_dir=str(tmp_path / "w"), n_docs=20,
+                                      init_large=str(out / "base-large"), judge_prompts=0), _specs=TOY)

@@ -81,6 +81,7 @@ class PretrainConfig:
                                  "tokenizer) instead of random weights; give a new --seed for fresh documents")
     init_small: str = option("", "the same for base-small")
     judge_prompts: int = option(200, "after training, sample this many eval-split prompts and score them (0: skip)")
+    judge_seed: int = option(0, "seed of those prompts and samples (fixed, so runs with other corpus seeds compare)")
     progress: bool = option(False, "show progress bars")
 
 
@@ -315,7 +316,9 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
             "torch_threads": torch.get_num_threads(), "config": asdict(cfg),
         }
         if cfg.judge_prompts > 0:
-            figures["judge"] = judge_base_model(final, cfg.judge_prompts, cfg.seed)
+            figures["judge"] = judge_base_model(final, cfg.judge_prompts, cfg.judge_seed)
+        if inits[kind] and (Path(inits[kind]) / "pretrain.json").exists():  # the lineage of continued pretraining
+            figures["previous"] = json.loads((Path(inits[kind]) / "pretrain.json").read_text())
         (final / "pretrain.json").write_text(json.dumps(figures, indent=2) + "\n")
         size = (final / "model.safetensors").stat().st_size
         print(f"[pretrain] {name}: done in {wall:.0f}s, {steps} steps, val loss {init_loss:.4f} -> {val:.4f}, "
