@@ -64,27 +64,31 @@ def rollout(generator, prompt_tokens: list[list[int]], prompt_index: list[int], 
     return out
 
 
-@torch.no_grad()
 def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokenizer, prompt_records,
-          cfg: PPOConfig, micro: int, timings: dict) -> dict[str, float]:
+          cfg: PPOConfig, micro: int, timings: dict, fused: bool = False):
     """Old log-probs, reference log-probs, values and scores, in place on `ro`.
-    ref_policy None means the reference is the policy with its LoRA adapter disabled."""
+    ref_policy None means the reference is the policy with its LoRA adapter disabled.
+
+    fused (one minibatch in one micro-batch): the policy/value pass runs with
+    gradients and its outputs are returned for the first update epoch, whose
+    forward on the unchanged weights would give the same numbers (the update's
+    time). Returns (reward components, the first pass's (logits, values) or None)."""
     logprobs, ref_logprobs, values = [], [], []
+    first_pass = None
     for s in range(0, ro.prompt_ids.shape[0], micro):
         part = ro.select(torch.arange(s, min(s + micro, ro.prompt_ids.shape[0]), device=ro.prompt_ids.device))
         seq, mask, P = part.sequences, part.attention_mask, part.prompt_length
         ac = _unwrap(actor_critic)
-        if ac.shared:  # one pass gives both; its time is reported as policy_logprobs
-            with timer(timings, "policy_logprobs"):
-                logits, v = ac(seq, mask, P, cfg.temperature)
+        if fused:
+            with timer(timings, "update"):
+                first_pass = actor_critic(seq, mask, P, cfg.temperature)
+            logits, v = (x.detach() for x in first_pass)
         else:
-            with timer(timings, "policy_logprobs"):
-                logits = ac.policy_logits(seq, mask, P, cfg.temperature)
-            with timer(timings, "values"):
-                v = ac.values(seq, mask, P)
+            with torch.no_grad():
+                logits, v = _old_policy_and_values(ac, seq, mask, P, cfg, timings)
         logprobs.append(gather_logprobs(logits, part.response_ids))
         values.append(v)
-        with timer(timings, "reference"):
+        with timer(timings, "reference"), torch.no_grad():
             if ref_policy is None:
                 with ac.reference_context():
                     ref_logprobs.append(response_logprobs(ac.policy, seq, mask, P, cfg.temperature))
@@ -93,7 +97,7 @@ def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokeniz
     m = ro.response_mask.float()
     ro.logprobs, ro.ref_logprobs = torch.cat(logprobs) * m, torch.cat(ref_logprobs) * m
     ro.values = torch.cat(values) * m
-    with timer(timings, "reward"):
+    with timer(timings, "reward"), torch.no_grad():
         idx = ro.prompt_index.tolist()
         batch = ScoringBatch(prompt_ids=ro.prompt_ids, prompt_mask=ro.prompt_mask, response_ids=ro.response_ids,
                              response_mask=ro.response_mask, prompts=[prompt_records[i].prompt for i in idx],
@@ -102,7 +106,17 @@ def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokeniz
         scores, parts = reward(batch)
     # A response that never emitted EOS is penalised (ANCHORS.md: -1 in both references).
     ro.scores = scores - cfg.missing_eos_penalty * (~ro.eos).float()
-    return parts
+    return parts, first_pass
+
+
+def _old_policy_and_values(ac, seq, mask, P: int, cfg: PPOConfig, timings: dict):
+    if ac.shared:  # one pass gives both; its time is reported as policy_logprobs
+        with timer(timings, "policy_logprobs"):
+            return ac(seq, mask, P, cfg.temperature)
+    with timer(timings, "policy_logprobs"):
+        logits = ac.policy_logits(seq, mask, P, cfg.temperature)
+    with timer(timings, "values"):
+        return logits, ac.values(seq, mask, P)
 
 
 def _unwrap(module):
@@ -129,8 +143,10 @@ def advantages(ro: Rollout, cfg: PPOConfig) -> None:
 
 def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, sizes: dict, accelerator,
            generator: torch.Generator, ptx: PretrainingBatches | None, timings: dict, guard: NonFiniteGuard,
-           step: int) -> list[dict]:
-    """ppo_epochs passes of clipped-surrogate minibatch updates over the rollout."""
+           step: int, first_pass=None) -> list[dict]:
+    """ppo_epochs passes of clipped-surrogate minibatch updates over the rollout.
+    first_pass: (logits, values) of the whole rollout from score(fused=True), used
+    by the first epoch in place of its forward (same weights, same numbers)."""
     B = ro.prompt_ids.shape[0]
     rows = []
     for epoch in range(cfg.ppo_epochs):
@@ -145,7 +161,10 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
                 for s in range(0, mb.prompt_ids.shape[0], sizes["micro"]):
                     idx = torch.arange(s, min(s + sizes["micro"], mb.prompt_ids.shape[0]), device=adv.device)
                     part = mb.select(idx)
-                    loss, m = _micro_loss(part, adv[idx], actor_critic, cfg)
+                    outputs = None
+                    if first_pass is not None and epoch == 0:  # one minibatch, one micro-batch: rows = order
+                        outputs = tuple(x[order] for x in first_pass)
+                    loss, m = _micro_loss(part, adv[idx], actor_critic, cfg, outputs)
                     accelerator.backward(loss * part.response_mask.sum() / tokens)
                     metrics.append(m)
                 if ptx is not None:
@@ -165,9 +184,10 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
     return rows
 
 
-def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig):
+def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig, outputs=None):
     rmask = part.response_mask.float()
-    logits, values = actor_critic(part.sequences, part.attention_mask, part.prompt_length, cfg.temperature)
+    logits, values = outputs if outputs is not None else \
+        actor_critic(part.sequences, part.attention_mask, part.prompt_length, cfg.temperature)
     logprobs = gather_logprobs(logits, part.response_ids)  # [b,A]
     pg_loss, pg_metrics = ppo_policy_loss(logprobs, part.logprobs, adv, rmask, cfg.clip_range)
     vf_loss, vf_metrics = ppo_value_loss(values, part.values, part.returns, rmask, cfg.clip_range_value)
@@ -284,8 +304,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
             ro = rollout(generator, [prompt_tokens[i] for i in index], index, tokenizer.pad_token_id, device,
                          cfg.generation_batch_size)
         actor_critic.train()
-        reward_parts = score(ro, actor_critic, ref_policy, reward, tokenizer, prompt_records, cfg,
-                             sizes["micro"], timings)
+        reward_parts, first_pass = score(ro, actor_critic, ref_policy, reward, tokenizer, prompt_records, cfg,
+                                         sizes["micro"], timings, fused=bool(sizes["fused_first_forward"]))
         shape_rewards(ro, kl_ctl.value, cfg.kl_estimator)
         advantages(ro, cfg)
         if not (torch.isfinite(ro.kl).all() and torch.isfinite(ro.values).all()):
@@ -293,7 +313,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
                                   f"{'KL to the reference' if not torch.isfinite(ro.kl).all() else 'values'} "
                                   "in the rollout; the last checkpoint is intact")
         update_rows = update(ro, actor_critic, optimizer, scheduler, cfg, sizes, accelerator, shuffle, ptx,
-                             timings, guard, step + 1)
+                             timings, guard, step + 1, first_pass)
+        del first_pass
         metrics = _step_metrics(ro, kl_ctl.value, update_rows, reward_parts, timings, scheduler, step, sizes, cfg)
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
         done = step + 1
