@@ -37,6 +37,8 @@ class TrainConfig:
     per_device_batch_size: int = option(8, "examples per forward pass on each process")
     gradient_accumulation_steps: int = option(1, "forward passes accumulated per optimizer step")
     num_epochs: float = option(1.0, "passes over the training data (fractions allowed)")
+    group_by_length: bool = option(False, "batch examples of similar length together (sorted within windows of "
+                                   "50 batches of a random order, batches then shuffled): less padding, same data")
     max_length: int = option(512, "longest tokenised sequence; longer records are an error (or skipped with on_error=skip)")
     eval_fraction: float = option(0.05, "share of records held out for validation when no eval file is given")
     eval_every: int = option(0, "evaluate every N optimizer steps (0: at the end of each epoch only)")

@@ -34,28 +34,38 @@ def split_holdout(records: Sequence, fraction: float, seed: int) -> tuple[list, 
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-def optimization(cfg, model, n_examples: int, accelerator):
+def optimization(cfg, model, n_examples: int, accelerator, lengths=None):
     """AdamW over the trainable parameters, the run's step plan and its learning-rate
     schedule (warmup, then cfg.lr_scheduler); model and optimizer prepared by
-    Accelerate. Returns (model, optimizer, scheduler, plan)."""
+    Accelerate. `lengths` (tokens per example) is used when cfg.group_by_length.
+    Returns (model, optimizer, scheduler, plan)."""
     import torch
 
     from rlhfkit.trainers.common import lr_schedule, make_adam
 
     optimizer = make_adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     plan = step_plan(n_examples, cfg.per_device_batch_size * accelerator.num_processes,
-                     cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed)
+                     cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed,
+                     lengths if getattr(cfg, "group_by_length", False) else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
     model, optimizer = accelerator.prepare(model, optimizer)
     return model, optimizer, scheduler, plan
 
 
+GROUP_WINDOW = 50  # micro-batches whose examples are sorted together when grouping by length
+
+
 def step_plan(n_examples: int, micro_batch_size: int, accumulation: int, num_epochs: float,
-              seed: int) -> list[list[list[int]]]:
+              seed: int, lengths: Sequence[int] | None = None) -> list[list[list[int]]]:
     """[optimizer step][micro-batch][example index]: a fresh seeded permutation per
     epoch, cut into micro-batches; a fractional last epoch is truncated. The last
-    micro-batch of an epoch may be short; nothing is dropped."""
+    micro-batch of an epoch may be short; nothing is dropped.
+
+    With `lengths`, each window of GROUP_WINDOW micro-batches of the permutation is
+    sorted by length before it is cut, and the epoch's micro-batches are then
+    shuffled (the megabatch scheme of length-grouped samplers): every example is
+    still seen once per epoch, with much less padding per micro-batch."""
     if n_examples == 0:
         raise ValueError("no training examples")
     micro: list[list[int]] = []
@@ -65,6 +75,15 @@ def step_plan(n_examples: int, micro_batch_size: int, accumulation: int, num_epo
         order = list(range(n_examples))
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
         order = order[: n_total - sum(len(m) for m in micro)]
-        micro.extend(order[i:i + micro_batch_size] for i in range(0, len(order), micro_batch_size))
+        if lengths is None:
+            micro.extend(order[i:i + micro_batch_size] for i in range(0, len(order), micro_batch_size))
+        else:
+            window = GROUP_WINDOW * micro_batch_size
+            batches = []
+            for w in range(0, len(order), window):
+                chunk = sorted(order[w:w + window], key=lambda i: -lengths[i])
+                batches.extend(chunk[i:i + micro_batch_size] for i in range(0, len(chunk), micro_batch_size))
+            random.Random(seed * 1_000_003 + epoch + 7_777).shuffle(batches)
+            micro.extend(batches)
         epoch += 1
     return [micro[i:i + accumulation] for i in range(0, len(micro), accumulation)]

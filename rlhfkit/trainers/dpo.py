@@ -218,7 +218,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
     lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
     model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                            lora=lora, trust_remote_code=cfg.trust_remote_code)
-    model, optimizer, scheduler, plan = optimization(cfg, model, len(train), accelerator)
+    model, optimizer, scheduler, plan = optimization(cfg, model, len(train), accelerator,
+                                                     [sum(len(e) for e in item) for item in train.sequences])
 
     ref_fn, train_ref, held_ref = None, None, None
     if cfg.loss not in REFERENCE_FREE:

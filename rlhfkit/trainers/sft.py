@@ -104,7 +104,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, dropout=not cfg.disable_dropout,
                            gradient_checkpointing=cfg.gradient_checkpointing, lora=lora,
                            trust_remote_code=cfg.trust_remote_code)
-    model, optimizer, scheduler, plan = optimization(cfg, model, len(train_examples), accelerator)
+    model, optimizer, scheduler, plan = optimization(cfg, model, len(train_examples), accelerator,
+                                                     [len(e) for e in train_examples])
     total_steps = len(plan)
 
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
