@@ -150,7 +150,7 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     model = load_scalar_model(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                               lora=lora, trust_remote_code=cfg.trust_remote_code)
     model, optimizer, scheduler, plan = optimization(cfg, model, len(train_enc), accelerator,
-                                                     [sum(len(e) for e in group) for group in train_enc])
+                                                     [sum(len(e) for e in group) for group, _ in train_enc])
     checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
     start, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, "rm")
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="rm")
