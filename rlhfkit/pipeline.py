@@ -3,6 +3,10 @@
     <output_dir>/config.yaml  sft/  rm/  ppo/  (each a Hugging Face directory
     with its own metrics.jsonl and checkpoints/)
 
+or, with `--algo dpo` (ipo, cdpo, robust, hinge, simpo, kto), SFT -> the direct
+method on the comparisons (sft/ dpo/), and with `--algo orpo` one ORPO stage
+from the model on the comparisons (orpo/), no SFT stage.
+
 Each stage writes a `.done` marker when its model is saved; re-running the same
 command skips finished stages and resumes an interrupted one from its last
 checkpoint.
@@ -15,7 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhfkit.config import nested, option, save_yaml
+from rlhfkit.config import ConfigError, nested, option, save_yaml
+from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, train_dpo
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.reward import RewardConfig, train_reward_model
@@ -36,9 +41,13 @@ class PipelineConfig:
     demonstrations: str = option("", "SFT data (prompt/completion, messages or text)")
     comparisons: str = option("", "reward-model data (pairs or K-way rankings)")
     prompts: str = option("", "PPO prompts")
+    algo: str = option("ppo", "ppo (SFT -> RM -> PPO), a direct method after SFT (dpo, ipo, cdpo, robust, hinge, "
+                       "simpo, kto), or orpo (one stage from --model on the comparisons)")
     sft: SFTConfig = nested(SFTConfig, "options of the SFT stage (model, data and output_dir are set by the pipeline)")
     rm: RewardConfig = nested(RewardConfig, "options of the reward-model stage")
     ppo: PPOConfig = nested(PPOConfig, "options of the PPO stage")
+    dpo: DPOConfig = nested(DPOConfig, "options of the direct-method stage (--algo dpo, ..., orpo); its loss comes "
+                            "from --algo")
 
 
 def stage_done(path: Path) -> bool:
@@ -63,11 +72,18 @@ def run_stage(name: str, directory: Path, train, cfg, log=print) -> float:
 
 
 def run_pipeline(cfg: PipelineConfig) -> Path:
-    if not (cfg.model and cfg.demonstrations and cfg.comparisons and cfg.prompts):
-        raise ValueError("pipeline needs --model, --demonstrations, --comparisons and --prompts")
+    if cfg.algo != "ppo" and cfg.algo not in DIRECT_METHODS:
+        raise ConfigError(f"--algo: unknown method {cfg.algo!r}; choose ppo or one of {sorted(DIRECT_METHODS)}")
+    needed = {"ppo": ("model", "demonstrations", "comparisons", "prompts"),
+              "orpo": ("model", "comparisons")}.get(cfg.algo, ("model", "demonstrations", "comparisons"))
+    missing = [f"--{name}" for name in needed if not getattr(cfg, name)]
+    if missing:
+        raise ValueError(f"pipeline --algo {cfg.algo} needs {', '.join(missing)}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
+    if cfg.algo != "ppo":
+        return _direct_pipeline(cfg, out)
     sft_dir, rm_dir, ppo_dir = out / "sft", out / "rm", out / "ppo"
     sft = dataclasses.replace(cfg.sft, model=cfg.model, data=cfg.demonstrations, output_dir=str(sft_dir), seed=cfg.seed)
     rm = dataclasses.replace(cfg.rm, model=cfg.reward_model_init or str(sft_dir), data=cfg.comparisons,
@@ -77,5 +93,23 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     seconds = {"sft": run_stage("sft", sft_dir, train_sft, sft),
                "rm": run_stage("rm", rm_dir, train_reward_model, rm),
                "ppo": run_stage("ppo", ppo_dir, train_ppo, ppo)}
+    (out / "stages.json").write_text(json.dumps({"seconds": seconds}, indent=2))
+    return out
+
+
+def _direct_pipeline(cfg: PipelineConfig, out: Path) -> Path:
+    """SFT -> a direct method on the comparisons, or ORPO alone from the model."""
+    seconds = {}
+    start_model = cfg.model
+    if cfg.algo != "orpo":
+        sft = dataclasses.replace(cfg.sft, model=cfg.model, data=cfg.demonstrations, output_dir=str(out / "sft"),
+                                  seed=cfg.seed)
+        seconds["sft"] = run_stage("sft", out / "sft", train_sft, sft)
+        start_model = str(out / "sft")
+    direct = dataclasses.replace(cfg.dpo, model=start_model, data=cfg.comparisons, output_dir=str(out / cfg.algo),
+                                 seed=cfg.seed, loss=DIRECT_METHODS[cfg.algo])
+    if cfg.algo == "cdpo" and not direct.label_smoothing:
+        direct = dataclasses.replace(direct, label_smoothing=0.1)  # cDPO is DPO with label smoothing
+    seconds[cfg.algo] = run_stage(cfg.algo, out / cfg.algo, train_dpo, direct)
     (out / "stages.json").write_text(json.dumps({"seconds": seconds}, indent=2))
     return out

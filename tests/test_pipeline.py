@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhfkit.testing import save_tiny_model
@@ -82,3 +84,36 @@ def test_ptx_stream_position_survives_a_checkpoint(tmp_path):
     resumed = PretrainingBatches(cfg, tok, "cpu")
     resumed.load_state_dict(state)
     assert all(torch.equal(a, resumed.next_batch()["input_ids"]) for a in expected)
+
+
+def test_pipeline_algo_dpo_and_orpo(tmp_path):
+    """--algo dpo: SFT then DPO from it on the comparisons; --algo orpo: one stage from
+    the base model (no SFT); both raise the implicit-reward accuracy on their pairs."""
+    from rlhfkit.config import ConfigError, from_dict
+    from rlhfkit.pipeline import PipelineConfig, run_pipeline
+
+    model = save_tiny_model(tmp_path / "base")
+    demos = write_jsonl(tmp_path / "demos.jsonl", [{"prompt": [{"role": "user", "content": f"Say {w}."}],
+                                                    "completion": f"{w}."} for w in WORDS * 4])
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": [{"role": "user", "content": f"Say {w}."}],
+                                                    "chosen": f"{w}.", "rejected": "no no no."} for w in WORDS * 4])
+    for algo, lr in (("dpo", 3e-3), ("orpo", 3e-3)):
+        cfg = from_dict(PipelineConfig, {"model": model, "demonstrations": demos, "comparisons": prefs,
+                                         "output_dir": str(tmp_path / algo), "algo": algo,
+                                         "sft": {"num_epochs": 1, "progress": False},
+                                         "dpo": {"num_epochs": 4, "learning_rate": lr, "eval_fraction": 0.0,
+                                                 "per_device_batch_size": 8, "progress": False, "log_every": 1}})
+        out = run_pipeline(cfg)
+        stages = set(json.loads((out / "stages.json").read_text())["seconds"])
+        assert stages == ({"sft", "dpo"} if algo == "dpo" else {"orpo"})
+        run_cfg = (out / algo / "config.yaml").read_text()
+        assert f"model: {out / 'sft' if algo == 'dpo' else model}" in run_cfg
+        assert f"loss: {'sigmoid' if algo == 'dpo' else 'orpo'}" in run_cfg
+        rows = read_metrics(out / algo / "metrics.jsonl")
+        acc = [r["rewards/accuracy"] for r in rows if "rewards/accuracy" in r]
+        assert sum(acc[-3:]) / 3 > 0.9, acc
+        assert AutoModelForCausalLM.from_pretrained(out / algo) is not None
+    with pytest.raises(ConfigError, match="unknown method 'dpp'"):
+        run_pipeline(PipelineConfig(model=model, comparisons=prefs, algo="dpp", output_dir=str(tmp_path / "x")))
+    with pytest.raises(ValueError, match="needs --demonstrations"):
+        run_pipeline(PipelineConfig(model=model, comparisons=prefs, algo="ipo", output_dir=str(tmp_path / "y")))

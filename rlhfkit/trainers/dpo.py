@@ -46,6 +46,10 @@ from rlhfkit.trainers.dpo_data import (
 )
 
 REFERENCE_FREE = frozenset({"simpo", "orpo"})
+# Method names `--algo` accepts (pipeline, world run) -> the DPO-family loss. All train
+# from the SFT policy except orpo, which replaces SFT + preference tuning by one stage.
+DIRECT_METHODS = {"dpo": "sigmoid", "ipo": "ipo", "cdpo": "cdpo", "robust": "robust", "hinge": "hinge",
+                  "simpo": "simpo", "kto": "kto", "orpo": "orpo"}
 
 
 @dataclass

@@ -53,7 +53,7 @@ import torch
 
 from rlhfkit.config import nested, option, save_yaml
 from rlhfkit.pipeline import run_stage
-from rlhfkit.trainers.dpo import DPOConfig, train_dpo
+from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, train_dpo
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.reward import RewardConfig, train_reward_model
@@ -150,12 +150,6 @@ class WorldORPOConfig(DPOConfig):
     progress: bool = option(False, "show a progress bar")
 
 
-# Direct methods `--algo` accepts: name -> DPO-family loss. All but orpo train from SFT
-# on the RM's comparisons; orpo trains from base-small (see _orpo_stage).
-DIRECT_METHODS = {"dpo": "sigmoid", "ipo": "ipo", "cdpo": "cdpo", "robust": "robust", "hinge": "hinge",
-                  "simpo": "simpo", "kto": "kto", "orpo": "orpo"}
-
-
 # ----------------------------------------------------------------------------- the run
 
 @dataclass
@@ -168,7 +162,8 @@ class RunConfig:
     base_small: str = option(DEFAULT_BASE_SMALL, "base model the SFT and RLHF policies start from")
     base_large: str = option(DEFAULT_BASE_LARGE, "base model the reward model starts from (the world's GPT-3)")
     demonstrations: int = option(13000, "SFT demonstrations (InstructGPT: 13k)")
-    comparison_prompts: int = option(500, "comparison prompts; K = 4 responses each give up to 6 comparisons (3,000; InstructGPT 33k: time)")
+    comparison_prompts: int = option(2000, "comparison prompts; K = 4 responses each give up to 6 comparisons "
+                                     "(about 7,300 after duplicates are dropped; InstructGPT 33k: time)")
     k: int = option(4, "responses sampled per comparison prompt (InstructGPT: 4 to 9)")
     comparison_temperature: float = option(1.0, "sampling temperature of the comparison responses")
     ppo_prompts: int = option(2048, "PPO prompts (the episode budget cycles through them)")
