@@ -164,7 +164,7 @@ class RunConfig:
     base_large: str = option(DEFAULT_BASE_LARGE, "base model the reward model starts from (the world's GPT-3)")
     demonstrations: int = option(13000, "SFT demonstrations (InstructGPT: 13k)")
     comparison_prompts: int = option(2000, "comparison prompts; K = 4 responses each give up to 6 comparisons "
-                                     "(about 7,300 after duplicates are dropped; InstructGPT 33k: time)")
+                                     "(7,368 after duplicates are dropped; InstructGPT 33k: time)")
     k: int = option(4, "responses sampled per comparison prompt (InstructGPT: 4 to 9)")
     comparison_temperature: float = option(1.0, "sampling temperature of the comparison responses")
     ppo_prompts: int = option(2048, "PPO prompts (the episode budget cycles through them)")
