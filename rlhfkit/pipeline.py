@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.config import ConfigError, nested, option, save_yaml
-from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, train_dpo
+from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, for_method, train_dpo
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.reward import RewardConfig, train_reward_model
@@ -106,10 +106,8 @@ def _direct_pipeline(cfg: PipelineConfig, out: Path) -> Path:
                                   seed=cfg.seed)
         seconds["sft"] = run_stage("sft", out / "sft", train_sft, sft)
         start_model = str(out / "sft")
-    direct = dataclasses.replace(cfg.dpo, model=start_model, data=cfg.comparisons, output_dir=str(out / cfg.algo),
-                                 seed=cfg.seed, loss=DIRECT_METHODS[cfg.algo])
-    if cfg.algo == "cdpo" and not direct.label_smoothing:
-        direct = dataclasses.replace(direct, label_smoothing=0.1)  # cDPO is DPO with label smoothing
+    direct = for_method(dataclasses.replace(cfg.dpo, model=start_model, data=cfg.comparisons,
+                                            output_dir=str(out / cfg.algo), seed=cfg.seed), cfg.algo)
     seconds[cfg.algo] = run_stage(cfg.algo, out / cfg.algo, train_dpo, direct)
     (out / "stages.json").write_text(json.dumps({"seconds": seconds}, indent=2))
     return out

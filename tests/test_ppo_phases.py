@@ -102,3 +102,23 @@ def test_local_and_hf_backends_sample_the_same_tokens():
     torch.manual_seed(1)
     b = HFGenerator(model, tok.eos_token_id, tok.pad_token_id, 8, 1.0).generate(ids, mask)
     assert torch.equal(a.response_ids, b.response_ids)
+
+
+def test_local_generator_at_temperature_0_is_greedy():
+    """T = 0 takes the argmax: every generated token is the argmax of a full,
+    cache-free forward pass over the left-padded prompt and the tokens before it."""
+    from rlhfkit.models.forward import causal_lm_logits
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(tok).eval()
+    prompts = [tok("What is 12 plus 7?")["input_ids"], tok("Say hello.")["input_ids"]]
+    P = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in prompts])
+    mask = (ids != tok.pad_token_id).long()
+    gen = LocalGenerator(model, tok.eos_token_id, tok.pad_token_id, 6, 0.0).generate(ids, mask)
+    seq = torch.cat([ids, gen.response_ids], 1)
+    full_mask = torch.cat([mask, gen.response_mask], 1)
+    with torch.no_grad():
+        logits = causal_lm_logits(model, seq, full_mask)[:, P - 1:-1]
+    real = gen.response_mask.bool()
+    assert torch.equal(logits.argmax(-1)[real], gen.response_ids[real])

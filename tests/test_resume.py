@@ -2,7 +2,6 @@
 point), re-run the same command, and get the weights of an uninterrupted run bit
 for bit; damaged checkpoints are detected and skipped; non-finite steps are
 skipped and a diverging run stops with its checkpoint intact."""
-import json
 import os
 import signal
 import subprocess
@@ -56,6 +55,19 @@ def base(tmp_path_factory):
     return root, save_tiny_model(root / "base")
 
 
+def _straight_then_killed_twice(cmd, tmp_path, first: int, second: int):
+    """Run `cmd(out)` uninterrupted, and again killed (-9) after checkpoints `first`
+    and `second`, resumed each time; the final weights must match bit for bit.
+    Returns the killed run's directory."""
+    subprocess.run(cmd(tmp_path / "straight"), env=ENV, check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    _kill_after_checkpoint(cmd(killed), killed, first)
+    _kill_after_checkpoint(cmd(killed), killed, second)
+    subprocess.run(cmd(killed), env=ENV, check=True, capture_output=True)
+    _assert_same(_weights(tmp_path / "straight"), _weights(killed))
+    return killed
+
+
 def test_sft_resumes_bit_for_bit_after_kill_9(base, tmp_path):
     root, model = base
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"Say {w}.", "completion": f"{w} {w}."}
@@ -66,12 +78,7 @@ def test_sft_resumes_bit_for_bit_after_kill_9(base, tmp_path):
                 "--num_epochs", "12", "--per_device_batch_size", "4", "--learning_rate", "1e-3", "--checkpoint_every",
                 "5", "--keep_checkpoints", "2", "--progress", "false", "--eval_fraction", "0", "--log_every", "1"]
 
-    subprocess.run(cmd(tmp_path / "straight"), env=ENV, check=True, capture_output=True)
-    killed = tmp_path / "killed"
-    _kill_after_checkpoint(cmd(killed), killed, 10)
-    _kill_after_checkpoint(cmd(killed), killed, 60)
-    subprocess.run(cmd(killed), env=ENV, check=True, capture_output=True)
-    _assert_same(_weights(tmp_path / "straight"), _weights(killed))
+    killed = _straight_then_killed_twice(cmd, tmp_path, 10, 60)
     steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl") if "loss/train" in r]
     assert steps == sorted(set(steps)), "a resumed run logs each step once"
     assert len(_checkpoint_steps(killed)) <= 2, "old checkpoints are rotated away"
@@ -92,12 +99,7 @@ def test_ppo_resumes_bit_for_bit_after_kill_9(base, tmp_path):
                 "16", "--per_device_train_batch_size", "8", "--num_minibatches", "2", "--response_length", "8",
                 "--learning_rate", "1e-3", "--checkpoint_every", "4", "--progress", "false", "--log_every", "1"]
 
-    subprocess.run(cmd(tmp_path / "straight"), env=ENV, check=True, capture_output=True)
-    killed = tmp_path / "killed"
-    _kill_after_checkpoint(cmd(killed), killed, 4)
-    _kill_after_checkpoint(cmd(killed), killed, 16)
-    subprocess.run(cmd(killed), env=ENV, check=True, capture_output=True)
-    _assert_same(_weights(tmp_path / "straight"), _weights(killed))
+    killed = _straight_then_killed_twice(cmd, tmp_path, 4, 16)
     _assert_same(load_file(str(tmp_path / "straight" / "value_model" / "model.safetensors")),
                  load_file(str(killed / "value_model" / "model.safetensors")))
     a = read_metrics(tmp_path / "straight" / "metrics.jsonl")
@@ -173,12 +175,7 @@ def test_reward_model_resumes_bit_for_bit_after_kill_9(base, tmp_path):
                 "--num_epochs", "6", "--per_device_batch_size", "2", "--learning_rate", "1e-3", "--checkpoint_every",
                 "10", "--progress", "false", "--eval_fraction", "0.1", "--log_every", "1"]
 
-    subprocess.run(cmd(tmp_path / "straight"), env=ENV, check=True, capture_output=True)
-    killed = tmp_path / "killed"
-    _kill_after_checkpoint(cmd(killed), killed, 20)
-    _kill_after_checkpoint(cmd(killed), killed, 70)
-    subprocess.run(cmd(killed), env=ENV, check=True, capture_output=True)
-    _assert_same(_weights(tmp_path / "straight"), _weights(killed))
+    _straight_then_killed_twice(cmd, tmp_path, 20, 70)
 
 
 def test_dpo_skips_a_nonfinite_step_and_stops_on_a_lasting_one(base, tmp_path, monkeypatch):

@@ -29,9 +29,14 @@ def causal_lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_takes_logits_to_keep(cls: type) -> bool:
-    params = inspect.signature(cls.forward).parameters
-    return "logits_to_keep" in params
+def _forward_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def forward_accepts(model: nn.Module, name: str) -> bool:
+    """Whether the model's forward (the base model's, under PEFT) takes keyword `name`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in _forward_params(type(base))
 
 
 def response_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -44,8 +49,7 @@ def response_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     used, and the head with its [*, V] softmax is a sizeable share of a small
     model's work."""
     A = input_ids.shape[1] - prompt_length
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    keep = {"logits_to_keep": A + 1} if _forward_takes_logits_to_keep(type(base)) else {}
+    keep = {"logits_to_keep": A + 1} if forward_accepts(model, "logits_to_keep") else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
                 use_cache=False, **keep, **kwargs)
     logits = out.logits[:, -(A + 1):-1]  # [B,A,V] position t predicts token t + 1

@@ -9,13 +9,12 @@ sampler's log-probs and skips HF's per-token logits-processor machinery.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from rlhfkit.models.forward import positions_from_mask
+from rlhfkit.models.forward import forward_accepts, positions_from_mask
 
 
 @dataclass
@@ -57,25 +56,23 @@ class HFGenerator:
         return truncate_after_eos(tokens, self.eos_id, self.pad_id)
 
 
-def _cache_kwarg(model: nn.Module) -> str:
-    """transformers 5 renamed `past_key_values` to `cache`; accept either."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 class LocalGenerator:
     """A preallocated-mask KV-cache sampling loop.
 
     Each step feeds one token per row with its position id (from the attention
-    mask, so left padding is exact) and samples from softmax(logits / T). Rows
-    that finished keep feeding pad tokens, masked out, until all finish.
+    mask, so left padding is exact) and samples from softmax(logits / T), or takes
+    the argmax when T = 0 (greedy). Rows that finished keep feeding pad tokens,
+    masked out, until all finish.
     """
 
     def __init__(self, model: nn.Module, eos_id: int, pad_id: int, max_new_tokens: int, temperature: float):
         self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
-        self._cache_name = _cache_kwarg(model)
+        # transformers 5 renamed `past_key_values` to `cache`; accept either
+        self._cache_name = "cache" if forward_accepts(model, "cache") else "past_key_values"
+        self._keep_last = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
 
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Generation:
@@ -93,10 +90,13 @@ class LocalGenerator:
         next_position = positions[:, -1:] + 1
         for t in range(A):
             out = self.model(input_ids=step_ids, attention_mask=mask[:, : P + t], position_ids=positions,
-                             use_cache=True, logits_to_keep=1, **{self._cache_name: cache})
-            logits = out.logits[:, -1].float() / self.temperature  # [B,V]
-            logp = torch.log_softmax(logits, dim=-1)
-            sampled = torch.multinomial(logp.exp(), 1).squeeze(1)  # [B]
+                             use_cache=True, **self._keep_last, **{self._cache_name: cache})
+            if self.temperature == 0:  # greedy; the log-probs are then those at temperature 1
+                logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+                sampled = out.logits[:, -1].argmax(-1)
+            else:
+                logp = torch.log_softmax(out.logits[:, -1].float() / self.temperature, dim=-1)  # [B,V]
+                sampled = torch.multinomial(logp.exp(), 1).squeeze(1)  # [B]
             sampled = sampled.masked_fill(finished, self.pad_id)
             tokens[:, t] = sampled
             logprobs[:, t] = logp.gather(1, sampled.view(-1, 1)).squeeze(1).masked_fill(finished, 0.0)

@@ -241,6 +241,23 @@ def clip_gradients(accelerator, parameters, max_grad_norm: float) -> torch.Tenso
     return torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
 
 
+def apply_step(accelerator, model, optimizer, scheduler, guard: NonFiniteGuard, step: int,
+               losses: dict[str, float], max_grad_norm: float) -> dict[str, float]:
+    """The end of every optimizer step: clip (the norm also tells the guard whether
+    any gradient is non-finite), then step the optimizer and schedule, or skip a
+    non-finite step. Gradients are zeroed either way. Returns the step's metrics:
+    lr and grad_norm, or lr and skipped_nonfinite (the running count)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grad_norm = clip_gradients(accelerator, [p for _, p in named], max_grad_norm)
+    ok = guard.step_ok(step, losses, named, grad_norm)
+    if ok:
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr = scheduler.get_last_lr()[0]
+    return {"lr": lr, "grad_norm": float(grad_norm)} if ok else {"lr": lr, "skipped_nonfinite": guard.skipped}
+
+
 def make_adam(params, *, lr: float, eps: float, weight_decay: float = 0.0, decoupled: bool = True):
     """Adam (PPO, weight decay 0) or AdamW, fused into one kernel per step where the
     build supports it (CPU and CUDA in current torch; about 3x faster than the

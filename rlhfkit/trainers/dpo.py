@@ -14,7 +14,7 @@ micro-batches and processes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from rlhfkit.trainers.common import (
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
-    clip_gradients,
+    apply_step,
     make_accelerator,
     progress_bar,
     write_run_info,
@@ -99,6 +99,15 @@ class DPOConfig(TrainConfig):
             raise ValueError("dpo needs --model and --data")
         if self.loss not in DPO_LOSSES:
             raise ValueError(f"unknown --loss {self.loss!r}; options: {sorted(DPO_LOSSES)}")
+
+
+def for_method(cfg: DPOConfig, method: str) -> DPOConfig:
+    """`cfg` set up for an --algo method name: its loss, and for cdpo a label
+    smoothing of 0.1 when none is given (cDPO with smoothing 0 is plain DPO)."""
+    cfg = replace(cfg, loss=DIRECT_METHODS[method])
+    if method == "cdpo" and not cfg.label_smoothing:
+        cfg = replace(cfg, label_smoothing=0.1)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- log-probs and loss
@@ -287,13 +296,5 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, items, ref_table,
             sums[k] = sums.get(k, 0.0) + float(v) * len(local)
             counts[k] = counts.get(k, 0) + len(local)
     out = {k: sums[k] / counts[k] for k in sums}
-    grad_norm = clip_gradients(accelerator, model.parameters(), cfg.max_grad_norm)
-    if not guard.step_ok(step, {"loss": out["loss/dpo"]}, model.named_parameters(), grad_norm):
-        optimizer.zero_grad(set_to_none=True)  # skipped: a non-finite loss or gradient
-        return {**out, "skipped_nonfinite": guard.skipped, "lr": scheduler.get_last_lr()[0]}
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    out["lr"] = scheduler.get_last_lr()[0]
-    out["grad_norm"] = float(grad_norm)
-    return out
+    return {**out, **apply_step(accelerator, model, optimizer, scheduler, guard, step, {"loss": out["loss/dpo"]},
+                                cfg.max_grad_norm)}

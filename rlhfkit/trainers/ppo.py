@@ -30,7 +30,7 @@ from rlhfkit.trainers.common import (
     DivergenceError,
     MetricsLogger,
     NonFiniteGuard,
-    clip_gradients,
+    apply_step,
     lr_schedule,
     make_accelerator,
     make_adam,
@@ -173,12 +173,7 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
                     metrics[-1]["loss/ptx"] = ptx_loss.detach()
                 row = mean_metrics(metrics)
                 losses = {k: row[k] for k in ("loss/policy", "loss/value", "loss/ptx") if k in row}
-                named = [(n, p) for n, p in actor_critic.named_parameters() if p.requires_grad]
-                grad_norm = clip_gradients(accelerator, [p for _, p in named], cfg.max_grad_norm)
-                if guard.step_ok(step, losses, named, grad_norm):
-                    optimizer.step()
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                apply_step(accelerator, actor_critic, optimizer, scheduler, guard, step, losses, cfg.max_grad_norm)
             row["epoch"] = epoch
             rows.append(row)
     return rows

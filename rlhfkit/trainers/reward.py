@@ -32,7 +32,7 @@ from rlhfkit.trainers.common import (
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
-    clip_gradients,
+    apply_step,
     make_accelerator,
     progress_bar,
     write_run_info,
@@ -169,15 +169,11 @@ def train_reward_model(cfg: RewardConfig) -> Path:
             accelerator.backward(loss * len(groups) * world / sum(len(m) for m in plan[step]))
             rows.append({k: float(v) for k, v in metrics.items()})
         metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-        grad_norm = clip_gradients(accelerator, model.parameters(), cfg.max_grad_norm)
-        if not guard.step_ok(step + 1, {"loss": metrics["loss/reward"]}, model.named_parameters(), grad_norm):
-            optimizer.zero_grad(set_to_none=True)
+        stepped = apply_step(accelerator, model, optimizer, scheduler, guard, step + 1,
+                             {"loss": metrics["loss/reward"]}, cfg.max_grad_norm)
+        if "skipped_nonfinite" in stepped:
             continue
-        metrics["grad_norm"] = float(grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        metrics["lr"] = scheduler.get_last_lr()[0]
+        metrics.update(stepped)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/reward']:.4f}", acc=f"{metrics['rewards/accuracy']:.2f}")
         done = step + 1

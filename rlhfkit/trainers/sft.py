@@ -23,7 +23,7 @@ from rlhfkit.trainers.common import (
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
-    clip_gradients,
+    apply_step,
     make_accelerator,
     progress_bar,
     write_run_info,
@@ -158,13 +158,5 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collato
         accelerator.backward(loss * weight)
         total_loss += loss.item() * float(metrics["tokens"])
     out = {"loss/train": total_loss / max(local_tokens, 1), "tokens": global_tokens}
-    grad_norm = clip_gradients(accelerator, model.parameters(), cfg.max_grad_norm)
-    if not guard.step_ok(step, {"loss": out["loss/train"]}, model.named_parameters(), grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        return {**out, "skipped_nonfinite": guard.skipped, "lr": scheduler.get_last_lr()[0]}
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    out["lr"] = scheduler.get_last_lr()[0]
-    out["grad_norm"] = float(grad_norm)
-    return out
+    return {**out, **apply_step(accelerator, model, optimizer, scheduler, guard, step, {"loss": out["loss/train"]},
+                                cfg.max_grad_norm)}

@@ -53,7 +53,7 @@ import torch
 
 from rlhfkit.config import nested, option, save_yaml
 from rlhfkit.pipeline import run_stage
-from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, train_dpo
+from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, for_method, train_dpo
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.reward import RewardConfig, train_reward_model
@@ -93,7 +93,6 @@ class WorldRewardConfig(RewardConfig):
     per_device_batch_size: int = option(8, "prompts (each with all its ranked responses) per step")
     warmup_ratio: float = option(0.05, "warmup share of the steps")
     max_length: int = option(128, "longest prompt + response in tokens")
-    group_by_length: bool = option(False, "batch rankings of similar length together (off: length tracks the family)")
     log_every: int = option(10, "write metrics every N steps")
     progress: bool = option(False, "show a progress bar")
 
@@ -128,7 +127,6 @@ class WorldDPOConfig(DPOConfig):
     per_device_batch_size: int = option(32, "pairs per forward pass")
     max_length: int = option(256, "longest prompt + response")
     eval_fraction: float = option(0.05, "pairs held out for the implicit-reward accuracy")
-    group_by_length: bool = option(False, "batch pairs of similar length together (off: length tracks the family)")
     log_every: int = option(5, "write metrics every N optimizer steps")
     progress: bool = option(False, "show a progress bar")
 
@@ -146,7 +144,6 @@ class WorldORPOConfig(DPOConfig):
     orpo_lambda: float = option(0.1, "weight of the odds-ratio term against the chosen NLL (paper: 0.1)")
     max_length: int = option(256, "longest prompt + response")
     eval_fraction: float = option(0.02, "pairs held out for the odds-ratio accuracy")
-    group_by_length: bool = option(False, "batch pairs of similar length together (off: length tracks the family)")
     log_every: int = option(20, "write metrics every N optimizer steps")
     progress: bool = option(False, "show a progress bar")
 
@@ -331,10 +328,8 @@ def _direct_stage(cfg: RunConfig, out: Path, name: str, base_small: str) -> tupl
         return _orpo_stage(cfg, out, base_small)
     fields = {f.name: getattr(cfg.dpo, f.name) for f in dataclasses.fields(DPOConfig)}
     fields.update(model=str(out / "sft"), data=str(out / "comparisons" / "comparisons.jsonl"),
-                  output_dir=str(out / name), seed=cfg.seed, loss=DIRECT_METHODS[name], num_threads=cfg.num_threads)
-    if name == "cdpo" and not fields["label_smoothing"]:
-        fields["label_smoothing"] = 0.1  # cDPO is DPO with label smoothing
-    return run_stage(name, out / name, train_dpo, DPOConfig(**fields), log=_log), str(out / name)
+                  output_dir=str(out / name), seed=cfg.seed, num_threads=cfg.num_threads)
+    return run_stage(name, out / name, train_dpo, for_method(DPOConfig(**fields), name), log=_log), str(out / name)
 
 
 def _orpo_data(cfg: RunConfig, out: Path, base_small: str) -> str:

@@ -121,35 +121,6 @@ class Samples:
 
 
 @torch.no_grad()
-def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int):
-    """Greedy decoding with a KV cache, same conventions as LocalGenerator."""
-    from transformers import DynamicCache
-
-    from rlhfkit.models.forward import positions_from_mask
-    from rlhfkit.rollout.generate import _cache_kwarg, truncate_after_eos
-
-    B, P = ids.shape
-    full_mask = torch.cat([mask.long(), mask.new_zeros(B, max_new_tokens)], dim=1)
-    tokens = ids.new_full((B, max_new_tokens), pad_id)
-    finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    cache, cache_name = DynamicCache(), _cache_kwarg(model)
-    step_ids, positions = ids, positions_from_mask(mask)
-    next_position = positions[:, -1:] + 1
-    for t in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=full_mask[:, :P + t], position_ids=positions, use_cache=True,
-                    logits_to_keep=1, **{cache_name: cache})
-        chosen = out.logits[:, -1].argmax(-1).masked_fill(finished, pad_id)
-        tokens[:, t] = chosen
-        full_mask[:, P + t] = (~finished).long()
-        finished = finished | (chosen == eos_id)
-        if bool(finished.all()):
-            break
-        step_ids, positions = chosen.view(-1, 1), next_position
-        next_position = next_position + 1
-    return truncate_after_eos(tokens, eos_id, pad_id)
-
-
-@torch.no_grad()
 def sample_responses(model, tokenizer, prompts: Sequence, *, temperature: float, max_new_tokens: int = 48,
                      batch_size: int = 256, seed: int = 0) -> Samples:
     """Sample one response per prompt (chat messages or strings), batched, with
@@ -166,21 +137,20 @@ def sample_responses(model, tokenizer, prompts: Sequence, *, temperature: float,
     ended: list[bool] = [False] * len(prompts)
     logprob_sums: list[float] = [0.0] * len(prompts)
     torch.manual_seed(seed)
-    generator = None if temperature == 0 else LocalGenerator(model, eos_id, pad_id, max_new_tokens, temperature)
+    generator = LocalGenerator(model, eos_id, pad_id, max_new_tokens, temperature)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         ids, mask = pad_sequences([prompt_ids[i] for i in idx], pad_id, side="left")
         ids, mask = ids.to(device), mask.to(device)
-        gen = _greedy(model, ids, mask, max_new_tokens, eos_id, pad_id) if generator is None \
-            else generator.generate(ids, mask)
+        gen = generator.generate(ids, mask)
         for row, i in enumerate(idx):
             n = int(gen.response_mask[row].sum())
             responses[i] = gen.response_ids[row, :n].tolist()
             ended[i] = bool(gen.eos[row])
-            if gen.sampler_logprobs is not None:
-                logprob_sums[i] = float(gen.sampler_logprobs[row].sum())
+            logprob_sums[i] = float(gen.sampler_logprobs[row].sum())
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    return Samples(prompt_ids, responses, texts, ended, temperature, None if generator is None else logprob_sums)
+    # greedy decodes are not samples of the policy: no log-probs for a KL estimate
+    return Samples(prompt_ids, responses, texts, ended, temperature, None if temperature == 0 else logprob_sums)
 
 
 @torch.no_grad()
