@@ -164,8 +164,9 @@ def ensure_venv(key: str) -> Path:
 # ----------------------------------------------------------------------------- running
 
 
-def run_one(python: str, runner: Path, spec: dict, workdir: Path) -> dict:
-    """Run one system once as a subprocess; adds its peak RSS (ru_maxrss)."""
+def run_one(python: str, runner: Path, spec: dict, workdir: Path, env_extra: dict | None = None) -> dict:
+    """Run one system once as a subprocess; adds its peak RSS (ru_maxrss). env_extra:
+    variables added to the subprocess's environment (the GPU suite's PYTHONPATH)."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = workdir / "spec.json", workdir / "result.json"
     spec_path.write_text(json.dumps(spec))
@@ -173,7 +174,7 @@ def run_one(python: str, runner: Path, spec: dict, workdir: Path) -> dict:
         result_path.unlink()
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+           "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", **(env_extra or {})}
     env.pop("VIRTUAL_ENV", None)
     log = open(workdir / "log.txt", "w")
     t0 = time.perf_counter()

@@ -67,6 +67,7 @@ def run_ppo(spec: dict) -> dict:
         temperature=h["temperature"], missing_eos_penalty=h["missing_eos_penalty"], kl_coef=h["kl_coef"],
         learning_rate=h["learning_rate"], num_threads=spec["threads"], progress=False, log_every=1,
         max_prompt_length=256, num_samples_logged=0, dtype="float32",
+        mixed_precision=spec.get("mixed_precision", "no"),
     )
     clock = _LoopClock(ppo_mod)
     t0 = time.perf_counter()

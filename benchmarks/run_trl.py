@@ -23,9 +23,11 @@ def _threads(n: int) -> None:
 
 
 def _common_args(spec: dict) -> dict:
-    # TRL's configs default to bf16=True and (PPO) gradient_checkpointing=True: both off, as in rlhfkit.
-    return dict(output_dir=spec["output_dir"], seed=spec.get("seed", 0), bf16=False, fp16=False,
-                gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+    # TRL's configs default to bf16=True and (PPO) gradient_checkpointing=True. On the CPU both
+    # are off, as in rlhfkit; on a GPU (spec "device": "cuda") bf16 autocast is on for both systems.
+    gpu = spec.get("device") == "cuda"
+    return dict(output_dir=spec["output_dir"], seed=spec.get("seed", 0), bf16=gpu, fp16=False,
+                gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[], use_cpu=not gpu,
                 disable_tqdm=True, dataloader_num_workers=0)
 
 

@@ -62,9 +62,22 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _allow_new_mixed_precision(mixed_precision: str) -> None:
+    """Accelerate keeps one process-wide state and refuses a second Accelerator with another
+    mixed precision ("AcceleratorState has already been initialized"), which would stop a
+    pipeline whose stages differ in precision. Only the precision part is reset: the
+    distributed state (PartialState: process group, device) stays as it is."""
+    from accelerate.state import AcceleratorState
+
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and current != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def make_accelerator(cfg: TrainConfig, project_dir: str | Path) -> Accelerator:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    _allow_new_mixed_precision(cfg.mixed_precision)
     accelerator = Accelerator(
         gradient_accumulation_steps=1,  # trainers accumulate explicitly, normalising by token counts
         mixed_precision=cfg.mixed_precision,

@@ -130,7 +130,7 @@ def shape_rewards(ro: Rollout, beta: float, estimator: str) -> None:
     ro.kl = kl_penalty(ro.logprobs, ro.ref_logprobs, estimator) * mask
     last = (ro.response_mask.sum(1) - 1).clamp(min=0)  # [B] index of the last response token
     ro.rewards = -beta * ro.kl
-    ro.rewards[torch.arange(ro.rewards.shape[0]), last] += ro.scores
+    ro.rewards[torch.arange(ro.rewards.shape[0], device=last.device), last] += ro.scores
 
 
 def advantages(ro: Rollout, cfg: PPOConfig) -> None:
@@ -294,13 +294,16 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     for step in range(start, sizes["ppo_steps"]):
         timings: dict[str, float] = {}
         index = _episode_prompts(len(prompt_tokens), step, sizes["local_rollout"], accelerator.process_index, cfg.seed)
-        with timer(timings, "generate"):
+        # Sampling uses the unwrapped policy and scoring the reference and reward models, none of
+        # which Accelerate's prepare() wrapped in autocast: under --mixed_precision they join it here.
+        with timer(timings, "generate"), accelerator.autocast():
             actor_critic.eval()
             ro = rollout(generator, [prompt_tokens[i] for i in index], index, tokenizer.pad_token_id, device,
                          cfg.generation_batch_size)
         actor_critic.train()
-        reward_parts, first_pass = score(ro, actor_critic, ref_policy, reward, tokenizer, prompt_records, cfg,
-                                         sizes["micro"], timings, fused=bool(sizes["fused_first_forward"]))
+        with accelerator.autocast():
+            reward_parts, first_pass = score(ro, actor_critic, ref_policy, reward, tokenizer, prompt_records, cfg,
+                                             sizes["micro"], timings, fused=bool(sizes["fused_first_forward"]))
         shape_rewards(ro, kl_ctl.value, cfg.kl_estimator)
         advantages(ro, cfg)
         if not (torch.isfinite(ro.kl).all() and torch.isfinite(ro.values).all()):

@@ -164,7 +164,10 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         rows = []
         for micro in plan[step]:
             groups = [train_enc[i] for i in micro[rank::world]]
-            loss, metrics = _ranking_batch_loss(model, groups, collator, device, cfg.use_margin)
+            # scores_at runs the trunk and head directly, outside the forward that prepare() wraps
+            # in autocast, so --mixed_precision is applied here explicitly
+            with accelerator.autocast():
+                loss, metrics = _ranking_batch_loss(model, groups, collator, device, cfg.use_margin)
             # prompts weigh equally across micro-batches and processes (InstructGPT's per-prompt mean)
             accelerator.backward(loss * len(groups) * world / sum(len(m) for m in plan[step]))
             rows.append({k: float(v) for k, v in metrics.items()})
@@ -178,8 +181,9 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         bar.set_postfix(loss=f"{metrics['loss/reward']:.4f}", acc=f"{metrics['rewards/accuracy']:.2f}")
         done = step + 1
         if cfg.eval_every and done % cfg.eval_every == 0 and eval_enc:
-            metrics.update(evaluate_rankings(model, eval_enc, collator, cfg.per_device_batch_size, device,
-                                             cfg.calibration_bins))
+            with accelerator.autocast():
+                metrics.update(evaluate_rankings(model, eval_enc, collator, cfg.per_device_batch_size, device,
+                                                 cfg.calibration_bins))
         if done % cfg.log_every == 0 or done == len(plan):
             logger.log(done, metrics)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < len(plan):
@@ -187,11 +191,15 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     bar.close()
     final = {"final": True}
     if eval_enc:
-        final.update(evaluate_rankings(model, eval_enc, collator, cfg.per_device_batch_size, device, cfg.calibration_bins))
+        with accelerator.autocast():
+            final.update(evaluate_rankings(model, eval_enc, collator, cfg.per_device_batch_size, device,
+                                           cfg.calibration_bins))
     unwrapped = accelerator.unwrap_model(model)
     norm_examples = _normalisation_examples(cfg, tokenizer, train_records, accelerator)
     if norm_examples:
-        mean, std = normalisation_stats(unwrapped, norm_examples, tokenizer.pad_token_id, cfg.per_device_batch_size, device)
+        with accelerator.autocast():
+            mean, std = normalisation_stats(unwrapped, norm_examples, tokenizer.pad_token_id,
+                                            cfg.per_device_batch_size, device)
         config = (unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped).config
         setattr(config, REWARD_MEAN_KEY, mean)
         setattr(config, REWARD_STD_KEY, std if cfg.normalize_std and std > 0 else 1.0)
