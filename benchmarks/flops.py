@@ -106,6 +106,7 @@ def summarise(runs: list[dict], unit_key: str) -> dict:
         "throughput": median([r[unit_key] for r in runs]),
         "unit": unit_key,
         "quality": median([r.get("quality") for r in runs]),
+        "quality_se": median([r.get("quality_se") for r in runs]),
         "peak_rss_mib": max(r.get("peak_rss_mib", 0.0) for r in runs),
         "train_seconds": median([r.get("train_seconds") for r in runs]),
         "load_seconds": median([r.get("load_seconds") for r in runs]),
@@ -132,7 +133,8 @@ def format_table(results: dict) -> str:
             label = s.get("name", system)
             rows.append([
                 name, label, _fmt(s.get("throughput"), ".4g"), s.get("unit", ""),
-                _fmt(s.get("quality"), ".4f"), _fmt(s.get("peak_rss_mib"), ".0f"),
+                _fmt(s.get("quality"), ".4f") + (f" ± {s['quality_se']:.3f}" if _fmt(s.get("quality_se")) != "-" else ""),
+                _fmt(s.get("peak_rss_mib"), ".0f"),
                 _fmt(s.get("mfu") * 100, ".2f") + "%" if s.get("mfu") is not None and not math.isnan(s["mfu"]) else "-",
                 _fmt(res.get("ratio"), ".3f") if system == "rlhfkit" else "",
             ])

@@ -52,6 +52,16 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def _standard_error(values: list[float]) -> float:
+    """Standard error of the mean of per-step scores: how far apart two systems' quality
+    can be by sampling alone (the benchmark's PPO steps show no trend on random models)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+
+
 def run_ppo(spec: dict) -> dict:
     import rlhfkit.trainers.ppo as ppo_mod
     from rlhfkit.trainers.ppo import train_ppo
@@ -65,7 +75,8 @@ def run_ppo(spec: dict) -> dict:
         per_device_train_batch_size=h["rollout_batch_size"] // h["num_minibatches"],
         generation_batch_size=h["rollout_batch_size"], response_length=h["response_length"],
         temperature=h["temperature"], missing_eos_penalty=h["missing_eos_penalty"], kl_coef=h["kl_coef"],
-        learning_rate=h["learning_rate"], num_threads=spec["threads"], progress=False, log_every=1,
+        learning_rate=h["learning_rate"], adam_eps=h.get("adam_eps", 1e-5), num_threads=spec["threads"],
+        progress=False, log_every=1,
         max_prompt_length=256, num_samples_logged=0, dtype="float32",
         mixed_precision=spec.get("mixed_precision", "no"),
     )
@@ -85,6 +96,7 @@ def run_ppo(spec: dict) -> dict:
         "train_seconds": clock.seconds, "load_seconds": total - clock.seconds, "episodes": episodes,
         "episodes_per_second": episodes / clock.seconds,
         "quality": sum(r["objective/scores"] for r in last) / max(len(last), 1),
+        "quality_se": _standard_error([r["objective/scores"] for r in last]),
         "steps": len(rows), "timings": timings,
         "response_length_mean": sum(r["response/length"] for r in rows) / max(len(rows), 1),
     }

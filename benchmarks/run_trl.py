@@ -55,7 +55,8 @@ def run_ppo(spec: dict) -> dict:
         num_mini_batches=h["num_minibatches"], local_rollout_forward_batch_size=h["rollout_batch_size"],
         total_episodes=h["total_episodes"], num_ppo_epochs=h["ppo_epochs"], response_length=h["response_length"],
         stop_token="eos", missing_eos_penalty=h["missing_eos_penalty"], kl_coef=h["kl_coef"],
-        temperature=h["temperature"], learning_rate=h["learning_rate"], num_sample_generations=0,
+        temperature=h["temperature"], learning_rate=h["learning_rate"], adam_epsilon=h.get("adam_eps", 1e-8),
+        num_sample_generations=0,
         lr_scheduler_type="linear", max_grad_norm=1.0,
     )
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
@@ -69,7 +70,17 @@ def run_ppo(spec: dict) -> dict:
     episodes = len(rows) * h["rollout_batch_size"]
     return {"train_seconds": train, "load_seconds": load, "episodes": episodes,
             "episodes_per_second": episodes / train, "steps": len(rows),
-            "quality": sum(r["objective/scores"] for r in last) / max(len(last), 1)}
+            "quality": sum(r["objective/scores"] for r in last) / max(len(last), 1),
+            "quality_se": _standard_error([r["objective/scores"] for r in last])}
+
+
+def _standard_error(values: list[float]) -> float:
+    """Standard error of the mean of per-step scores (as run_rlhfkit.py; no rlhfkit import here)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
 
 
 def _loss_rows(trainer) -> list[dict]:

@@ -29,6 +29,9 @@ class SweepConfig:
     output_dir: str = option("", "sweep directory (default: <run_dir>/sweep_kl); re-running resumes")
     betas: list[float] = option([0.0, 0.005, 0.02, 0.1], "KL coefficients to try")
     total_episodes: int = option(0, "episodes per PPO run (0: the run's own PPO budget)")
+    learning_rate: float = option(0.0, "PPO learning rate of every run (0: the run's own). At the world's "
+                                  "default the policy moves so little (KL < 0.4) that beta hardly binds; "
+                                  "a larger one shows over-optimisation")
     eval_prompts: int = option(0, "evaluation prompts used per policy (0: all of the run's)")
     evaluate: bool = option(True, "also measure each policy's gold and KL to SFT on the evaluation prompts")
     num_threads: int = option(1, "torch CPU threads (0: torch's default)")
@@ -65,6 +68,8 @@ def sweep_kl(cfg: SweepConfig) -> Path:
         overrides = {"kl_coef": beta}
         if cfg.total_episodes:
             overrides["total_episodes"] = cfg.total_episodes
+        if cfg.learning_rate:
+            overrides["learning_rate"] = cfg.learning_rate
         ppo_cfg = ppo_stage_config(run_cfg, run, out / name, **overrides)
         seconds = run_stage(name, out / name, _train_ppo_with_gold, ppo_cfg, log=lambda m: print(m, flush=True))
         points = overoptimisation_points(out / name / "metrics.jsonl")
@@ -93,8 +98,9 @@ def sweep_kl(cfg: SweepConfig) -> Path:
                               out / "sweep.png", title="KL sweep: gold and proxy reward vs sqrt(KL)")
     except ImportError as e:
         print(f"sweep: no plot ({e})")
-    lines = ["# KL sweep", "", f"From `{run}` (SFT and RM reused), {run_cfg.ppo.total_episodes if not cfg.total_episodes else cfg.total_episodes} "
-             "episodes per beta.", "",
+    episodes = cfg.total_episodes or run_cfg.ppo.total_episodes
+    lr = cfg.learning_rate or run_cfg.ppo.learning_rate
+    lines = ["# KL sweep", "", f"From `{run}` (SFT and RM reused), {episodes} episodes per beta, learning rate {lr:g}.", "",
              "| beta | train proxy | train gold | train KL | eval gold | eval KL to SFT | eval length |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
 
