@@ -99,3 +99,33 @@ def test_make_comparisons(samples):
     assert 0.68 <= recompute_agreement(rows) <= 0.78
     shifted = make_comparisons(tasks[:5], responses[:5], terminated[:5], seed=4, index_offset=100)
     assert [r["index"] for r in shifted] == list(range(100, 105))
+
+
+def test_heldout_pair_figures_of_an_oracle_and_of_a_length_counter():
+    """The reward model's held-out figures from given scores: an RM that scores gold matches
+    the oracle and always prefers the exactly-right response; one that counts characters
+    correlates with length only."""
+    from rlhfkit.world.judge import gold_score
+    from rlhfkit.world.stages import heldout_pair_figures, label_comparisons
+
+    rng = random.Random(0)
+    tasks = make_split("comparisons", 60, 0)
+    responses = [[t.answer, verbose_answer(t, rng), near_miss(t, rng), near_miss(t, rng) + " " + CHATTER[0]]
+                 for t in tasks]
+    terminated = [[True] * 4 for _ in tasks]
+    rows, _, labeler = label_comparisons(tasks, responses, terminated, seed=0, labeler=LabelerConfig(),
+                                         target_agreement=0.73, calibrate=False)
+    by_instruction = {t.instruction: t for t in tasks}
+
+    def gold(row):
+        task = by_instruction[row["prompt"][-1]["content"]]
+        return [gold_score(y, task.accepted, e).gold for y, e in zip(row["responses"], row["terminated"])]
+
+    oracle = heldout_pair_figures(rows, [g for row in rows for g in gold(row)], labeler)
+    assert oracle["val_accuracy"] == pytest.approx(oracle["oracle_agreement"])
+    assert oracle["exact_pairs"] > 100 and oracle["exact_pair_accuracy"] == 1.0
+    assert set(oracle["exact_pair_accuracy_per_family"]) <= {t.family for t in tasks}
+    assert oracle["score_correlation"]["gold"] == pytest.approx(1.0)
+    counter = heldout_pair_figures(rows, [float(len(y)) for row in rows for y in row["responses"]], labeler)
+    assert counter["score_correlation"]["length"] == pytest.approx(1.0)
+    assert counter["score_correlation"]["gold"] < 0.5

@@ -25,7 +25,8 @@ from rlhfkit.world.judge import win_rate
 
 FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "terminated", "polite", "length", "kl_to_sft",
                "webtext_loss", "per_family")
-RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement")
+RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement", "exact_pairs",
+           "exact_pair_accuracy", "exact_pair_accuracy_per_family", "score_correlation")
 LABELS = {"base_small": "base-small", "base_large": "base-large (\"GPT-3\")", "sft": "SFT", "ppo": "PPO (RLHF)",
           "ppo_ptx": "PPO-ptx", "dpo": "DPO", "ipo": "IPO", "cdpo": "cDPO", "robust": "robust DPO", "hinge": "SLiC hinge",
           "simpo": "SimPO", "kto": "KTO", "orpo": "ORPO (from base-small)"}
@@ -72,6 +73,19 @@ def win_rates(evals: dict[str, dict], temperatures) -> tuple[dict, dict]:
     return rates, {"sft_best_temperature": float(best[1:])}
 
 
+def _rm_learned_rows(rm: dict) -> list[str]:
+    """What the reward model learned (runs before this figure existed have none)."""
+    if "exact_pair_accuracy" not in rm:
+        return []
+    per_family = ", ".join(f"{f} {_f(a, '.0%')}" for f, a in rm["exact_pair_accuracy_per_family"].items())
+    corr = rm["score_correlation"]
+    return [f"| RM prefers the exactly-right response ({rm['exact_pairs']} pairs where only one is) | "
+            f"{_f(rm['exact_pair_accuracy'], '.1%')} |",
+            f"| correlation of the RM score with gold / with length in characters | "
+            f"{_f(corr['gold'], '.2f')} / {_f(corr['length'], '.2f')} |", "",
+            f"Per family, the RM prefers the exactly-right response of such pairs: {per_family}."]
+
+
 def build_report(out: Path, models: dict[str, str], seconds: dict[str, float], seed: int,
                  temperatures=(0.5, 0.7, 1.0)) -> tuple[dict, dict]:
     evals = {name: load_eval(out, name) for name in models}
@@ -80,7 +94,7 @@ def build_report(out: Path, models: dict[str, str], seconds: dict[str, float], s
     report = {
         "models": {name: {k: evals[name]["figures"][k] for k in FIGURE_KEYS} for name in models},
         "win_rates": rates,
-        "reward_model": {k: rm[k] for k in RM_KEYS},
+        "reward_model": {k: rm[k] for k in RM_KEYS if k in rm},
         "eval": {"prompts": len(evals["sft"]["decodings"]["t1"]["scores"]), "temperature": 1.0, "seed": seed},
         "seconds": {k: round(float(v), 3) for k, v in seconds.items()},
     }
@@ -299,7 +313,8 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
               f"| RM accuracy vs the labeler | {_f(rm['val_accuracy'], '.1%')} |",
               f"| second labeler vs the labeler (labelers' agreement) | {_f(rm['labeler_agreement'], '.1%')} |",
               f"| RM accuracy vs gold (gold ties one half) | {_f(rm['val_accuracy_vs_gold'], '.1%')} |",
-              f"| labeler vs gold (oracle ceiling) | {_f(rm['oracle_agreement'], '.1%')} |", "",
+              f"| labeler vs gold (oracle ceiling) | {_f(rm['oracle_agreement'], '.1%')} |",
+              *_rm_learned_rows(rm), "",
               "## Alignment methods on the same comparisons", "",
               *method_comparison(report), "",
               "![gold vs KL for every method](frontier.png)", "",

@@ -253,20 +253,27 @@ def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConf
 
     tokenizer = load_tokenizer(rm_dir)
     model = load_scalar_model(rm_dir, tokenizer).eval()
-    seqs, owners = [], []
-    for g, row in enumerate(rows):
+    seqs = []
+    for row in rows:
         p = prompt_token_ids(tokenizer, row["prompt"])
         for y, ended in zip(row["responses"], row["terminated"]):
             eos = [tokenizer.eos_token_id] if ended else []
             seqs.append(p + tokenizer(y, add_special_tokens=False)["input_ids"] + eos)
-            owners.append(g)
     scores: list[float] = []
     for start in range(0, len(seqs), batch_size):
         ids, mask = pad_sequences(seqs[start:start + batch_size], tokenizer.pad_token_id, side="left")
         scores += scores_at(model, ids, mask).tolist()
+    return heldout_pair_figures(rows, scores, labeler)
+
+
+def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler: LabelerConfig) -> dict:
+    """reward_model_figures from given scores: `scores` holds one score per response of
+    `rows`, in order (responses of a row best first in the labeler's ranking)."""
     acc = acc_gold = agree = oracle = 0.0
     pairs = 0
     pos = 0
+    exact_pairs: dict[str, list[float]] = {}  # family -> [pairs differing in exactness, RM prefers the exact one]
+    all_scores, all_gold, all_length = [], [], []
     for row in rows:
         ys = row["responses"]
         k = len(ys)
@@ -274,7 +281,17 @@ def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConf
         pos += k
         task = parse_instruction(row["prompt"][-1]["content"])
         ended = row["terminated"]
-        g = [gold_score(y, task.accepted, t).gold for y, t in zip(ys, ended)]
+        judged = [gold_score(y, task.accepted, t) for y, t in zip(ys, ended)]
+        g = [j.gold for j in judged]
+        all_scores += s
+        all_gold += g
+        all_length += [len(y) for y in ys]
+        fam = exact_pairs.setdefault(row.get("family", task.family), [0, 0])
+        for i in range(k):
+            for j in range(i + 1, k):
+                if judged[i].exact != judged[j].exact:  # score ties count one half
+                    fam[0] += 1
+                    fam[1] += 0.5 if s[i] == s[j] else float((s[i] > s[j]) == judged[i].exact)
         other = rank(task, ys, ended, row["labeler"] + SECOND_LABELER_OFFSET, row["seed"],
                      prompt_index=row["index"], config=labeler)
         other_pos = {idx: r for r, idx in enumerate(other)}
@@ -292,9 +309,26 @@ def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConf
     if not pairs:
         return {"val_accuracy": float("nan"), "labeler_agreement": float("nan"),
                 "val_accuracy_vs_gold": float("nan"), "oracle_agreement": float("nan"), "pairs": 0}
+    n_exact = sum(n for n, _ in exact_pairs.values())
     return {"val_accuracy": acc / pairs, "labeler_agreement": agree / pairs,
             "val_accuracy_vs_gold": acc_gold / pairs, "oracle_agreement": oracle / pairs, "pairs": pairs,
-            "prompts": len(rows)}
+            "prompts": len(rows),
+            # what the RM learned: does it prefer the exactly-right response when only one of a
+            # pair is, and does its score follow gold or merely length (characters)?
+            "exact_pairs": n_exact,
+            "exact_pair_accuracy": sum(r for _, r in exact_pairs.values()) / n_exact if n_exact else float("nan"),
+            "exact_pair_accuracy_per_family": {f: r / n for f, (n, r) in sorted(exact_pairs.items()) if n},
+            "score_correlation": {"gold": _pearson(all_scores, all_gold), "length": _pearson(all_scores, all_length)}}
+
+
+def _pearson(a: Sequence[float], b: Sequence[float]) -> float:
+    n = len(a)
+    if n < 2:
+        return float("nan")
+    ma, mb = sum(a) / n, sum(b) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    va, vb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
+    return cov / (va * vb) ** 0.5 if va > 0 and vb > 0 else float("nan")
 
 
 def split_rows(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
