@@ -34,7 +34,7 @@ class SweepConfig:
                                   "a larger one shows over-optimisation")
     eval_prompts: int = option(0, "evaluation prompts used per policy (0: all of the run's)")
     evaluate: bool = option(True, "also measure each policy's gold and KL to SFT on the evaluation prompts")
-    num_threads: int = option(1, "torch CPU threads (0: torch's default)")
+    num_threads: int = option(0, "torch CPU threads (0: all cores, torch's default; 1 on a busy machine)")
 
 
 def _beta_name(beta: float) -> str:
