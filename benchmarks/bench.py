@@ -87,11 +87,29 @@ def _write_jsonl(path: Path, rows) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def build_assets(quick: bool) -> dict:
-    """Tokenizer, checkpoints and data sets, built once into benchmarks/.cache."""
+def save_models(directory: Path, tok, m: dict, max_positions: int) -> None:
+    """A randomly initialised (fixed seed) Llama policy and a reward/value model of the same
+    shape with a scalar head, each with the tokenizer, unless already there."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
+    if (directory / "reward" / "config.json").exists():
+        return
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=m["hidden"], intermediate_size=m["intermediate"],
+                      num_hidden_layers=m["layers"], num_attention_heads=m["heads"], num_key_value_heads=m["heads"],
+                      max_position_embeddings=max_positions, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=None)
+    torch.manual_seed(1234)
+    LlamaForCausalLM(cfg).save_pretrained(directory / "policy")
+    tok.save_pretrained(directory / "policy")
+    torch.manual_seed(4321)
+    cfg.num_labels = 1
+    LlamaForSequenceClassification(cfg).save_pretrained(directory / "reward")
+    tok.save_pretrained(directory / "reward")
+
+
+def build_assets(quick: bool) -> dict:
+    """Tokenizer, checkpoints and data sets, built once into benchmarks/.cache."""
     from rlhfkit.data.tokenize import prompt_token_ids
     from rlhfkit.models.tokenizer import train_bpe_tokenizer
 
@@ -107,18 +125,7 @@ def build_assets(quick: bool) -> dict:
     paths: dict = {"tokenizer": str(tok_dir)}
     for name, m in MODELS.items():
         d = CACHE / name
-        if not (d / "reward" / "config.json").exists():
-            cfg = LlamaConfig(vocab_size=len(tok), hidden_size=m["hidden"], intermediate_size=m["intermediate"],
-                              num_hidden_layers=m["layers"], num_attention_heads=m["heads"],
-                              num_key_value_heads=m["heads"], max_position_embeddings=512, tie_word_embeddings=True,
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
-            torch.manual_seed(1234)
-            LlamaForCausalLM(cfg).save_pretrained(d / "policy")
-            tok.save_pretrained(d / "policy")
-            torch.manual_seed(4321)
-            cfg.num_labels = 1
-            LlamaForSequenceClassification(cfg).save_pretrained(d / "reward")
-            tok.save_pretrained(d / "reward")
+        save_models(d, tok, m, max_positions=512)
         paths[name] = {"policy": str(d / "policy"), "reward": str(d / "reward")}
     rng = random.Random(7)
     prompts = CACHE / "prompts.jsonl"

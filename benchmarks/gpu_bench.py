@@ -117,9 +117,6 @@ def long_rows(rng: random.Random, n: int, words: int, pairs: bool) -> list[dict]
 
 
 def build(out: Path, tiny: bool) -> dict:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
-
     bench.CACHE = out / "cache"
     paths = bench.build_assets(quick=True)
     from transformers import AutoTokenizer
@@ -127,18 +124,7 @@ def build(out: Path, tiny: bool) -> dict:
     tok = AutoTokenizer.from_pretrained(paths["tokenizer"])
     m = TINY_MODEL if tiny else GPU_MODEL
     d = bench.CACHE / "gpu_model"
-    if not (d / "reward" / "config.json").exists():
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=m["hidden"], intermediate_size=m["intermediate"],
-                          num_hidden_layers=m["layers"], num_attention_heads=m["heads"], num_key_value_heads=m["heads"],
-                          max_position_embeddings=1024, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
-                          eos_token_id=tok.eos_token_id, bos_token_id=None)
-        torch.manual_seed(1234)
-        LlamaForCausalLM(cfg).save_pretrained(d / "policy")
-        tok.save_pretrained(d / "policy")
-        torch.manual_seed(4321)
-        cfg.num_labels = 1
-        LlamaForSequenceClassification(cfg).save_pretrained(d / "reward")
-        tok.save_pretrained(d / "reward")
+    bench.save_models(d, tok, m, max_positions=1024)
     paths["gpu"] = {"policy": str(d / "policy"), "reward": str(d / "reward"), "model": m}
     rng = random.Random(17)
     n_sft, n_dpo = (64, 32) if tiny else (1024, 512)

@@ -3,6 +3,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import flops  # noqa: E402
@@ -44,10 +46,10 @@ def test_ppo_flops_per_episode():
 
 
 def test_summary_and_table():
-    runs = [{"episodes_per_second": 2.0, "quality": -1.0, "peak_rss_mib": 100.0, "train_seconds": 5.0,
-             "load_seconds": 1.0, "timings": {}},
-            {"episodes_per_second": 4.0, "quality": -0.5, "peak_rss_mib": 120.0, "train_seconds": 3.0,
-             "load_seconds": 1.0}]
+    runs = [{"episodes_per_second": 2.0, "quality": -1.0, "quality_se": 0.02, "peak_rss_mib": 100.0,
+             "train_seconds": 5.0, "load_seconds": 1.0, "timings": {}},
+            {"episodes_per_second": 4.0, "quality": -0.5, "quality_se": 0.04, "peak_rss_mib": 120.0,
+             "train_seconds": 3.0, "load_seconds": 1.0}]
     s = flops.summarise(runs, "episodes_per_second")
     assert s["throughput"] == 3.0 and s["peak_rss_mib"] == 120.0 and s["quality"] == -0.75
     assert all("timings" not in r for r in s["repetitions"])
@@ -56,6 +58,7 @@ def test_summary_and_table():
     lines = table.splitlines()
     assert lines[0].split()[:2] == ["benchmark", "system"]
     assert "trl 0.29.1" in table and "0.500" in table and "1.00%" in table
+    assert "-0.7500 ± 0.030" in table  # quality with the median standard error of its repetitions
     phases = flops.format_phases({"timing/generate": 3.0, "timing/update": 1.0, "timing/step": 4.0}, steps=2)
     assert "generate" in phases.splitlines()[1] and "75.0%" in phases and not any(l.startswith("step") for l in phases.splitlines())
 
@@ -63,3 +66,10 @@ def test_summary_and_table():
 def test_matmul_peak_is_positive():
     peak = flops.matmul_peak(threads=1, sizes=(64,), repeats=1)
     assert peak["flops"] > 0 and peak["size"] == 64
+
+
+def test_standard_error_of_per_step_scores():
+    import run_rlhfkit
+
+    assert run_rlhfkit._standard_error([1.0, 3.0]) == pytest.approx(1.0)  # sd sqrt(2), over sqrt(2)
+    assert math.isnan(run_rlhfkit._standard_error([1.0]))
