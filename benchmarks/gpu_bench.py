@@ -116,7 +116,7 @@ def long_rows(rng: random.Random, n: int, words: int, pairs: bool) -> list[dict]
     return rows
 
 
-def build(out: Path, tiny: bool) -> dict:
+def build(out: Path, tiny: bool, profile: bool = False) -> dict:
     bench.CACHE = out / "cache"
     paths = bench.build_assets(quick=True)
     from transformers import AutoTokenizer
@@ -127,7 +127,7 @@ def build(out: Path, tiny: bool) -> dict:
     bench.save_models(d, tok, m, max_positions=1024)
     paths["gpu"] = {"policy": str(d / "policy"), "reward": str(d / "reward"), "model": m}
     rng = random.Random(17)
-    n_sft, n_dpo = (64, 32) if tiny else (1024, 512)
+    n_sft, n_dpo = (64, 32) if tiny else (256, 128) if profile else (1024, 512)  # profiling: 16 steps
     bench._write_jsonl(bench.CACHE / "sft_long.jsonl", long_rows(rng, n_sft, 200, pairs=False))
     bench._write_jsonl(bench.CACHE / "prefs_long.jsonl", long_rows(rng, n_dpo, 100, pairs=True))
     paths.update(sft_long=str(bench.CACHE / "sft_long.jsonl"), prefs_long=str(bench.CACHE / "prefs_long.jsonl"))
@@ -220,7 +220,10 @@ def bench_ppo(paths: dict, sites: dict, peak: float, out: Path, device: str, tin
     return res
 
 
-def bench_simple(name: str, paths: dict, sites: dict, peak: float, out: Path, device: str) -> dict:
+def bench_simple(name: str, paths: dict, sites: dict, peak: float, out: Path, device: str,
+                 profile_dir: Path | None = None) -> dict:
+    """SFT or DPO against TRL 1.16; with profile_dir, each system's training runs under
+    torch.profiler and writes profile_<name>_<system>.txt there (a separate, slower run)."""
     from transformers import AutoTokenizer
 
     model = paths["gpu"]["policy"]
@@ -250,6 +253,9 @@ def bench_simple(name: str, paths: dict, sites: dict, peak: float, out: Path, de
     ours_spec = {"task": name, "config": ours_cfg, "units": units, "threads": bench.THREADS}
     peer_spec = {"task": name, "model": model, "data": data, "peer": peer_cfg, "units": units,
                  "threads": bench.THREADS, "device": device}
+    if profile_dir is not None:
+        ours_spec["profile"] = str(profile_dir / f"profile_{name}_rlhfkit.txt")
+        peer_spec["profile"] = str(profile_dir / f"profile_{name}_trl.txt")
 
     results = {}
     for system in ("rlhfkit", "peer"):
@@ -282,6 +288,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="2-layer model on the CPU: check the script, not the GPU")
     ap.add_argument("--wheels", default=str(ROOT / ".whl"), help="folder of the peers' carried wheels")
     ap.add_argument("--only", action="append", choices=["generation", "ppo", "sft", "dpo"])
+    ap.add_argument("--profile", action="store_true", help="SFT/DPO under torch.profiler, tables into --out "
+                    "(a diagnosis: throughput figures of such a run are not timings)")
     args = ap.parse_args(argv)
     t_start = float(os.environ.setdefault("RLHFKIT_GPU_T0", str(time.time())))  # survives the restart below
     out = Path(args.out)
@@ -313,7 +321,8 @@ def main(argv=None) -> dict:
     peak = bf16_peak(device)
     results["machine"]["peak"] = peak
     log(f"{results['machine']['device']}: measured matmul peak {peak['flops'] / 1e12:.1f} TFLOP/s ({peak['dtype']})")
-    paths = build(work, args.tiny)
+    paths = build(work, args.tiny, args.profile)
+    profile_dir = out if args.profile else None
     results["model"] = {**paths["gpu"]["model"], "params": bench._params(paths["gpu"]["policy"], scalar=False)}
     log(f"model {paths['gpu']['model']}: {results['model']['params']['total'] / 1e6:.0f}M parameters "
         f"({time.time() - t_start:.0f}s elapsed)")
@@ -321,8 +330,8 @@ def main(argv=None) -> dict:
     # rough costs of each section on an H100 (seconds), to skip what the budget cannot cover
     sections = [("generation", 60, lambda: bench_generation(paths, device, args.tiny)),
                 ("ppo", 150, lambda: bench_ppo(paths, sites, peak["flops"], work, device, args.tiny)),
-                ("sft", 90, lambda: bench_simple("sft", paths, sites, peak["flops"], work, device)),
-                ("dpo", 90, lambda: bench_simple("dpo", paths, sites, peak["flops"], work, device))]
+                ("sft", 90, lambda: bench_simple("sft", paths, sites, peak["flops"], work, device, profile_dir)),
+                ("dpo", 90, lambda: bench_simple("dpo", paths, sites, peak["flops"], work, device, profile_dir))]
     for name, cost, fn in sections:
         if args.only and name not in args.only:
             continue

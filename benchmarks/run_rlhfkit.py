@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from profiling import maybe_profiled
+
 
 def _threads(n: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -109,7 +111,7 @@ def _simple(spec: dict, module_name: str, train_name: str, config_name: str, los
     clock = _LoopClock(mod)
     cfg = getattr(mod, config_name)(**spec["config"])
     t0 = time.perf_counter()
-    getattr(mod, train_name)(cfg)
+    maybe_profiled(spec, lambda: getattr(mod, train_name)(cfg))
     total = time.perf_counter() - t0
     rows = [r for r in _rows(Path(spec["output_dir"])) if loss_key in r and not r.get("final")]
     return {

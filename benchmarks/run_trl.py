@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from profiling import maybe_profiled
+
 
 def _threads(n: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -63,7 +65,7 @@ def run_ppo(spec: dict) -> dict:
                          value_model=value, train_dataset=data)
     load = time.perf_counter() - t0
     t1 = time.perf_counter()
-    trainer.train()
+    maybe_profiled(spec, trainer.train)
     train = time.perf_counter() - t1
     rows = [r for r in trainer.state.log_history if "objective/scores" in r]
     last = rows[-spec.get("quality_last_steps", 5):]
@@ -137,7 +139,7 @@ def run_dpo(spec: dict) -> dict:
 
 def _train(trainer, spec: dict, load: float, unit: str) -> dict:
     t1 = time.perf_counter()
-    trainer.train()
+    maybe_profiled(spec, trainer.train)
     train = time.perf_counter() - t1
     rows = _loss_rows(trainer)
     return {"train_seconds": train, "load_seconds": load, unit: spec["units"] / train,

@@ -1,0 +1,38 @@
+"""Optional torch.profiler around a benchmark runner's training call.
+
+Imported by run_rlhfkit.py and run_trl.py alike (no rlhfkit import here). With spec
+"profile": PATH the call runs under the profiler (slower: a separate run, not a
+timing) and PATH gets the wall time, the device's busy time, the aten-op and kernel
+counts and the top ops by host and by device time.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def maybe_profiled(spec: dict, fn):
+    path = spec.get("profile")
+    if not path:
+        return fn()
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        result = fn()
+        if cuda:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    averages = prof.key_averages()
+    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in averages) / 1e6
+    aten = sum(e.count for e in averages if e.key.startswith("aten::"))
+    kernels = sum(e.count for e in averages if getattr(e, "self_device_time_total", 0.0) > 0)
+    lines = [f"wall {wall:.2f} s under the profiler; device busy {busy:.2f} s; aten ops {aten}; kernels {kernels}",
+             averages.table(sort_by="self_cpu_time_total", row_limit=25)]
+    if cuda:
+        lines.append(averages.table(sort_by="self_device_time_total", row_limit=15))
+    Path(path).write_text("\n".join(lines))
+    return result
