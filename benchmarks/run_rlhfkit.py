@@ -84,7 +84,7 @@ def run_ppo(spec: dict) -> dict:
     )
     clock = _LoopClock(ppo_mod)
     t0 = time.perf_counter()
-    train_ppo(cfg)
+    maybe_profiled(spec, lambda: train_ppo(cfg))
     total = time.perf_counter() - t0
     rows = [r for r in _rows(Path(spec["output_dir"])) if "objective/scores" in r]
     last = rows[-spec.get("quality_last_steps", 5):]

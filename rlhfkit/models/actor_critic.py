@@ -13,7 +13,7 @@ import contextlib
 import torch
 from torch import nn
 
-from rlhfkit.models.forward import response_logits, token_scalars
+from rlhfkit.models.forward import response_logits, scale_logits, token_scalars
 
 
 class ActorCritic(nn.Module):
@@ -45,12 +45,12 @@ class ActorCritic(nn.Module):
         else:
             logits, _ = response_logits(self.policy, input_ids, attention_mask, P)
             values = token_scalars(self.value_model, input_ids, attention_mask)[:, P - 1:-1]
-        return logits.float() / temperature, values
+        return scale_logits(logits, temperature), values
 
     def policy_logits(self, input_ids, attention_mask, prompt_length: int, temperature: float) -> torch.Tensor:
         """Response logits / T [b,A,V] from the policy alone (separate layout)."""
         logits, _ = response_logits(self.policy, input_ids, attention_mask, prompt_length)
-        return logits.float() / temperature
+        return scale_logits(logits, temperature)
 
     def values(self, input_ids, attention_mask, prompt_length: int) -> torch.Tensor:
         """Values [b,A] from the separate value model."""

@@ -56,6 +56,13 @@ def response_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     return logits, out
 
 
+def scale_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T in float32. At T = 1 the division is skipped: x / 1.0 == x exactly, and
+    on [B,A,V] logits it is a full pass (and another in backward) for nothing."""
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def response_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       prompt_length: int, temperature: float = 1.0,
                       return_entropy: bool = False):
@@ -67,7 +74,7 @@ def response_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     the KL estimate is biased (ANCHORS.md).
     """
     logits, _ = response_logits(model, input_ids, attention_mask, prompt_length)
-    logits = logits.float() / temperature  # [B,A,V] predicts tokens prompt_length..T-1
+    logits = scale_logits(logits, temperature)  # [B,A,V] predicts tokens prompt_length..T-1
     logprobs = gather_logprobs(logits, input_ids[:, prompt_length:])
     if not return_entropy:
         return logprobs

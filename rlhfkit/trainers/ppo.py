@@ -164,7 +164,7 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
                     outputs = None
                     if first_pass is not None and epoch == 0:  # one minibatch, one micro-batch: rows = order
                         outputs = tuple(x[order] for x in first_pass)
-                    loss, m = _micro_loss(part, adv[idx], actor_critic, cfg, outputs)
+                    loss, m = _micro_loss(part, adv[idx], actor_critic, cfg, outputs, entropy_metric=epoch == 0)
                     accelerator.backward(loss * part.response_mask.sum() / tokens)
                     metrics.append(m)
                 if ptx is not None:
@@ -179,17 +179,26 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
     return rows
 
 
-def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig, outputs=None):
+def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig, outputs=None,
+                entropy_metric: bool = True):
+    """Clipped policy and value losses of one micro-batch. The entropy is a loss term when
+    entropy_coef != 0; otherwise a metric, computed only where entropy_metric (the first
+    epoch: the rollout policy's entropy), since on [b,A,V] logits it costs several full
+    passes (log-softmax, exp, product, sum) that later epochs would repeat."""
     rmask = part.response_mask.float()
     logits, values = outputs if outputs is not None else \
         actor_critic(part.sequences, part.attention_mask, part.prompt_length, cfg.temperature)
     logprobs = gather_logprobs(logits, part.response_ids)  # [b,A]
     pg_loss, pg_metrics = ppo_policy_loss(logprobs, part.logprobs, adv, rmask, cfg.clip_range)
     vf_loss, vf_metrics = ppo_value_loss(values, part.values, part.returns, rmask, cfg.clip_range_value)
-    with torch.set_grad_enabled(cfg.entropy_coef != 0 and torch.is_grad_enabled()):
-        entropy = masked_mean(entropy_from_logits(logits), rmask)  # a metric only when its coefficient is 0
-    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
-    return loss, {**pg_metrics, **vf_metrics, "objective/entropy": entropy.detach()}
+    loss = pg_loss + cfg.vf_coef * vf_loss
+    metrics = {**pg_metrics, **vf_metrics}
+    if cfg.entropy_coef != 0 or entropy_metric:
+        with torch.set_grad_enabled(cfg.entropy_coef != 0 and torch.is_grad_enabled()):
+            entropy = masked_mean(entropy_from_logits(logits), rmask)
+        loss = loss - cfg.entropy_coef * entropy
+        metrics["objective/entropy"] = entropy.detach()
+    return loss, metrics
 
 
 # ----------------------------------------------------------------------------- set-up
