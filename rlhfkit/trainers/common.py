@@ -69,8 +69,9 @@ def _allow_new_mixed_precision(mixed_precision: str) -> None:
     distributed state (PartialState: process group, device) stays as it is."""
     from accelerate.state import AcceleratorState
 
-    current = AcceleratorState._shared_state.get("_mixed_precision")
-    if current is not None and current != mixed_precision:
+    shared = getattr(AcceleratorState, "_shared_state", None)  # private: absent in some version, do nothing
+    current = shared.get("_mixed_precision") if isinstance(shared, dict) else None
+    if current is not None and current != mixed_precision and hasattr(AcceleratorState, "_reset_state"):
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
