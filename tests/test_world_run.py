@@ -136,9 +136,12 @@ def test_sweep_kl_reuses_the_run(micro_run, tmp_path):
 
     _, out = micro_run
     sweep = sweep_kl(SweepConfig(run_dir=str(out), output_dir=str(tmp_path / "sweep"), betas=[0.0, 0.1],
-                                 total_episodes=64, eval_prompts=16))
+                                 total_episodes=64, eval_prompts=16, learning_rate=3e-4))
     result = json.loads((sweep / "sweep.json").read_text())
     assert set(result) == {"beta_0", "beta_0.1"}
+    for name in result:  # every beta trained at the sweep's learning rate, not the run's
+        assert load_yaml(sweep / name / "config.yaml")["learning_rate"] == 3e-4
+    assert "learning rate 0.0003" in (sweep / "sweep.md").read_text()
     for r in result.values():
         assert r["train_gold"] is not None and r["train_proxy"] is not None and "eval" in r
     assert (sweep / "sweep.png").stat().st_size > 0
