@@ -270,6 +270,16 @@ def bench_ppo(name: str, paths: dict, args, peak: dict, out: Path) -> dict:
     return res
 
 
+# The method-specific options that make rlhfkit's and TRL 1.16's SFT / reward / DPO runs the
+# same computation: (rlhfkit config, TRL config). Shared by the CPU and the GPU suite.
+MATCHED_OPTIONS = {
+    "sft": (dict(completion_only_loss=True, disable_dropout=True), dict(completion_only_loss=True, packing=False)),
+    "rm": (dict(normalize_on="none"), dict(center_rewards_coefficient=None)),
+    "dpo": (dict(beta=0.1, loss="sigmoid", precompute_ref_logprobs=False),
+            dict(beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=False)),
+}
+
+
 def _tokens_sft(paths, tok) -> int:
     rows = [json.loads(line) for line in Path(paths["sft"]).read_text().splitlines()]
     return sum(len(tok(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) + 1 for r in rows)
@@ -291,19 +301,14 @@ def bench_simple(name: str, paths: dict, args, peak: dict, out: Path) -> dict:
                   progress=False, log_every=1, seed=0)
     peer_common = dict(per_device_train_batch_size=8, num_train_epochs=1, learning_rate=1e-4,
                        lr_scheduler_type="linear", max_grad_norm=1.0, weight_decay=0.0)
+    ours_extra, peer_extra = MATCHED_OPTIONS[name]
+    ours_cfg, peer_cfg = dict(common, **ours_extra), dict(peer_common, max_length=128, **peer_extra)
     if name == "sft":
         units, unit = _tokens_sft(paths, tok) * n // 512, "tokens_per_second"
-        ours_cfg = dict(common, completion_only_loss=True, disable_dropout=True)
-        peer_cfg = dict(peer_common, max_length=128, completion_only_loss=True, packing=False)
-    elif name == "rm":
-        units, unit = n, "pairs_per_second"
-        ours_cfg = dict(common, normalize_on="none")
-        peer_cfg = dict(peer_common, max_length=128, center_rewards_coefficient=None)
     else:
         units, unit = n, "pairs_per_second"
-        ours_cfg = dict(common, learning_rate=5e-6, beta=0.1, loss="sigmoid", precompute_ref_logprobs=False)
-        peer_cfg = dict(peer_common, learning_rate=5e-6, beta=0.1, loss_type=["sigmoid"], max_length=128,
-                        precompute_ref_log_probs=False)
+    if name == "dpo":  # DPO's usual, smaller learning rate, in both
+        ours_cfg["learning_rate"] = peer_cfg["learning_rate"] = 5e-6
     ours_spec = {"task": name, "config": ours_cfg, "units": units, "threads": THREADS}
     peer_spec = {"task": name, "model": model, "data": str(data), "peer": peer_cfg, "units": units, "threads": THREADS}
     peer_py = ensure_venv("trl116")

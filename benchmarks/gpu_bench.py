@@ -186,10 +186,13 @@ def bench_generation(paths: dict, device: str, tiny: bool) -> dict:
 
 
 def pair(name: str, ours: dict, peer: dict, sites: dict, peer_site: str, out: Path, unit: str) -> tuple[dict, dict]:
+    """rlhfkit, then the peer, each once in its own subprocess; returns both runner results."""
     results = {}
     for system, spec, runner, site in (("rlhfkit", ours, "run_rlhfkit.py", None), ("peer", peer, "run_trl.py", peer_site)):
         workdir = out / name / system
         spec = dict(spec, output_dir=str(workdir / "run"))
+        if "config" in spec:  # rlhfkit's SFT/RM/DPO runner reads its output_dir from the trainer config
+            spec["config"] = dict(spec["config"], output_dir=spec["output_dir"])
         python = sys.executable if site is None else peer_python(sites, site)
         r = bench.run_one(python, HERE / runner, spec, workdir, env_extra={"PYTHONPATH": pythonpath(sites, site)})
         results[system] = r
@@ -237,16 +240,14 @@ def bench_simple(name: str, paths: dict, sites: dict, peak: float, out: Path, de
                   mixed_precision="bf16" if device == "cuda" else "no")
     peer_common = dict(per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=1e-5,
                        lr_scheduler_type="linear", max_grad_norm=1.0, weight_decay=0.0, max_length=512)
+    ours_extra, peer_extra = bench.MATCHED_OPTIONS[name]
+    ours_cfg, peer_cfg = dict(common, **ours_extra), dict(peer_common, **peer_extra)
     if name == "sft":
         tokens = sum(len(tok(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) + 1 for r in rows)
         units, unit = tokens, "tokens_per_second"
-        ours_cfg = dict(common, completion_only_loss=True, disable_dropout=True)
-        peer_cfg = dict(peer_common, completion_only_loss=True, packing=False)
         per_unit = flops.train_flops_per_token(bench._params(model, scalar=False)["total"])
     else:
         units, unit = len(rows), "pairs_per_second"
-        ours_cfg = dict(common, beta=0.1, loss="sigmoid", precompute_ref_logprobs=False)
-        peer_cfg = dict(peer_common, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=False)
         length = sum(len(tok(r["prompt"] + r["chosen"])["input_ids"]) + len(tok(r["prompt"] + r["rejected"])["input_ids"])
                      for r in rows) / len(rows)
         per_unit = flops.train_flops_per_token(bench._params(model, scalar=False)["total"], forwards_only=1) * length
@@ -256,22 +257,12 @@ def bench_simple(name: str, paths: dict, sites: dict, peak: float, out: Path, de
     if profile_dir is not None:
         ours_spec["profile"] = str(profile_dir / f"profile_{name}_rlhfkit.txt")
         peer_spec["profile"] = str(profile_dir / f"profile_{name}_trl.txt")
-
+    ours, peer = pair(name, ours_spec, peer_spec, sites, "trl116", out, unit)
     results = {}
-    for system in ("rlhfkit", "peer"):
-        workdir = out / name / system
-        if system == "rlhfkit":
-            spec = dict(ours_spec, config=dict(ours_cfg, output_dir=str(workdir / "run")), output_dir=str(workdir / "run"))
-            r = bench.run_one(sys.executable, HERE / "run_rlhfkit.py", spec, workdir,
-                              env_extra={"PYTHONPATH": pythonpath(sites, None)})
-        else:
-            spec = dict(peer_spec, output_dir=str(workdir / "run"))
-            r = bench.run_one(peer_python(sites, "trl116"), HERE / "run_trl.py", spec, workdir,
-                              env_extra={"PYTHONPATH": pythonpath(sites, "trl116")})
+    for system, r in (("rlhfkit", ours), ("peer", peer)):
         results[system] = {k: r[k] for k in (unit, "train_seconds", "load_seconds", "quality", "steps")}
         results[system]["mfu"] = flops.mfu(per_unit, r[unit], peak)
-        log(f"[{name}] {system}: {r[unit]:.4g} {unit}, MFU {results[system]['mfu']:.1%}, final loss "
-            f"{r['quality']:.4f}, train {r['train_seconds']:.1f}s")
+        log(f"[{name}] {system}: MFU {results[system]['mfu']:.1%}")
     results["ratio"] = results["rlhfkit"][unit] / results["peer"][unit]
     results["unit"] = unit
     return results

@@ -17,6 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from gpu_bench import GPU_MODEL
+from profiling import device_summary
 
 
 def timed(fn, repeats: int = 5) -> tuple[float, float, int]:
@@ -32,9 +33,7 @@ def timed(fn, repeats: int = 5) -> tuple[float, float, int]:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    averages = prof.key_averages()
-    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in averages) / 1e6  # microseconds -> seconds
-    kernels = sum(e.count for e in averages if getattr(e, "self_device_time_total", 0.0) > 0)
+    busy, kernels = device_summary(prof.key_averages())
     return wall, busy, kernels
 
 

@@ -11,6 +11,13 @@ import time
 from pathlib import Path
 
 
+def device_summary(averages) -> tuple[float, int]:
+    """(seconds the device was busy, kernels launched) from a profile's key_averages()."""
+    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in averages) / 1e6  # microseconds -> seconds
+    kernels = sum(e.count for e in averages if getattr(e, "self_device_time_total", 0.0) > 0)
+    return busy, kernels
+
+
 def maybe_profiled(spec: dict, fn):
     path = spec.get("profile")
     if not path:
@@ -27,9 +34,8 @@ def maybe_profiled(spec: dict, fn):
             torch.cuda.synchronize()
     wall = time.perf_counter() - start
     averages = prof.key_averages()
-    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in averages) / 1e6
+    busy, kernels = device_summary(averages)
     aten = sum(e.count for e in averages if e.key.startswith("aten::"))
-    kernels = sum(e.count for e in averages if getattr(e, "self_device_time_total", 0.0) > 0)
     lines = [f"wall {wall:.2f} s under the profiler; device busy {busy:.2f} s; aten ops {aten}; kernels {kernels}",
              averages.table(sort_by="self_cpu_time_total", row_limit=25)]
     if cuda:

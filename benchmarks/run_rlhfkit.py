@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from flops import standard_error
 from profiling import maybe_profiled
 
 
@@ -54,16 +55,6 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _standard_error(values: list[float]) -> float:
-    """Standard error of the mean of per-step scores: how far apart two systems' quality
-    can be by sampling alone (the benchmark's PPO steps show no trend on random models)."""
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    mean = sum(values) / n
-    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
-
-
 def run_ppo(spec: dict) -> dict:
     import rlhfkit.trainers.ppo as ppo_mod
     from rlhfkit.trainers.ppo import train_ppo
@@ -98,7 +89,7 @@ def run_ppo(spec: dict) -> dict:
         "train_seconds": clock.seconds, "load_seconds": total - clock.seconds, "episodes": episodes,
         "episodes_per_second": episodes / clock.seconds,
         "quality": sum(r["objective/scores"] for r in last) / max(len(last), 1),
-        "quality_se": _standard_error([r["objective/scores"] for r in last]),
+        "quality_se": standard_error([r["objective/scores"] for r in last]),
         "steps": len(rows), "timings": timings,
         "response_length_mean": sum(r["response/length"] for r in rows) / max(len(rows), 1),
     }

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from flops import standard_error
 from profiling import maybe_profiled
 
 
@@ -73,16 +74,7 @@ def run_ppo(spec: dict) -> dict:
     return {"train_seconds": train, "load_seconds": load, "episodes": episodes,
             "episodes_per_second": episodes / train, "steps": len(rows),
             "quality": sum(r["objective/scores"] for r in last) / max(len(last), 1),
-            "quality_se": _standard_error([r["objective/scores"] for r in last])}
-
-
-def _standard_error(values: list[float]) -> float:
-    """Standard error of the mean of per-step scores (as run_rlhfkit.py; no rlhfkit import here)."""
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    mean = sum(values) / n
-    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+            "quality_se": standard_error([r["objective/scores"] for r in last])}
 
 
 def _loss_rows(trainer) -> list[dict]:

@@ -69,7 +69,5 @@ def test_matmul_peak_is_positive():
 
 
 def test_standard_error_of_per_step_scores():
-    import run_rlhfkit
-
-    assert run_rlhfkit._standard_error([1.0, 3.0]) == pytest.approx(1.0)  # sd sqrt(2), over sqrt(2)
-    assert math.isnan(run_rlhfkit._standard_error([1.0]))
+    assert flops.standard_error([1.0, 3.0]) == pytest.approx(1.0)  # sd sqrt(2), over sqrt(2)
+    assert math.isnan(flops.standard_error([1.0]))

@@ -3,6 +3,7 @@ padding carries, temperature consistency, ratio exactly 1 at the first minibatch
 import pytest
 import torch
 
+from rlhfkit.data.collate import pad_sequences
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout.generate import HFGenerator, LocalGenerator, truncate_after_eos
 from rlhfkit.rollout.rollout import Rollout
@@ -76,10 +77,9 @@ def test_missing_eos_penalty_is_applied_in_score_phase():
 def test_recomputed_logprobs_equal_sampler_logprobs_at_temperature(backend):
     tok = tiny_tokenizer()
     model = tiny_llama(tok).eval()
-    prompts = [tok("What is 12 plus 7?")["input_ids"], tok("Say hello to Tavo.")["input_ids"]]
-    P = max(map(len, prompts))
-    ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in prompts])
-    mask = (ids != tok.pad_token_id).long()
+    ids, mask = pad_sequences([tok("What is 12 plus 7?")["input_ids"], tok("Say hello to Tavo.")["input_ids"]],
+                              tok.pad_token_id, side="left")
+    P = ids.shape[1]
     torch.manual_seed(0)
     gen = backend(model, tok.eos_token_id, tok.pad_token_id, 10, 0.7).generate(ids, mask)
     seq = torch.cat([ids, gen.response_ids], 1)
@@ -111,10 +111,9 @@ def test_local_generator_at_temperature_0_is_greedy():
 
     tok = tiny_tokenizer()
     model = tiny_llama(tok).eval()
-    prompts = [tok("What is 12 plus 7?")["input_ids"], tok("Say hello.")["input_ids"]]
-    P = max(map(len, prompts))
-    ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in prompts])
-    mask = (ids != tok.pad_token_id).long()
+    ids, mask = pad_sequences([tok("What is 12 plus 7?")["input_ids"], tok("Say hello.")["input_ids"]],
+                              tok.pad_token_id, side="left")
+    P = ids.shape[1]
     gen = LocalGenerator(model, tok.eos_token_id, tok.pad_token_id, 6, 0.0).generate(ids, mask)
     seq = torch.cat([ids, gen.response_ids], 1)
     full_mask = torch.cat([mask, gen.response_mask], 1)

@@ -56,8 +56,6 @@ class HFGenerator:
         return truncate_after_eos(tokens, self.eos_id, self.pad_id)
 
 
-
-
 class LocalGenerator:
     """A preallocated-mask KV-cache sampling loop.
 
