@@ -150,6 +150,14 @@ def test_lora_uses_disabled_adapter_as_reference(tiny_model_dir, pref_data, tmp_
         assert a["loss/dpo"] == pytest.approx(b["loss/dpo"], abs=1e-4)
 
 
+def test_evaluations_between_logging_steps_are_logged(tiny_model_dir, pref_data, tmp_path):
+    out = train_dpo(_cfg(tiny_model_dir, pref_data, tmp_path / "run", eval_every=3, log_every=5))
+    rows = read_metrics(out / "metrics.jsonl")
+    last = max(r["step"] for r in rows)
+    evaluated = [r["step"] for r in rows if "val/loss" in r and not r.get("final")]
+    assert evaluated == list(range(3, last + 1, 3))
+
+
 def test_resume_continues_exactly(tiny_model_dir, pref_data, tmp_path):
     kw = dict(num_epochs=1, checkpoint_every=4, keep_checkpoints=5, log_every=1)
     full, rows, _ = _run(_cfg(tiny_model_dir, pref_data, tmp_path / "full", **kw))

@@ -172,3 +172,26 @@ def test_metrics_reach_tensorboard_through_accelerate_trackers(tmp_path):
         acc.Reload()
         scalars |= set(acc.Tags()["scalars"])
     assert "loss/train" in scalars
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm"])
+def test_evaluations_between_logging_steps_are_logged(tmp_path, stage):
+    """eval_every need not divide log_every: every evaluation reaches metrics.jsonl."""
+    model_dir = save_tiny_model(tmp_path / "base", hidden=32)
+    if stage == "sft":
+        train, held, _ = _pairs_data(tmp_path)
+        out = train_sft(SFTConfig(model=model_dir, data=train, eval_data=held, output_dir=str(tmp_path / stage),
+                                  num_epochs=1, per_device_batch_size=8, eval_every=3, log_every=10,
+                                  progress=False))
+        key = "loss/val"
+    else:
+        out = train_reward_model(RewardConfig(model=model_dir, data=_marker_preferences(tmp_path),
+                                              output_dir=str(tmp_path / stage), num_epochs=1,
+                                              per_device_batch_size=8, eval_fraction=0.25, eval_every=3,
+                                              log_every=10, progress=False, normalize_on="none"))
+        key = "val/accuracy"
+    rows = read_metrics(out / "metrics.jsonl")
+    last = max(r["step"] for r in rows)
+    evaluated = [r["step"] for r in rows if key in r and not r.get("final")]
+    assert evaluated == list(range(3, last + 1, 3))
+    assert all(r["step"] % 10 == 0 or r["step"] % 3 == 0 or r["step"] == last for r in rows)

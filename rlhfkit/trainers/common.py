@@ -41,7 +41,7 @@ class TrainConfig:
                                    "50 batches of a random order, batches then shuffled): less padding, same data")
     max_length: int = option(512, "longest tokenised sequence; longer records are an error (or skipped with on_error=skip)")
     eval_fraction: float = option(0.05, "share of records held out for validation when no eval file is given")
-    eval_every: int = option(0, "evaluate every N optimizer steps (0: at the end of each epoch only)")
+    eval_every: int = option(0, "evaluate every N optimizer steps (0: at the end of training only)")
     log_every: int = option(10, "write metrics every N optimizer steps")
     checkpoint_every: int = option(0, "save a resumable checkpoint every N optimizer steps (0: never mid-run)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep on disk")

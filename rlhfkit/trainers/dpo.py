@@ -259,9 +259,10 @@ def train_dpo(cfg: DPOConfig) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/dpo']:.4f}", acc=f"{metrics.get('rewards/accuracy', 0):.2f}")
         done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and len(held):
+        evaluated = bool(cfg.eval_every and done % cfg.eval_every == 0 and len(held))
+        if evaluated:
             metrics.update(evaluate(model, held, held_ref, ref_fn, cfg, pad, device))
-        if done % cfg.log_every == 0 or done == len(plan):
+        if evaluated or done % cfg.log_every == 0 or done == len(plan):  # an evaluation is never dropped
             logger.log(done, metrics)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < len(plan):
             checkpoints.save_training(done, accelerator, {"model": model}, optimizer, scheduler)

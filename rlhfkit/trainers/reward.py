@@ -180,11 +180,12 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/reward']:.4f}", acc=f"{metrics['rewards/accuracy']:.2f}")
         done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and eval_enc:
+        evaluated = bool(cfg.eval_every and done % cfg.eval_every == 0 and eval_enc)
+        if evaluated:
             with accelerator.autocast():
                 metrics.update(evaluate_rankings(model, eval_enc, collator, cfg.per_device_batch_size, device,
                                                  cfg.calibration_bins))
-        if done % cfg.log_every == 0 or done == len(plan):
+        if evaluated or done % cfg.log_every == 0 or done == len(plan):  # an evaluation is never dropped
             logger.log(done, metrics)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < len(plan):
             checkpoints.save_training(done, accelerator, {"model": model}, optimizer, scheduler)

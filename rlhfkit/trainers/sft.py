@@ -122,9 +122,10 @@ def train_sft(cfg: SFTConfig) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/train']:.4f}")
         done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and eval_examples:
+        evaluated = bool(cfg.eval_every and done % cfg.eval_every == 0 and eval_examples)
+        if evaluated:
             metrics["loss/val"] = evaluate_nll(model, eval_examples, eval_collator, cfg.per_device_batch_size, accelerator)
-        if done % cfg.log_every == 0 or done == total_steps:
+        if evaluated or done % cfg.log_every == 0 or done == total_steps:  # an evaluation is never dropped
             logger.log(done, metrics)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
             checkpoints.save_training(done, accelerator, {"model": model}, optimizer, scheduler)
