@@ -201,7 +201,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One `--name` option per leaf field, documented with its help text and default."""
     parser.add_argument("--config", metavar="FILE", help="YAML file of options; command-line options override it")
     for name, tp, f in _flat_fields(cls):
-        help_text = f"{f.metadata.get('help', '')} (default: {_format_default(f)})"
+        help_text = f"{f.metadata.get('help', '')} (default: {_format_default(f)})".replace("%", "%%")  # argparse %-formats help
         flags = [f"--{name}"] + (["--out"] if name == "output_dir" else [])
         parser.add_argument(*flags, dest=name, metavar=_type_name(tp), default=argparse.SUPPRESS, help=help_text)
 

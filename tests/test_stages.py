@@ -1,5 +1,6 @@
 """Tier 2: SFT and the reward model end to end on a tiny model, asserting that
 something was learned, plus determinism and the CLI a new user would run."""
+import dataclasses
 import json
 import random
 import subprocess
@@ -195,3 +196,15 @@ def test_evaluations_between_logging_steps_are_logged(tmp_path, stage):
     evaluated = [r["step"] for r in rows if key in r and not r.get("final")]
     assert evaluated == list(range(3, last + 1, 3))
     assert all(r["step"] % 10 == 0 or r["step"] % 3 == 0 or r["step"] == last for r in rows)
+
+
+def test_every_command_prints_its_help():
+    """argparse %-formats help texts: a literal % in an option's help (the world's
+    run has several) once made `rlhfkit run --help` raise instead of printing."""
+    from rlhfkit.cli import build_parser
+
+    _, parsers = build_parser()
+    for path, parser in parsers.items():
+        text = parser.format_help()
+        assert "--output_dir" in text or "--out" in text, path
+    assert "exact 29%" in parsers[("run",)].format_help()
