@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.data.collate import pad_sequences
-from rlhfkit.models.forward import scores_at
+from rlhfkit.models.forward import reward_scores
 from rlhfkit.models.loading import reward_normalisation
 
 
@@ -32,8 +32,9 @@ class ScoringBatch:
 
 
 class RewardModelScorer:
-    """Scores a response with a sequence-classification reward model at its last
-    token (the EOS, when there is one), then applies the stored normalisation."""
+    """Scores a response with a reward model (either form: a sequence classifier read at
+    the last token, the EOS when there is one, or a causal LM's scaled mean response
+    log-likelihood), then applies the stored normalisation."""
 
     def __init__(self, model, policy_tokenizer, reward_tokenizer, normalise: bool = True, batch_size: int = 64):
         self.model, self.policy_tokenizer, self.reward_tokenizer = model, policy_tokenizer, reward_tokenizer
@@ -47,23 +48,29 @@ class RewardModelScorer:
         if self.same_tokens:
             ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
             mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
+            target = torch.cat([torch.zeros_like(batch.prompt_mask), batch.response_mask], dim=1)
         else:
-            ids, mask = self._retokenise(batch)
-        ids, mask = ids.to(batch.prompt_ids.device), mask.to(batch.prompt_ids.device)
-        raw = torch.cat([scores_at(self.model, ids[i:i + self.batch_size], mask[i:i + self.batch_size])
-                         for i in range(0, ids.shape[0], self.batch_size)])
+            ids, mask, target = self._retokenise(batch)
+        device = batch.prompt_ids.device
+        ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+        rows = range(0, ids.shape[0], self.batch_size)
+        raw = torch.cat([reward_scores(self.model, ids[i:i + self.batch_size], mask[i:i + self.batch_size],
+                                       target[i:i + self.batch_size]) for i in rows])
         return (raw - self.mean) / self.std
 
     def _retokenise(self, batch: ScoringBatch):
         from rlhfkit.data.tokenize import render_prompt
 
         tok = self.reward_tokenizer
-        seqs = []
+        seqs, targets = [], []
         for prompt, response, eos in zip(batch.prompts, batch.responses, batch.eos.tolist()):
-            ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
-            ids = ids + tok(response, add_special_tokens=False)["input_ids"]
-            seqs.append(ids + ([tok.eos_token_id] if eos else []))
-        return pad_sequences(seqs, tok.pad_token_id, side="left")
+            prompt_ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+            response_ids = tok(response, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos else [])
+            seqs.append(prompt_ids + response_ids)
+            targets.append([0] * len(prompt_ids) + [1] * len(response_ids))
+        ids, mask = pad_sequences(seqs, tok.pad_token_id, side="left")
+        target, _ = pad_sequences(targets, 0, side="left")
+        return ids, mask, target
 
 
 class FunctionScorer:

@@ -80,3 +80,33 @@ def test_response_logits_project_only_the_response_and_match_the_full_forward(ti
     fallback, out = response_logits(NoKeep(model), ids, mask, P)
     assert out.logits.shape[1] == 12
     torch.testing.assert_close(fallback, full, rtol=0, atol=0)
+
+
+def test_mean_logprob_score_is_the_mean_response_log_likelihood_under_either_padding(tiny_model_dir):
+    """reward_form=mean_logprob: s = 1/|y| sum_t log p(y_t | x, y_<t) over the response only,
+    times the stored scale; padding side and the prompt do not enter."""
+    from rlhfkit.data.collate import pad_sequences
+    from rlhfkit.models.forward import mean_logprob_scores, reward_scores
+    from rlhfkit.models.loading import REWARD_FORM_KEY, REWARD_SCALE_KEY, reward_form
+
+    model = load_causal_lm(tiny_model_dir, load_tokenizer(tiny_model_dir)).eval()
+    torch.manual_seed(0)
+    rows = [(torch.randint(3, 100, (p,)).tolist(), torch.randint(3, 100, (a,)).tolist()) for p, a in [(4, 3), (6, 1), (2, 5)]]
+    expected = []
+    with torch.no_grad():
+        for prompt, response in rows:
+            ids = torch.tensor([prompt + response])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+            expected.append(sum(float(logp[len(prompt) + i - 1, t]) for i, t in enumerate(response)) / len(response))
+        for side in ("right", "left"):
+            ids, mask = pad_sequences([p + r for p, r in rows], 0, side=side)
+            target, _ = pad_sequences([[0] * len(p) + [1] * len(r) for p, r in rows], 0, side=side)
+            got = mean_logprob_scores(model, ids, mask, target)
+            torch.testing.assert_close(got.double(), torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-5)
+        assert reward_form(model) == ("head", 1.0)  # a plain checkpoint is read as a head-form model
+        setattr(model.config, REWARD_FORM_KEY, "mean_logprob")
+        setattr(model.config, REWARD_SCALE_KEY, 2.5)
+        torch.testing.assert_close(reward_scores(model, ids, mask, target), 2.5 * got)
+        setattr(model.config, REWARD_FORM_KEY, "logits")
+        with pytest.raises(ValueError, match="rlhfkit_reward_form='logits'"):
+            reward_form(model)

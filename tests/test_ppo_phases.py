@@ -121,3 +121,35 @@ def test_local_generator_at_temperature_0_is_greedy():
         logits = causal_lm_logits(model, seq, full_mask)[:, P - 1:-1]
     real = gen.response_mask.bool()
     assert torch.equal(logits.argmax(-1)[real], gen.response_ids[real])
+
+
+def test_mean_logprob_reward_model_scores_the_response_alone_with_its_normalisation():
+    """PPO's reward from a reward_form=mean_logprob model: (beta * mean log p(response |
+    prompt) - mean) / std, equal through the policy's token ids and through re-tokenised text."""
+    from rlhfkit.models.loading import REWARD_FORM_KEY, REWARD_MEAN_KEY, REWARD_SCALE_KEY, REWARD_STD_KEY
+    from rlhfkit.rewards import RewardModelScorer, ScoringBatch
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(tok, seed=1).eval()
+    for key, value in ((REWARD_FORM_KEY, "mean_logprob"), (REWARD_SCALE_KEY, 2.0), (REWARD_MEAN_KEY, -3.0),
+                       (REWARD_STD_KEY, 0.5)):
+        setattr(model.config, key, value)
+    prompts = ["Say cat.", "Name a fruit please."]
+    responses = ["cat cat", "fig"]
+    prompt_seqs = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=True)["input_ids"] for p in prompts]
+    response_seqs = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in responses]
+    expected = []
+    with torch.no_grad():
+        for p, r in zip(prompt_seqs, response_seqs):
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p + r])).logits[0], -1)
+            mean = sum(float(logp[len(p) + i - 1, t]) for i, t in enumerate(r)) / len(r)
+            expected.append((2.0 * mean + 3.0) / 0.5)
+    prompt_ids, prompt_mask = pad_sequences(prompt_seqs, tok.pad_token_id, side="left")
+    response_ids, response_mask = pad_sequences(response_seqs, tok.pad_token_id, side="right")
+    batch = ScoringBatch(prompt_ids, prompt_mask, response_ids, response_mask, [[{"role": "user", "content": p}]
+                         for p in prompts], responses, torch.tensor([True, True]), [{}, {}])
+    scorer = RewardModelScorer(model, tok, tok)
+    torch.testing.assert_close(scorer(batch), torch.tensor(expected), rtol=0, atol=1e-4)
+    scorer.same_tokens = False  # the path for a reward model with another vocabulary
+    torch.testing.assert_close(scorer(batch), torch.tensor(expected), rtol=0, atol=1e-4)

@@ -198,6 +198,51 @@ def test_evaluations_between_logging_steps_are_logged(tmp_path, stage):
     assert all(r["step"] % 10 == 0 or r["step"] % 3 == 0 or r["step"] == last for r in rows)
 
 
+def test_mean_logprob_reward_model_learns_is_normalised_and_stays_a_plain_causal_lm(tmp_path):
+    from rlhfkit.config import ConfigError
+    from rlhfkit.models.forward import reward_scores
+    from rlhfkit.models.loading import load_reward_model
+
+    model_dir = save_tiny_model(tmp_path / "base", hidden=64)
+    data = _marker_preferences(tmp_path)
+    cfg = RewardConfig(model=model_dir, data=data, output_dir=str(tmp_path / "rm"), num_epochs=6,
+                       learning_rate=2e-3, per_device_batch_size=16, eval_fraction=0.25, log_every=5,
+                       progress=False, reward_form="mean_logprob", reward_scale=2.0)
+    out = train_reward_model(cfg)
+    final = [r for r in read_metrics(out / "metrics.jsonl") if r.get("final")][-1]
+    assert final["val/accuracy"] > 0.9
+    plain = AutoModelForCausalLM.from_pretrained(out)  # the LM head is kept: a plain causal LM
+    assert plain.config.rlhfkit_reward_form == "mean_logprob" and plain.config.rlhfkit_reward_scale == 2.0
+    tok = AutoTokenizer.from_pretrained(out)
+    model = load_reward_model(str(out), tok).eval()
+    assert type(model) is type(plain)
+    rows = [json.loads(line) for line in open(data)]
+    seqs, targets = [], []
+    for r in rows:
+        for k in ("chosen", "rejected"):
+            p = tok(r["prompt"], add_special_tokens=False)["input_ids"]
+            y = tok(r[k], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            seqs.append(p + y)
+            targets.append([0] * len(p) + [1] * len(y))
+    from rlhfkit.data.collate import pad_sequences
+
+    ids, mask = pad_sequences(seqs, tok.pad_token_id, side="right")
+    target, _ = pad_sequences(targets, 0, side="right")
+    with torch.no_grad():
+        raw = reward_scores(model, ids, mask, target)
+    normalised = (raw - model.config.rlhfkit_reward_mean) / model.config.rlhfkit_reward_std
+    assert abs(float(normalised.mean())) < 0.05 and abs(float(normalised.std()) - 1) < 0.05
+    assert float((normalised[0::2] > normalised[1::2]).float().mean()) > 0.9  # chosen above rejected
+    # a sequence classifier has no LM head to score with; an unknown form is named
+    head_rm = tmp_path / "head_rm"
+    AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).save_pretrained(head_rm)
+    tok.save_pretrained(head_rm)
+    with pytest.raises(ConfigError, match="sequence classifier"):
+        train_reward_model(dataclasses.replace(cfg, model=str(head_rm), output_dir=str(tmp_path / "x")))
+    with pytest.raises(ConfigError, match="reward_form must be one of head, mean_logprob"):
+        train_reward_model(dataclasses.replace(cfg, reward_form="logits", output_dir=str(tmp_path / "y")))
+
+
 def test_every_command_prints_its_help():
     """argparse %-formats help texts: a literal % in an option's help (the world's
     run has several) once made `rlhfkit run --help` raise instead of printing."""

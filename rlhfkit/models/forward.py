@@ -112,3 +112,35 @@ def scores_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         index = (positions * attention_mask.long()).argmax(-1)
     return values.gather(1, index.view(-1, 1)).squeeze(1)
+
+
+def mean_logprob_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean log-likelihood of each row's response under a causal LM: SimPO's implicit
+    reward without its beta (Meng et al. 2024, Eq. 4),
+
+        s(x, y) = 1/|y| * sum_t log p(y_t | x, y_<t).
+
+    input_ids, attention_mask, target_mask [B,T]; target_mask is 1 at the response
+    tokens (the targets, as an SFT loss mask marks them) -> scores [B] in float32.
+    A row without targets scores 0.
+    """
+    logits = causal_lm_logits(model, input_ids, attention_mask)[:, :-1]  # [B,T-1,V]: position t predicts t + 1
+    logprobs = gather_logprobs(logits, input_ids[:, 1:])  # [B,T-1] float32
+    mask = target_mask[:, 1:].to(logprobs.dtype)
+    return (logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def reward_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  target_mask: torch.Tensor) -> torch.Tensor:
+    """Raw (unnormalised) reward [B] of a reward model of either form (loading.reward_form):
+    the scalar head at each row's last real token, or scale x mean_logprob_scores.
+
+    input_ids, attention_mask, target_mask [B,T] (target_mask: 1 at the response tokens).
+    """
+    from rlhfkit.models.loading import reward_form
+
+    form, scale = reward_form(model)
+    if form == "mean_logprob":
+        return scale * mean_logprob_scores(model, input_ids, attention_mask, target_mask)
+    return scores_at(model, input_ids, attention_mask)

@@ -27,6 +27,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # directory stays a plain Hugging Face checkpoint (lm-human-preferences' gain/bias).
 REWARD_MEAN_KEY = "rlhfkit_reward_mean"
 REWARD_STD_KEY = "rlhfkit_reward_std"
+# How a reward model scores (reward_form): "head", a scalar head on the last token of a
+# sequence classifier; or "mean_logprob", a causal LM's mean response log-likelihood
+# times REWARD_SCALE_KEY (SimPO's implicit reward). Stored in config.json.
+REWARD_FORM_KEY = "rlhfkit_reward_form"
+REWARD_SCALE_KEY = "rlhfkit_reward_scale"
+REWARD_FORMS = ("head", "mean_logprob")
 
 
 @dataclass
@@ -157,6 +163,31 @@ def load_scalar_model(path: str, tokenizer, *, new_head: str = "normal", dtype: 
             init_scalar_head(head)
     return _apply_common(model, tokenizer, dropout=False, gradient_checkpointing=gradient_checkpointing,
                          lora=lora, task_type="SEQ_CLS")
+
+
+def _plain_config(model_or_config):
+    model = getattr(model_or_config, "module", model_or_config)  # DDP
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    return getattr(model, "config", model)
+
+
+def reward_form(model_or_config) -> tuple[str, float]:
+    """(form, scale) of a reward model: ("head", 1.0) unless its config says otherwise."""
+    config = _plain_config(model_or_config)
+    form = getattr(config, REWARD_FORM_KEY, None) or "head"
+    if form not in REWARD_FORMS:
+        raise ValueError(f"{REWARD_FORM_KEY}={form!r} in the model's config.json: expected one of {REWARD_FORMS}")
+    return form, float(getattr(config, REWARD_SCALE_KEY, 1.0) or 1.0)
+
+
+def load_reward_model(path: str, tokenizer, *, dtype: str = "float32",
+                      trust_remote_code: bool = False) -> PreTrainedModel:
+    """A trained reward model of either form, as its config.json names it: a one-label
+    sequence classifier ("head"), or a causal LM that scores by mean log-likelihood."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if reward_form(config)[0] == "mean_logprob":
+        return load_causal_lm(path, tokenizer, dtype=dtype, trust_remote_code=trust_remote_code)
+    return load_scalar_model(path, tokenizer, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def reward_normalisation(model: nn.Module) -> tuple[float, float]:

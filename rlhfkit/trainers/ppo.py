@@ -21,7 +21,14 @@ from rlhfkit.losses.kl import AdaptiveKLController, FixedKLController, kl_penalt
 from rlhfkit.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.actor_critic import ActorCritic
 from rlhfkit.models.forward import response_logprobs
-from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_scalar_model, load_tokenizer, save_pretrained_dir
+from rlhfkit.models.loading import (
+    LoraOptions,
+    load_causal_lm,
+    load_reward_model,
+    load_scalar_model,
+    load_tokenizer,
+    save_pretrained_dir,
+)
 from rlhfkit.rewards import FunctionScorer, RewardModelScorer, ScoringBatch, WeightedReward, import_function
 from rlhfkit.rollout.generate import make_generator
 from rlhfkit.rollout.rollout import Rollout, concat_rollouts
@@ -208,7 +215,7 @@ def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> WeightedRe
     scorers, names = [], []
     if cfg.reward_model:
         rm_tokenizer = load_tokenizer(cfg.reward_model, trust_remote_code=cfg.trust_remote_code)
-        rm = load_scalar_model(cfg.reward_model, rm_tokenizer, dtype=cfg.dtype,
+        rm = load_reward_model(cfg.reward_model, rm_tokenizer, dtype=cfg.dtype,
                                trust_remote_code=cfg.trust_remote_code).to(device).eval()
         rm.requires_grad_(False)
         scorers.append(RewardModelScorer(rm, tokenizer, rm_tokenizer, normalise=cfg.normalize_reward))

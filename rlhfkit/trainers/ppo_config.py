@@ -17,7 +17,8 @@ class PPOConfig(TrainConfig):
     adam_eps: float = option(1e-5, "Adam epsilon (1e-5 as lm-human-preferences and the N+ details)")
     model: str = option("", "policy initialisation (the SFT model): Hugging Face directory or hub id")
     ref_model: str = option("", "frozen reference for the KL penalty (default: the same checkpoint as model)")
-    reward_model: str = option("", "reward model directory (AutoModelForSequenceClassification, num_labels=1)")
+    reward_model: str = option("", "reward model directory: a one-label sequence classifier, or a causal LM that "
+                              "`rlhfkit rm --reward_form mean_logprob` trained")
     reward_functions: list[str] = option([], "Python rewards 'module:function' or 'file.py:function', "
                                          "called as f(prompts, responses, **kwargs) -> scores")
     reward_weights: list[float] = option([], "weights of [reward model, *reward functions] (default: all 1)")

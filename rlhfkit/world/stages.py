@@ -248,21 +248,23 @@ def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConf
     the gold judge, gold ties count one half), labeler_agreement (a second,
     independent labeler vs the first), oracle_agreement (gold vs the first labeler:
     the ceiling a reward model that learned the labeler could reach against gold)."""
-    from rlhfkit.models.forward import scores_at
-    from rlhfkit.models.loading import load_scalar_model, load_tokenizer
+    from rlhfkit.models.forward import reward_scores
+    from rlhfkit.models.loading import load_reward_model, load_tokenizer
 
     tokenizer = load_tokenizer(rm_dir)
-    model = load_scalar_model(rm_dir, tokenizer).eval()
-    seqs = []
+    model = load_reward_model(rm_dir, tokenizer).eval()
+    seqs, targets = [], []
     for row in rows:
         p = prompt_token_ids(tokenizer, row["prompt"])
         for y, ended in zip(row["responses"], row["terminated"]):
-            eos = [tokenizer.eos_token_id] if ended else []
-            seqs.append(p + tokenizer(y, add_special_tokens=False)["input_ids"] + eos)
+            response = tokenizer(y, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if ended else [])
+            seqs.append(p + response)
+            targets.append([0] * len(p) + [1] * len(response))
     scores: list[float] = []
     for start in range(0, len(seqs), batch_size):
         ids, mask = pad_sequences(seqs[start:start + batch_size], tokenizer.pad_token_id, side="left")
-        scores += scores_at(model, ids, mask).tolist()
+        target, _ = pad_sequences(targets[start:start + batch_size], 0, side="left")
+        scores += reward_scores(model, ids, mask, target).tolist()
     return heldout_pair_figures(rows, scores, labeler)
 
 
