@@ -131,6 +131,20 @@ def test_rerun_resumes_with_the_same_report(micro_run, capsys):
     assert (out / "report.json").read_text() == before
 
 
+def test_a_lost_evaluation_file_is_recomputed_not_an_error(micro_run, capsys):
+    """An eval stage's figures live in eval/NAME.json, beside its marker directory: without
+    the file a rerun evaluates that model again (it once stopped at the report instead)."""
+    cfg, out = micro_run
+    figures = lambda: {k: v for k, v in json.loads((out / "report.json").read_text()).items() if k != "seconds"}
+    before = figures()
+    (out / "eval" / "base_small.json").unlink()
+    capsys.readouterr()
+    run_world(cfg)
+    log = capsys.readouterr().out
+    assert "[eval base_small] -> " in log and "[eval sft] already done" in log
+    assert figures() == before  # the same seed samples the same responses again
+
+
 def test_sweep_kl_reuses_the_run(micro_run, tmp_path):
     from rlhfkit.world.sweep import SweepConfig, sweep_kl
 

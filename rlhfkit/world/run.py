@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import nested, option, save_yaml
-from rlhfkit.pipeline import run_stage
+from rlhfkit.pipeline import DONE, run_stage
 from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, for_method, train_dpo
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.ppo_config import PPOConfig
@@ -425,6 +425,8 @@ def run_world(cfg: RunConfig) -> Path:
     sft_holder: dict = {}
     eval_seconds = 0.0
     for name in ("sft", *[m for m in models if m != "sft"]):
+        if not (out / "eval" / f"{name}.json").exists():  # the figures live beside the marker's directory
+            (out / "eval" / name / DONE).unlink(missing_ok=True)
         eval_seconds += _timed(f"eval {name}", out / "eval" / name,
                                lambda name=name: _eval_stage(cfg, out, name, models[name], sft_holder))
     seconds["eval"] = eval_seconds
