@@ -82,6 +82,8 @@ def test_report_has_every_key(micro_run):
     markdown = (out / "report.md").read_text()
     assert "| model | size (params) | Likert" in markdown
     assert "| DPO |" in markdown and "| PPO (RLHF) |" in markdown  # the method comparison table
+    assert report["reward_model"]["reward_form"] == "mean_logprob"  # the world's default reward model
+    assert "- Reward model: base-large kept whole, LM head included" in markdown
 
 
 def test_sft_beats_base_small_and_rm_beats_chance(micro_run):

@@ -26,7 +26,8 @@ from rlhfkit.world.judge import win_rate
 FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "terminated", "polite", "length", "kl_to_sft",
                "webtext_loss", "per_family")
 RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement", "exact_pairs",
-           "exact_pair_accuracy", "exact_pair_accuracy_per_family", "score_correlation")
+           "exact_pair_accuracy", "exact_pair_accuracy_per_family", "score_correlation", "reward_form",
+           "reward_scale")
 LABELS = {"base_small": "base-small", "base_large": "base-large (\"GPT-3\")", "sft": "SFT", "ppo": "PPO (RLHF)",
           "ppo_ptx": "PPO-ptx", "dpo": "DPO", "ipo": "IPO", "cdpo": "cDPO", "robust": "robust DPO", "hinge": "SLiC hinge",
           "simpo": "SimPO", "kto": "KTO", "orpo": "ORPO (from base-small)"}
@@ -71,6 +72,18 @@ def win_rates(evals: dict[str, dict], temperatures) -> tuple[dict, dict]:
     if "ppo_ptx" in evals and "ppo" in evals:
         rates["ppo_ptx_vs_ppo"] = win_rate(scores("ppo_ptx"), scores("ppo"))
     return rates, {"sft_best_temperature": float(best[1:])}
+
+
+def _rm_form_line(rm: dict) -> list[str]:
+    form = rm.get("reward_form")
+    if form == "mean_logprob":
+        text = (f"base-large kept whole, LM head included; a response scores {rm.get('reward_scale')} x its mean "
+                "token log-likelihood (SimPO's implicit reward), trained with Bradley-Terry over all pairs per prompt")
+    elif form == "head":
+        text = "base-large with a new scalar head on the last token (InstructGPT), Bradley-Terry over all pairs per prompt"
+    else:
+        return []
+    return [f"- Reward model: {text}.", ""]
 
 
 def _rm_learned_rows(rm: dict) -> list[str]:
@@ -308,6 +321,7 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
               f"{_f(lab['labeler_agreement'], '.1%')} of pairs of different SFT samples, a labeler agrees with gold "
               f"on {_f(lab['oracle_agreement'], '.1%')}."
               + (f" Calibration failed: {lab['calibration_error']}" if lab.get("calibration_error") else ""), "",
+              *_rm_form_line(rm),
               f"Held-out pairs ({details['rm'].get('pairs', 0)} pairs of different texts, labeler order):", "",
               "| figure | value |", "|---|---:|",
               f"| RM accuracy vs the labeler | {_f(rm['val_accuracy'], '.1%')} |",
