@@ -103,11 +103,7 @@ def median(values):
 def standard_error(values: list[float]) -> float:
     """Standard error of the mean of per-step scores: how far apart two systems' quality
     can be by sampling alone (the benchmark's PPO steps show no trend on random models)."""
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    mean = sum(values) / n
-    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
 
 
 def summarise(runs: list[dict], unit_key: str) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.data.collate import pad_sequences
+from rlhfkit.data.collate import pad_prompt_response
 from rlhfkit.models.forward import reward_scores
 from rlhfkit.models.loading import reward_normalisation
 
@@ -62,15 +62,10 @@ class RewardModelScorer:
         from rlhfkit.data.tokenize import render_prompt
 
         tok = self.reward_tokenizer
-        seqs, targets = [], []
-        for prompt, response, eos in zip(batch.prompts, batch.responses, batch.eos.tolist()):
-            prompt_ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
-            response_ids = tok(response, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos else [])
-            seqs.append(prompt_ids + response_ids)
-            targets.append([0] * len(prompt_ids) + [1] * len(response_ids))
-        ids, mask = pad_sequences(seqs, tok.pad_token_id, side="left")
-        target, _ = pad_sequences(targets, 0, side="left")
-        return ids, mask, target
+        pairs = [(tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"],
+                  tok(response, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos else []))
+                 for prompt, response, eos in zip(batch.prompts, batch.responses, batch.eos.tolist())]
+        return pad_prompt_response(pairs, tok.pad_token_id, side="left")
 
 
 class FunctionScorer:

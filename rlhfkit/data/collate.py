@@ -62,6 +62,14 @@ def pad_sequences(
     return ids, mask
 
 
+def pad_prompt_response(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int,
+                        side: str = "left") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prompt ids, response ids) pairs -> (ids, attention_mask, target_mask), each [B,T];
+    target_mask is 1 on the response tokens, as reward_scores reads it."""
+    ids, mask = pad_sequences([list(p) + list(r) for p, r in pairs], pad_id, side)
+    return ids, mask, _pad_like([[0] * len(p) + [1] * len(r) for p, r in pairs], mask, side)
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """[B,T] positions counting real tokens only (cumsum - 1, clamped at 0), so a
     left-padded row gets the positions it would have unpadded."""

@@ -123,11 +123,14 @@ def mean_logprob_scores(model: nn.Module, input_ids: torch.Tensor, attention_mas
 
     input_ids, attention_mask, target_mask [B,T]; target_mask is 1 at the response
     tokens (the targets, as an SFT loss mask marks them) -> scores [B] in float32.
-    A row without targets scores 0.
+    A row without targets scores 0. Only the columns from the batch's first target on
+    go through the LM head (response_logits): a left-padded PPO batch projects no prompt.
     """
-    logits = causal_lm_logits(model, input_ids, attention_mask)[:, :-1]  # [B,T-1,V]: position t predicts t + 1
-    logprobs = gather_logprobs(logits, input_ids[:, 1:])  # [B,T-1] float32
-    mask = target_mask[:, 1:].to(logprobs.dtype)
+    first = int(target_mask.any(0).long().argmax())  # first column holding any target
+    start = max(first, 1)  # nothing predicts column 0
+    logits, _ = response_logits(model, input_ids, attention_mask, start)  # [B,T-start,V]
+    logprobs = gather_logprobs(logits, input_ids[:, start:])  # [B,T-start] float32
+    mask = target_mask[:, start:].to(logprobs.dtype)
     return (logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 

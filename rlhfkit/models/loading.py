@@ -148,7 +148,7 @@ def load_scalar_model(path: str, tokenizer, *, new_head: str = "normal", dtype: 
     model initialised from the reward model starts from its scores (N+ details).
     """
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    already_scalar = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    already_scalar = is_sequence_classifier(config)
     config.num_labels = 1
     config.pad_token_id = tokenizer.pad_token_id
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -165,7 +165,13 @@ def load_scalar_model(path: str, tokenizer, *, new_head: str = "normal", dtype: 
                          lora=lora, task_type="SEQ_CLS")
 
 
-def _plain_config(model_or_config):
+def is_sequence_classifier(config) -> bool:
+    """Whether a checkpoint's config names a sequence-classification architecture."""
+    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+
+
+def model_config(model_or_config):
+    """The transformers config of a model, through DDP and PEFT wrappers (a config passes through)."""
     model = getattr(model_or_config, "module", model_or_config)  # DDP
     model = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
     return getattr(model, "config", model)
@@ -173,7 +179,7 @@ def _plain_config(model_or_config):
 
 def reward_form(model_or_config) -> tuple[str, float]:
     """(form, scale) of a reward model: ("head", 1.0) unless its config says otherwise."""
-    config = _plain_config(model_or_config)
+    config = model_config(model_or_config)
     form = getattr(config, REWARD_FORM_KEY, None) or "head"
     if form not in REWARD_FORMS:
         raise ValueError(f"{REWARD_FORM_KEY}={form!r} in the model's config.json: expected one of {REWARD_FORMS}")

@@ -35,9 +35,11 @@ from rlhfkit.models.loading import (
     REWARD_SCALE_KEY,
     REWARD_STD_KEY,
     LoraOptions,
+    is_sequence_classifier,
     load_causal_lm,
     load_scalar_model,
     load_tokenizer,
+    model_config,
     save_pretrained_dir,
 )
 from rlhfkit.trainers.common import (
@@ -97,12 +99,12 @@ def _load_model(cfg: RewardConfig, tokenizer):
                   trust_remote_code=cfg.trust_remote_code)
     if cfg.reward_form == "head":
         return load_scalar_model(cfg.model, tokenizer, **common)
-    architectures = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code).architectures
-    if any(a.endswith("ForSequenceClassification") for a in architectures or []):
+    init_config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    if is_sequence_classifier(init_config):
         raise ConfigError(f"reward_form=mean_logprob needs a causal LM with its LM head; {cfg.model} is a "
-                          f"sequence classifier ({architectures[0]})")
+                          f"sequence classifier ({init_config.architectures[0]})")
     model = load_causal_lm(cfg.model, tokenizer, **common)
-    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    config = model_config(model)
     setattr(config, REWARD_FORM_KEY, "mean_logprob")
     setattr(config, REWARD_SCALE_KEY, cfg.reward_scale)
     return model
@@ -240,7 +242,7 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         with accelerator.autocast():
             mean, std = normalisation_stats(unwrapped, norm_examples, tokenizer.pad_token_id,
                                             cfg.per_device_batch_size, device)
-        config = (unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped).config
+        config = model_config(unwrapped)
         setattr(config, REWARD_MEAN_KEY, mean)
         setattr(config, REWARD_STD_KEY, std if cfg.normalize_std and std > 0 else 1.0)
         final.update({"reward/raw_mean": mean, "reward/raw_std": std})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.data.collate import pad_sequences
+from rlhfkit.data.collate import pad_prompt_response, pad_sequences
 from rlhfkit.data.tokenize import prompt_token_ids
 from rlhfkit.world.demonstrators import make_demonstrations
 from rlhfkit.world.judge import gold_rewards, gold_score
@@ -253,17 +253,15 @@ def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConf
 
     tokenizer = load_tokenizer(rm_dir)
     model = load_reward_model(rm_dir, tokenizer).eval()
-    seqs, targets = [], []
+    pairs = []
     for row in rows:
         p = prompt_token_ids(tokenizer, row["prompt"])
         for y, ended in zip(row["responses"], row["terminated"]):
-            response = tokenizer(y, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if ended else [])
-            seqs.append(p + response)
-            targets.append([0] * len(p) + [1] * len(response))
+            eos = [tokenizer.eos_token_id] if ended else []
+            pairs.append((p, tokenizer(y, add_special_tokens=False)["input_ids"] + eos))
     scores: list[float] = []
-    for start in range(0, len(seqs), batch_size):
-        ids, mask = pad_sequences(seqs[start:start + batch_size], tokenizer.pad_token_id, side="left")
-        target, _ = pad_sequences(targets[start:start + batch_size], 0, side="left")
+    for start in range(0, len(pairs), batch_size):
+        ids, mask, target = pad_prompt_response(pairs[start:start + batch_size], tokenizer.pad_token_id)
         scores += reward_scores(model, ids, mask, target).tolist()
     return heldout_pair_figures(rows, scores, labeler)
 
