@@ -1,8 +1,8 @@
-"""Tier 1: GAE against a plain per-row reference loop."""
+"""Tier 1: GAE against a plain per-row reference loop; the critic-free group baselines by hand."""
 import pytest
 import torch
 
-from rlhfkit.losses.advantages import gae_advantages, whiten_advantages
+from rlhfkit.losses.advantages import gae_advantages, grpo_advantages, rloo_advantages, whiten_advantages
 from rlhfkit.losses.common import masked_whiten
 
 
@@ -66,3 +66,40 @@ def test_outputs_carry_no_gradient():
 
 def test_whiten_advantages_is_masked_whiten():
     assert whiten_advantages is masked_whiten
+
+
+# ----------------------------------------------------------------------------- critic-free
+
+
+def test_rloo_by_hand():
+    # two prompts, K = 3: each sample minus the mean of the other two
+    rewards = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+    expected = torch.tensor([1 - 4.0, 2 - 3.5, 6 - 1.5, 0 - 1.5, 0 - 1.5, 3 - 0.0])
+    assert torch.allclose(rloo_advantages(rewards, 3), expected)
+
+
+def test_rloo_is_a_rescaled_group_centering():
+    """A_i = K/(K-1) (R_i - mean_group): zero mean in every group."""
+    rewards = torch.randn(8 * 4, generator=torch.Generator().manual_seed(0))
+    adv = rloo_advantages(rewards, 4)
+    groups = rewards.view(8, 4)
+    assert torch.allclose(adv.view(8, 4), 4 / 3 * (groups - groups.mean(1, keepdim=True)), atol=1e-6)
+    assert torch.allclose(adv.view(8, 4).sum(1), torch.zeros(8), atol=1e-5)
+
+
+def test_grpo_by_hand_and_equal_rewards_give_zero():
+    rewards = torch.tensor([1.0, 3.0, 0.5, 0.5])
+    adv = grpo_advantages(rewards, 2)
+    std = torch.tensor([1.0, 3.0]).std()  # unbiased: sqrt(2)
+    assert torch.allclose(adv[:2], torch.tensor([-1.0, 1.0]) / (std + 1e-4))
+    assert torch.equal(adv[2:], torch.zeros(2))  # no spread, no signal (and no 0/0)
+
+
+@pytest.mark.parametrize("fn", [rloo_advantages, grpo_advantages])
+def test_group_baselines_refuse_bad_groups_and_carry_no_gradient(fn):
+    with pytest.raises(ValueError, match="at least 2"):
+        fn(torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="groups of 3"):
+        fn(torch.zeros(4), 3)
+    rewards = torch.randn(6, requires_grad=True)
+    assert not fn(rewards, 2).requires_grad

@@ -34,7 +34,8 @@ def setup(tmp_path_factory):
 
 def _run(root, model, prompts, name, beta, **kw):
     kw.setdefault("learning_rate", 3e-3)
-    cfg = PPOConfig(model=model, prompts=prompts, output_dir=str(root / name), total_episodes=32 * 25,
+    kw.setdefault("total_episodes", 32 * 25)
+    cfg = PPOConfig(model=model, prompts=prompts, output_dir=str(root / name),
                     rollout_batch_size=32, per_device_train_batch_size=16, generation_batch_size=32,
                     response_length=8, log_every=1, progress=False, missing_eos_penalty=0.0,
                     kl_coef=beta, seed=0, **kw)
@@ -140,3 +141,60 @@ def test_fused_first_forward_gives_the_same_training(setup):
         assert a["policy/first_ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     for name in plain_w:
         torch.testing.assert_close(fused_w[name], plain_w[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo"])
+def test_critic_free_estimators_learn_without_a_value_model(setup, estimator):
+    """K = 4 samples per prompt and the group baseline in place of the critic: the
+    reward rises, no value loss or value model exists, and every step's batch holds
+    each of its 8 prompts exactly 4 times."""
+    root, model, prompts = setup
+    rows = _run(root, model, prompts, estimator, 0.0, advantage_estimator=estimator, samples_per_prompt=4)
+    start = sum(r["objective/scores"] for r in rows[:3]) / 3
+    end = sum(r["objective/scores"] for r in rows[-3:]) / 3
+    assert end > start + 0.15, (start, end)
+    assert "loss/value" not in rows[-1] and "val/explained_variance" not in rows[-1]
+    assert rows[0]["policy/first_ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    out = root / estimator
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    assert not (out / "value_model").exists() and not (out / "value_head.safetensors").exists()
+
+
+def test_episode_prompts_repeat_each_prompt_k_times_and_resume_in_place():
+    from rlhfkit.trainers.ppo import _episode_prompts
+
+    steps = [_episode_prompts(10, step, 8, 0, 0, k=4) for step in range(5)]
+    for index in steps:
+        assert [index[i] for i in range(0, 8, 4)] == [index[i + 3] for i in range(0, 8, 4)]
+        assert len(set(index[:4])) == 1 and len(set(index[4:])) == 1
+    firsts = [i for index in steps for i in index[::4]]
+    assert sorted(firsts[:10]) == list(range(10))  # 2 prompts per step: one pass over 10 prompts in 5 steps
+    assert _episode_prompts(10, 3, 8, 0, 0, k=1) == _episode_prompts(10, 3, 8, 0, 0)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"advantage_estimator": "rloo"}, "samples_per_prompt >= 2"),
+    ({"advantage_estimator": "vtrace", "samples_per_prompt": 2}, "gae, rloo or grpo"),
+    ({"advantage_estimator": "grpo", "samples_per_prompt": 4, "value_model": "x"}, "trains no value function"),
+    ({"samples_per_prompt": 3}, "divisible by samples_per_prompt"),
+])
+def test_critic_free_options_are_checked(options, message):
+    from rlhfkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        PPOConfig(rollout_batch_size=64, **options).derived(1)
+
+
+def test_critic_learning_rate_is_its_own(setup):
+    """learning_rate 0 with critic_learning_rate > 0: the policy stays bit-identical
+    while the value model trains (one Adam, two parameter groups)."""
+    import torch
+    from safetensors.torch import load_file
+
+    root, model, prompts = setup
+    _run(root, model, prompts, "critic_lr", 0.1, total_episodes=64, learning_rate=0.0, critic_learning_rate=1e-2)
+    out = root / "critic_lr"
+    before, after = load_file(f"{model}/model.safetensors"), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    value = load_file(str(out / "value_model" / "model.safetensors"))
+    assert any(not torch.equal(before[k], value[k]) for k in before if k in value)

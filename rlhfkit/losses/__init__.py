@@ -3,7 +3,13 @@
 Metrics are dicts of detached scalar tensors keyed from the project vocabulary
 (``loss/policy``, ``policy/clipfrac``, ``rewards/accuracy``, ...).
 """
-from rlhfkit.losses.advantages import gae_advantages, whiten_advantages
+from rlhfkit.losses.advantages import (
+    GROUP_ADVANTAGES,
+    gae_advantages,
+    grpo_advantages,
+    rloo_advantages,
+    whiten_advantages,
+)
 from rlhfkit.losses.common import (
     check_same_shape,
     entropy_from_logits,
@@ -23,6 +29,7 @@ from rlhfkit.losses.sft import masked_nll_loss
 
 __all__ = [
     "DPO_LOSSES",
+    "GROUP_ADVANTAGES",
     "KL_ESTIMATORS",
     "AdaptiveKLController",
     "DPOLossConfig",
@@ -35,6 +42,7 @@ __all__ = [
     "explained_variance",
     "gae_advantages",
     "gather_logprobs",
+    "grpo_advantages",
     "kl_penalty",
     "masked_mean",
     "masked_nll_loss",
@@ -46,6 +54,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "ranking_loss",
+    "rloo_advantages",
     "tie_half_accuracy",
     "whiten_advantages",
 ]

@@ -1,4 +1,5 @@
-"""Generalised advantage estimation over response tokens."""
+"""Advantages over response tokens: GAE with a learned critic, or a group baseline
+from K samples per prompt (RLOO, GRPO) without one."""
 from __future__ import annotations
 
 import torch
@@ -50,3 +51,48 @@ def gae_advantages(
     advantages = torch.where(valid, advantages, zero)
     returns = torch.where(valid, advantages + v, zero)
     return advantages, returns
+
+
+# ----------------------------------------------------------------------------- critic-free
+# K responses are sampled per prompt, in K consecutive rows; the other responses to the
+# same prompt are the baseline, so no value model is trained. Each response's
+# advantage is one number, given to every one of its tokens.
+
+def rloo_advantages(
+    rewards: torch.Tensor,  # [B] sequence rewards, B = prompts x K, each prompt's K rows adjacent
+    group_size: int,  # K >= 2
+) -> torch.Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, eq. 5): [B]
+
+        A_i = R_i - 1/(K-1) * sum_{j != i} R_j
+
+    An unbiased baseline: R_j for j != i does not depend on sample i."""
+    R = _groups(rewards, group_size)  # [B/K, K]
+    baseline = (R.sum(1, keepdim=True) - R) / (group_size - 1)
+    return (R - baseline).reshape(-1)
+
+
+def grpo_advantages(
+    rewards: torch.Tensor,  # [B] as above
+    group_size: int,  # K >= 2
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """Group-relative advantage (Shao et al. 2024, DeepSeekMath, section 4.1.2): [B]
+
+        A_i = (R_i - mean(R_group)) / (std(R_group) + eps)
+
+    std is the unbiased sample standard deviation; eps keeps a group of equal rewards
+    at advantage 0 (no gradient) instead of 0/0."""
+    R = _groups(rewards, group_size)
+    return ((R - R.mean(1, keepdim=True)) / (R.std(1, keepdim=True) + eps)).reshape(-1)
+
+
+def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    if group_size < 2:
+        raise ValueError(f"a group baseline needs at least 2 samples per prompt, got {group_size}")
+    if rewards.dim() != 1 or rewards.shape[0] % group_size:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}")
+    return rewards.detach().view(-1, group_size)
+
+
+GROUP_ADVANTAGES = {"rloo": rloo_advantages, "grpo": grpo_advantages}

@@ -4,7 +4,9 @@ phases need not know which layout is in use:
 - separate: a value model of its own (AutoModelForSequenceClassification), by
   default initialised from the reward model (InstructGPT, the N+ details);
 - shared: a zero-initialised scalar head on the policy's last hidden state
-  (lm-human-preferences), one forward pass for log-probs and values.
+  (lm-human-preferences), one forward pass for log-probs and values;
+- none: the policy alone, for critic-free estimators (RLOO, GRPO) whose baseline
+  is the other samples of the same prompt; values are then None.
 """
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ from rlhfkit.models.forward import response_logits, scale_logits, token_scalars
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, policy: nn.Module, value_model: nn.Module | None = None):
+    def __init__(self, policy: nn.Module, value_model: nn.Module | None = None, critic: bool = True):
         super().__init__()
         self.policy = policy
         self.value_model = value_model
-        if value_model is None:
+        if value_model is None and critic:
             hidden = policy.config.get_text_config().hidden_size
             self.value_head = nn.Linear(hidden, 1)
             nn.init.zeros_(self.value_head.weight)
@@ -31,13 +33,19 @@ class ActorCritic(nn.Module):
 
     @property
     def shared(self) -> bool:
-        return self.value_model is None
+        return self.value_head is not None
+
+    @property
+    def has_critic(self) -> bool:
+        return self.value_model is not None or self.value_head is not None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
                 temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids, attention_mask [b,P+A] -> (response logits / T [b,A,V] float32,
-        values [b,A]: the value before emitting each response token)."""
+        values [b,A]: the value before emitting each response token, None without a critic)."""
         P = prompt_length
+        if not self.has_critic:
+            return self.policy_logits(input_ids, attention_mask, P, temperature), None
         if self.shared:
             logits, out = response_logits(self.policy, input_ids, attention_mask, P, output_hidden_states=True)
             hidden = out.hidden_states[-1][:, P - 1:-1]
@@ -56,9 +64,9 @@ class ActorCritic(nn.Module):
         """Values [b,A] from the separate value model."""
         return token_scalars(self.value_model, input_ids, attention_mask)[:, prompt_length - 1:-1]
 
-    def value_state(self) -> dict[str, torch.Tensor]:
+    def critic_parameters(self) -> list[nn.Parameter]:
         module = self.value_head if self.shared else self.value_model
-        return module.state_dict()
+        return list(module.parameters()) if module is not None else []
 
     def reference_context(self):
         """Adapter disabled: the LoRA policy's own base weights are the reference."""

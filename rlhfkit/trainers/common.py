@@ -275,11 +275,18 @@ def apply_step(accelerator, model, optimizer, scheduler, guard: NonFiniteGuard, 
 def make_adam(params, *, lr: float, eps: float, weight_decay: float = 0.0, decoupled: bool = True):
     """Adam (PPO, weight decay 0) or AdamW, fused into one kernel per step where the
     build supports it (CPU and CUDA in current torch; about 3x faster than the
-    per-tensor loop on small models, same update rule)."""
-    params = [p for p in params if p.requires_grad]
+    per-tensor loop on small models, same update rule). `params`: tensors, or param
+    groups (dicts with "params" and their own options, e.g. "lr")."""
+    items = list(params)
+    if items and isinstance(items[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in items]
+        params = [g for g in params if g["params"]]
+        flat = [p for g in params for p in g["params"]]
+    else:
+        params = flat = [p for p in items if p.requires_grad]
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     kwargs = dict(lr=lr, eps=eps, weight_decay=weight_decay)
-    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in flat)
     if fusable:
         try:
             return cls(params, fused=True, **kwargs)

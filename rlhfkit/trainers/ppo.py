@@ -15,7 +15,7 @@ import torch
 from rlhfkit.data.collate import pad_sequences
 from rlhfkit.data.loading import ColumnMap, load_prompts
 from rlhfkit.data.tokenize import encode_prompts
-from rlhfkit.losses.advantages import gae_advantages
+from rlhfkit.losses.advantages import GROUP_ADVANTAGES, gae_advantages
 from rlhfkit.losses.common import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
 from rlhfkit.losses.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from rlhfkit.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
@@ -89,7 +89,7 @@ def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokeniz
         if fused:
             with timer(timings, "update"):
                 first_pass = actor_critic(seq, mask, P, cfg.temperature)
-            logits, v = (x.detach() for x in first_pass)
+            logits, v = (x.detach() if x is not None else None for x in first_pass)
         else:
             with torch.no_grad():
                 logits, v = _old_policy_and_values(ac, seq, mask, P, cfg, timings)
@@ -103,7 +103,7 @@ def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokeniz
                 ref_logprobs.append(response_logprobs(ref_policy, seq, mask, P, cfg.temperature))
     m = ro.response_mask.float()
     ro.logprobs, ro.ref_logprobs = torch.cat(logprobs) * m, torch.cat(ref_logprobs) * m
-    ro.values = torch.cat(values) * m
+    ro.values = torch.cat(values) * m if values[0] is not None else None
     with timer(timings, "reward"), torch.no_grad():
         idx = ro.prompt_index.tolist()
         batch = ScoringBatch(prompt_ids=ro.prompt_ids, prompt_mask=ro.prompt_mask, response_ids=ro.response_ids,
@@ -117,7 +117,7 @@ def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokeniz
 
 
 def _old_policy_and_values(ac, seq, mask, P: int, cfg: PPOConfig, timings: dict):
-    if ac.shared:  # one pass gives both; its time is reported as policy_logprobs
+    if ac.shared or not ac.has_critic:  # one pass gives both; its time is reported as policy_logprobs
         with timer(timings, "policy_logprobs"):
             return ac(seq, mask, P, cfg.temperature)
     with timer(timings, "policy_logprobs"):
@@ -141,9 +141,19 @@ def shape_rewards(ro: Rollout, beta: float, estimator: str) -> None:
 
 
 def advantages(ro: Rollout, cfg: PPOConfig) -> None:
+    """GAE over the shaped per-token rewards, or a critic-free group baseline over each
+    response's return sum_t r_t = score - beta * sum_t KL_t (gamma 1), the same number
+    on every token of the response (Ahmadian et al. 2024 treat the response as one action)."""
     mask = ro.response_mask.float()
     rewards = masked_whiten(ro.rewards, mask, shift_mean=False) if cfg.whiten_rewards else ro.rewards
-    ro.advantages, ro.returns = gae_advantages(rewards, ro.values, mask, cfg.gamma, cfg.lam)
+    if cfg.advantage_estimator == "gae":
+        ro.advantages, ro.returns = gae_advantages(rewards, ro.values, mask, cfg.gamma, cfg.lam)
+    else:
+        groups = ro.prompt_index.view(-1, cfg.samples_per_prompt)
+        if not (groups == groups[:, :1]).all():  # the baseline would mix prompts
+            raise RuntimeError("critic-free advantages need each prompt's samples in adjacent rows")
+        per_response = GROUP_ADVANTAGES[cfg.advantage_estimator](rewards.sum(1), cfg.samples_per_prompt)
+        ro.advantages, ro.returns = per_response[:, None] * mask, None
     if cfg.whiten_advantages == "batch":
         ro.advantages = masked_whiten(ro.advantages, mask)
 
@@ -170,7 +180,7 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
                     part = mb.select(idx)
                     outputs = None
                     if first_pass is not None and epoch == 0:  # one minibatch, one micro-batch: rows = order
-                        outputs = tuple(x[order] for x in first_pass)
+                        outputs = tuple(x[order] if x is not None else None for x in first_pass)
                     loss, m = _micro_loss(part, adv[idx], actor_critic, cfg, outputs, entropy_metric=epoch == 0)
                     accelerator.backward(loss * part.response_mask.sum() / tokens)
                     metrics.append(m)
@@ -196,10 +206,11 @@ def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig, 
     logits, values = outputs if outputs is not None else \
         actor_critic(part.sequences, part.attention_mask, part.prompt_length, cfg.temperature)
     logprobs = gather_logprobs(logits, part.response_ids)  # [b,A]
-    pg_loss, pg_metrics = ppo_policy_loss(logprobs, part.logprobs, adv, rmask, cfg.clip_range)
-    vf_loss, vf_metrics = ppo_value_loss(values, part.values, part.returns, rmask, cfg.clip_range_value)
-    loss = pg_loss + cfg.vf_coef * vf_loss
-    metrics = {**pg_metrics, **vf_metrics}
+    loss, metrics = ppo_policy_loss(logprobs, part.logprobs, adv, rmask, cfg.clip_range)
+    if values is not None:
+        vf_loss, vf_metrics = ppo_value_loss(values, part.values, part.returns, rmask, cfg.clip_range_value)
+        loss = loss + cfg.vf_coef * vf_loss
+        metrics = {**metrics, **vf_metrics}
     if cfg.entropy_coef != 0 or entropy_metric:
         with torch.set_grad_enabled(cfg.entropy_coef != 0 and torch.is_grad_enabled()):
             entropy = masked_mean(entropy_from_logits(logits), rmask)
@@ -238,6 +249,8 @@ def _build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, objec
         ref_policy = load_causal_lm(cfg.ref_model or cfg.model, tokenizer, dtype=cfg.dtype,
                                     trust_remote_code=cfg.trust_remote_code).to(device).eval()
         ref_policy.requires_grad_(False)
+    if cfg.advantage_estimator != "gae":
+        return ActorCritic(policy, critic=False), ref_policy
     if cfg.value_head_on_policy:
         return ActorCritic(policy), ref_policy
     value_init = cfg.value_model or cfg.reward_model or cfg.model
@@ -254,10 +267,12 @@ def _load_prompts(cfg: PPOConfig, tokenizer, accelerator):
     return [records[i] for i in tokens.kept], list(tokens)
 
 
-def _episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int) -> list[int]:
-    """Prompt indices of one process at one step: a seeded permutation per pass
-    over the prompts, so a resumed run sees exactly the prompts it would have."""
-    start = step * local  # episodes this process consumed before `step`
+def _episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int, k: int = 1) -> list[int]:
+    """Prompt indices of one process at one step, each repeated k times in a row (the
+    `local` // k prompts of the step): a seeded permutation per pass over the prompts,
+    so a resumed run sees exactly the prompts it would have."""
+    local //= k
+    start = step * local  # prompts this process consumed before `step`
     perms: dict[int, list[int]] = {}
     out = []
     for e in range(start, start + local):
@@ -265,7 +280,7 @@ def _episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int
         if cycle not in perms:
             gen = torch.Generator().manual_seed(seed * 7919 + cycle * 31 + rank)
             perms[cycle] = torch.randperm(n_prompts, generator=gen).tolist()
-        out.append(perms[cycle][pos])
+        out.extend([perms[cycle][pos]] * k)
     return out
 
 
@@ -283,7 +298,9 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     prompt_records, prompt_tokens = _load_prompts(cfg, tokenizer, accelerator)
     actor_critic, ref_policy = _build_models(cfg, tokenizer, device)
     reward = build_reward(cfg, tokenizer, device, reward_fns)
-    optimizer = make_adam(actor_critic.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, decoupled=False)
+    groups = [{"params": actor_critic.policy.parameters()},
+              {"params": actor_critic.critic_parameters(), "lr": cfg.critic_learning_rate or cfg.learning_rate}]
+    optimizer = make_adam(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, decoupled=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", sizes["optimizer_steps"], 0))
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     policy = accelerator.unwrap_model(actor_critic).policy
@@ -309,7 +326,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     bar.update(start)
     for step in range(start, sizes["ppo_steps"]):
         timings: dict[str, float] = {}
-        index = _episode_prompts(len(prompt_tokens), step, sizes["local_rollout"], accelerator.process_index, cfg.seed)
+        index = _episode_prompts(len(prompt_tokens), step, sizes["local_rollout"], accelerator.process_index, cfg.seed,
+                                 cfg.samples_per_prompt)
         # Sampling uses the unwrapped policy and scoring the reference and reward models, none of
         # which Accelerate's prepare() wrapped in autocast: under --mixed_precision they join it here.
         with timer(timings, "generate"), accelerator.autocast():
@@ -322,7 +340,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
                                              sizes["micro"], timings, fused=bool(sizes["fused_first_forward"]))
         shape_rewards(ro, kl_ctl.value, cfg.kl_estimator)
         advantages(ro, cfg)
-        if not (torch.isfinite(ro.kl).all() and torch.isfinite(ro.values).all()):
+        if not (torch.isfinite(ro.kl).all() and (ro.values is None or torch.isfinite(ro.values).all())):
             raise DivergenceError(f"ppo diverged at step {step + 1}: non-finite "
                                   f"{'KL to the reference' if not torch.isfinite(ro.kl).all() else 'values'} "
                                   "in the rollout; the last checkpoint is intact")
@@ -365,13 +383,14 @@ def _step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, schedul
         "objective/entropy_sampled": float(-(ro.logprobs * mask).sum(1).mean()),
         "response/length": float(mask.sum(1).mean()),
         "response/eos_rate": float(ro.eos.float().mean()),
-        "val/explained_variance": float(explained_variance(ro.values, ro.returns, mask)),
         "lr": scheduler.get_last_lr()[0],
         "episodes": (step + 1) * cfg.rollout_batch_size,
         **reward_parts,
         **mean_metrics(update_rows),
         **timings,
     }
+    if ro.values is not None:
+        metrics["val/explained_variance"] = float(explained_variance(ro.values, ro.returns, mask))
     first = update_rows[0]  # the first minibatch of the update: ratio 1 and approx-KL 0 with dropout off
     metrics["policy/first_ratio_mean"] = first["policy/ratio_mean"]
     metrics["policy/first_approxkl"] = first["policy/approxkl"]
@@ -395,6 +414,8 @@ def _save_models(actor_critic: ActorCritic, tokenizer, out: Path) -> None:
     """The policy as a plain HF directory (LoRA merged); the value model beside it
     (value_model/, or value_head.safetensors for a head on the policy trunk)."""
     save_pretrained_dir(actor_critic.policy, tokenizer, out)
+    if not actor_critic.has_critic:
+        return
     if actor_critic.shared:
         from safetensors.torch import save_file
 

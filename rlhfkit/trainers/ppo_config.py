@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlhfkit.config import ConfigError, check_divisible, option
+from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.trainers.common import TrainConfig
 
 
@@ -14,6 +15,9 @@ class PPOConfig(TrainConfig):
 
     # PPO's own defaults for shared options (ANCHORS.md: Adam eps 1e-5)
     learning_rate: float = option(1e-5, "peak learning rate (Adam), decayed linearly to 0")
+    critic_learning_rate: float = option(0.0, "peak learning rate of the value function (0: learning_rate). A new "
+                                         "value head starts at zero and must catch up with the returns: OpenRLHF's "
+                                         "example recipes give the critic about 18x the actor's (9e-6 vs 5e-7)")
     adam_eps: float = option(1e-5, "Adam epsilon (1e-5 as lm-human-preferences and the N+ details)")
     model: str = option("", "policy initialisation (the SFT model): Hugging Face directory or hub id")
     ref_model: str = option("", "frozen reference for the KL penalty (default: the same checkpoint as model)")
@@ -52,6 +56,12 @@ class PPOConfig(TrainConfig):
     adaptive_kl: bool = option(False, "adapt beta toward kl_target (Ziegler et al. 2019)")
     kl_target: float = option(6.0, "adaptive KL target, nats per response")
     kl_horizon: int = option(10000, "adaptive KL horizon, episodes")
+    advantage_estimator: str = option("gae", "gae (a learned value function, PPO) or a critic-free group baseline "
+                                      "over samples_per_prompt responses: rloo (leave-one-out mean) or grpo "
+                                      "(group mean and std); critic-free trains no value model, and the "
+                                      "response's score minus beta x its summed KL is its one advantage")
+    samples_per_prompt: int = option(1, "K responses sampled per prompt, in adjacent rows (rloo and grpo need 2 "
+                                     "or more); total_episodes and rollout_batch_size count responses")
     gamma: float = option(1.0, "discount")
     lam: float = option(0.95, "GAE lambda")
     whiten_advantages: str = option("minibatch", "whiten advantages over response tokens: minibatch, batch or none")
@@ -73,8 +83,20 @@ class PPOConfig(TrainConfig):
             raise ConfigError(f"whiten_advantages must be minibatch, batch or none, got {self.whiten_advantages!r}")
         if self.temperature <= 0:
             raise ConfigError("temperature must be positive")
+        if self.advantage_estimator not in ("gae", *GROUP_ADVANTAGES):
+            raise ConfigError(f"advantage_estimator must be gae, {' or '.join(GROUP_ADVANTAGES)}, "
+                              f"got {self.advantage_estimator!r}")
+        if self.advantage_estimator != "gae" and self.samples_per_prompt < 2:
+            raise ConfigError(f"advantage_estimator {self.advantage_estimator} needs samples_per_prompt >= 2 "
+                              f"(the other samples of a prompt are its baseline), got {self.samples_per_prompt}")
+        if self.advantage_estimator != "gae" and (self.value_head_on_policy or self.value_model):
+            raise ConfigError(f"advantage_estimator {self.advantage_estimator} trains no value function: "
+                              "drop value_head_on_policy and value_model")
+        if self.samples_per_prompt < 1:
+            raise ConfigError(f"samples_per_prompt must be at least 1, got {self.samples_per_prompt}")
         local_rollout = check_divisible("rollout_batch_size", self.rollout_batch_size, "number of processes",
                                         num_processes)
+        check_divisible("per-process rollout batch", local_rollout, "samples_per_prompt", self.samples_per_prompt)
         minibatch = check_divisible("per-process rollout batch", local_rollout, "num_minibatches", self.num_minibatches)
         micro = min(self.per_device_train_batch_size, minibatch)
         accumulation = check_divisible("per-process minibatch", minibatch, "per_device_train_batch_size", micro)
@@ -83,6 +105,7 @@ class PPOConfig(TrainConfig):
             raise ConfigError(f"total_episodes ({self.total_episodes}) is smaller than rollout_batch_size "
                               f"({self.rollout_batch_size})")
         fused = self.fuse_first_forward and self.num_minibatches == 1 and micro == minibatch
-        return {"local_rollout": local_rollout, "minibatch": minibatch, "micro": micro,
+        return {"local_rollout": local_rollout, "local_prompts": local_rollout // self.samples_per_prompt,
+                "minibatch": minibatch, "micro": micro,
                 "accumulation": accumulation, "ppo_steps": steps, "fused_first_forward": int(fused),
                 "optimizer_steps": steps * self.ppo_epochs * self.num_minibatches}

@@ -291,6 +291,8 @@ def ppo_stage_config(cfg: RunConfig, out: Path, directory: Path, **overrides) ->
     """The PPO config of a world run: policy and reference = SFT, reward = the RM
     plus the gold judge with weight 0 (logged as objective/scores_gold only)."""
     value = {"sft": str(out / "sft"), "rm": str(out / "rm")}.get(cfg.ppo.value_model, cfg.ppo.value_model)
+    if cfg.ppo.advantage_estimator != "gae":  # a critic-free run trains no value model
+        value = ""
     fields = {f.name: getattr(cfg.ppo, f.name) for f in dataclasses.fields(PPOConfig)}
     fields.update(model=str(out / "sft"), reward_model=str(out / "rm"), value_model=value,
                   prompts=str(out / "data" / "ppo_prompts.jsonl"), output_dir=str(directory), seed=cfg.seed,
