@@ -15,12 +15,13 @@ from rlhfkit.world.report import FIGURE_KEYS, RM_KEYS
 from rlhfkit.world.run import RunConfig, run_world
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("data", "sft", "comparisons", "rm", "ppo", "dpo", "orpo", "eval/sft", "eval/base_small",
-          "eval/base_large", "eval/ppo", "eval/dpo", "eval/orpo")
+STAGES = ("data", "sft", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "eval/sft", "eval/base_small",
+          "eval/base_large", "eval/ppo", "eval/rloo", "eval/dpo", "eval/orpo")
 WIN_RATES = ("ppo_vs_base_large", "ppo_vs_sft", "sft_vs_base_small", "ppo_vs_sft_best_temperature",
              "ppo_vs_sft_greedy", "dpo_vs_base_large", "dpo_vs_sft", "dpo_vs_sft_best_temperature",
              "dpo_vs_sft_greedy", "orpo_vs_base_large", "orpo_vs_sft", "orpo_vs_sft_best_temperature",
-             "orpo_vs_sft_greedy")
+             "orpo_vs_sft_greedy", "rloo_vs_base_large", "rloo_vs_sft", "rloo_vs_sft_best_temperature",
+             "rloo_vs_sft_greedy")
 
 
 def make_standins(directory: Path) -> dict[str, str]:
@@ -63,7 +64,7 @@ def test_report_has_every_key(micro_run):
     _, out = micro_run
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"models", "win_rates", "reward_model", "eval", "seconds"}
-    assert set(report["models"]) == {"base_small", "base_large", "sft", "ppo", "dpo", "orpo"}
+    assert set(report["models"]) == {"base_small", "base_large", "sft", "ppo", "rloo", "dpo", "orpo"}
     for name, figures in report["models"].items():
         assert set(figures) == set(FIGURE_KEYS), name
         assert figures["params"] > 0 and 0 <= figures["gold"] <= 1
@@ -76,12 +77,16 @@ def test_report_has_every_key(micro_run):
     assert all(0 <= v <= 1 for v in report["win_rates"].values())
     assert set(report["reward_model"]) == set(RM_KEYS)
     assert report["eval"] == {"prompts": 128, "temperature": 1.0, "seed": 0}
-    assert {"data", "sft", "comparisons", "rm", "ppo", "dpo", "orpo", "eval"} <= set(report["seconds"])
+    assert {"data", "sft", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "eval"} <= set(report["seconds"])
     for png in ("likert.png", "training.png", "overoptimisation.png", "frontier.png"):
         assert (out / png).stat().st_size > 0
     markdown = (out / "report.md").read_text()
     assert "| model | size (params) | Likert" in markdown
     assert "| DPO |" in markdown and "| PPO (RLHF) |" in markdown  # the method comparison table
+    assert "| RLOO (no critic) |" in markdown and "- RLOO / GRPO: the PPO settings above with 4" in markdown
+    assert (out / "ppo" / "value_model").is_dir() and not (out / "rloo" / "value_model").exists()
+    rloo = [json.loads(line) for line in (out / "rloo" / "metrics.jsonl").read_text().splitlines()]
+    assert rloo[-1]["episodes"] == 128 and "loss/value" not in rloo[-1]
     assert report["reward_model"]["reward_form"] == "mean_logprob"  # the world's default reward model
     assert "- Reward model: base-large kept whole, LM head included" in markdown
 

@@ -29,8 +29,9 @@ RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_
            "exact_pair_accuracy", "exact_pair_accuracy_per_family", "score_correlation", "reward_form",
            "reward_scale")
 LABELS = {"base_small": "base-small", "base_large": "base-large (\"GPT-3\")", "sft": "SFT", "ppo": "PPO (RLHF)",
-          "ppo_ptx": "PPO-ptx", "dpo": "DPO", "ipo": "IPO", "cdpo": "cDPO", "robust": "robust DPO", "hinge": "SLiC hinge",
-          "simpo": "SimPO", "kto": "KTO", "orpo": "ORPO (from base-small)"}
+          "ppo_ptx": "PPO-ptx", "rloo": "RLOO (no critic)", "grpo": "GRPO (no critic)", "dpo": "DPO", "ipo": "IPO",
+          "cdpo": "cDPO", "robust": "robust DPO", "hinge": "SLiC hinge", "simpo": "SimPO", "kto": "KTO",
+          "orpo": "ORPO (from base-small)"}
 
 
 def _json_safe(x):
@@ -350,6 +351,9 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
               f"{cfg.ppo.num_minibatches} minibatches x {cfg.ppo.ppo_epochs} epochs, lr {cfg.ppo.learning_rate}, "
               f"beta {cfg.ppo.kl_coef} (per-token KL to SFT), value model: {cfg.ppo.value_model}, "
               f"missing-EOS penalty {cfg.ppo.missing_eos_penalty}."]
+    if any(n in m for n in ("rloo", "grpo")):
+        lines.append(f"- RLOO / GRPO: the PPO settings above with {cfg.rl_group_size} responses per prompt "
+                     f"({cfg.ppo.total_episodes // cfg.rl_group_size} prompts), the group as baseline, no value model.")
     if cfg.ptx:
         lines.append(f"- PPO-ptx: the same plus ptx_coef {cfg.ptx_coef} x web-text NLL ({cfg.ptx_docs} documents).")
     return "\n".join(lines) + "\n"
@@ -358,7 +362,7 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
 def write_report(out: Path, cfg, models: dict[str, str], seconds: dict[str, float]) -> dict:
     report, details = build_report(out, models, seconds, cfg.seed, cfg.eval_temperatures)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    ppo_dirs = {name: out / name for name in models if name.startswith("ppo")}
+    ppo_dirs = {name: out / name for name in models if name.startswith("ppo") or name in ("rloo", "grpo")}
     try:
         plot_likert(report, out / "likert.png")
         plot_training(out, out / "training.png", ppo_dirs)

@@ -12,6 +12,8 @@
                     normalised to mean 0 / std 1 on the SFT samples; rm/heldout.json
       ppo/          PPO from SFT against the RM, per-token KL to SFT, gold logged with weight 0
       ppo_ptx/      (with ptx: true) PPO-ptx: + ptx_coef * web-text log-likelihood
+      rloo/ grpo/   (with --algo) critic-free RL: the PPO stage with a group baseline over
+                    rl_group_size responses per prompt in place of the value model
       dpo/ ipo/ ... (with --algo) a direct method from SFT on the same comparisons
       orpo_data/ orpo/  (with --algo orpo) ORPO from base-small: comparisons + labeled
                     (demonstration, base-small sample) pairs, one stage
@@ -64,6 +66,7 @@ from rlhfkit.world.labelers import DEFAULT_NOISE_STD, LabelerConfig
 DEFAULT_BASE_SMALL = "rlhfkit/world/checkpoints/base-small"
 DEFAULT_BASE_LARGE = "rlhfkit/world/checkpoints/base-large"
 MODELS = ("base_small", "base_large", "sft", "ppo")
+RL_METHODS = ("ppo", "rloo", "grpo")  # the PPO stage; rloo and grpo with a group baseline, no critic
 
 
 # ----------------------------------------------------------------------------- stage options with world defaults
@@ -179,9 +182,12 @@ class RunConfig:
     webtext_eval_docs: int = option(100, "held-out web-text documents for the alignment tax")
     eval_batch_size: int = option(256, "prompts generated at once in evaluation")
     eval_temperatures: list[float] = option([0.5, 0.7, 1.0], "SFT temperatures for ppo_vs_sft_best_temperature")
-    algo: list[str] = option(["ppo"], "methods trained on the same comparisons, comma-separated: ppo and any of "
-                             "dpo, ipo, cdpo, robust, hinge, simpo, kto (from SFT), orpo (from base-small: "
+    algo: list[str] = option(["ppo"], "methods trained on the same comparisons, comma-separated: ppo, rloo, grpo "
+                             "(RL against the reward model: the PPO stage, critic-free for rloo and grpo) and any "
+                             "of dpo, ipo, cdpo, robust, hinge, simpo, kto (from SFT), orpo (from base-small: "
                              "demonstrations and comparisons in one stage)")
+    rl_group_size: int = option(4, "rloo and grpo: responses sampled per prompt, each prompt's baseline (same "
+                                "episode budget as PPO: ppo.total_episodes responses)")
     ptx: bool = option(False, "also train and evaluate a PPO-ptx policy")
     ptx_coef: float = option(2.0, "gamma of PPO-ptx (InstructGPT 27.8 with its loss scale)")
     ptx_docs: int = option(2000, "web-text documents for PPO-ptx")
@@ -291,14 +297,14 @@ def ppo_stage_config(cfg: RunConfig, out: Path, directory: Path, **overrides) ->
     """The PPO config of a world run: policy and reference = SFT, reward = the RM
     plus the gold judge with weight 0 (logged as objective/scores_gold only)."""
     value = {"sft": str(out / "sft"), "rm": str(out / "rm")}.get(cfg.ppo.value_model, cfg.ppo.value_model)
-    if cfg.ppo.advantage_estimator != "gae":  # a critic-free run trains no value model
-        value = ""
     fields = {f.name: getattr(cfg.ppo, f.name) for f in dataclasses.fields(PPOConfig)}
     fields.update(model=str(out / "sft"), reward_model=str(out / "rm"), value_model=value,
                   prompts=str(out / "data" / "ppo_prompts.jsonl"), output_dir=str(directory), seed=cfg.seed,
                   reward_weights=[1.0, *[1.0] * len(cfg.ppo.reward_functions), 0.0],
                   num_threads=cfg.num_threads)
     fields.update(overrides)
+    if fields["advantage_estimator"] != "gae":  # a critic-free run trains no value model
+        fields["value_model"] = ""
     return PPOConfig(**fields)
 
 
@@ -395,9 +401,10 @@ def run_world(cfg: RunConfig) -> Path:
 
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    unknown = [a for a in cfg.algo if a != "ppo" and a not in DIRECT_METHODS]
+    unknown = [a for a in cfg.algo if a not in RL_METHODS and a not in DIRECT_METHODS]
     if unknown:
-        raise ValueError(f"--algo: unknown method {unknown[0]!r}; choose ppo or any of {sorted(DIRECT_METHODS)}")
+        raise ValueError(f"--algo: unknown method {unknown[0]!r}; choose any of {', '.join(RL_METHODS)}, "
+                         f"{', '.join(sorted(DIRECT_METHODS))}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
@@ -420,11 +427,12 @@ def run_world(cfg: RunConfig) -> Path:
     seconds["rm"] = run_stage("rm", out / "rm", lambda c: _rm_stage(cfg, out, c), rm_cfg, log=_log)
 
     models = {"base_small": base_small, "base_large": base_large, "sft": str(out / "sft")}
-    if "ppo" in cfg.algo:
-        seconds["ppo"] = run_stage("ppo", out / "ppo", _train_ppo_with_gold, ppo_stage_config(cfg, out, out / "ppo"),
-                                   log=_log)
-        models["ppo"] = str(out / "ppo")
-    for name in [a for a in cfg.algo if a != "ppo"]:
+    for name in [a for a in RL_METHODS if a in cfg.algo]:
+        critic_free = {} if name == "ppo" else {"advantage_estimator": name, "samples_per_prompt": cfg.rl_group_size}
+        seconds[name] = run_stage(name, out / name, _train_ppo_with_gold,
+                                  ppo_stage_config(cfg, out, out / name, **critic_free), log=_log)
+        models[name] = str(out / name)
+    for name in [a for a in cfg.algo if a not in RL_METHODS]:
         seconds[name], models[name] = _direct_stage(cfg, out, name, base_small)
     if cfg.ptx:
         ptx_cfg = ppo_stage_config(cfg, out, out / "ppo_ptx", ptx_data=_ptx_data(cfg, out), ptx_coef=cfg.ptx_coef)
