@@ -54,20 +54,44 @@ def stage_done(path: Path) -> bool:
     return (path / DONE).exists()
 
 
-def mark_done(path: Path, seconds: float) -> None:
-    (path / DONE).write_text(json.dumps({"seconds": seconds}))
+# Options that do not change what a stage computes: a rerun that differs only in these is the same run.
+NOT_RESULT_OPTIONS = frozenset({"output_dir", "progress", "num_threads", "log_every", "report_to", "checkpoint_every",
+                                "keep_checkpoints"})
+
+
+def _options(cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str)) if dataclasses.is_dataclass(cfg) else {}
+
+
+def mark_done(path: Path, seconds: float, cfg=None) -> None:
+    """The marker keeps the stage's options, so a rerun with other options is noticed."""
+    (path / DONE).write_text(json.dumps({"seconds": seconds, "options": _options(cfg)}))
+
+
+def changed_options(path: Path, cfg) -> list[str]:
+    """'name old -> new' for each option that differs from the finished stage's."""
+    stored = json.loads((path / DONE).read_text()).get("options", {})
+    return [f"{k} {stored[k]!r} -> {v!r}" for k, v in _options(cfg).items()
+            if k in stored and k not in NOT_RESULT_OPTIONS and stored[k] != v]
 
 
 def run_stage(name: str, directory: Path, train, cfg, log=print) -> float:
-    """Run one stage unless its marker says it finished; returns its seconds."""
+    """Run one stage unless its marker says it finished; returns its seconds. A finished
+    stage is kept even when the options changed (resuming must not retrain silently
+    either), and the changed options are named so that nobody mistakes it for a new run."""
     if stage_done(directory):
-        log(f"[{name}] already done: {directory}")
+        changed = changed_options(directory, cfg)
+        if changed:
+            log(f"[{name}] already done with other options ({'; '.join(changed)}): kept as it is; "
+                f"delete {directory} to train it with the new ones")
+        else:
+            log(f"[{name}] already done: {directory}")
         return json.loads((directory / DONE).read_text())["seconds"]
     log(f"[{name}] -> {directory}")
     start = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - start
-    mark_done(directory, seconds)
+    mark_done(directory, seconds, cfg)
     return seconds
 
 

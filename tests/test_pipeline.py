@@ -1,5 +1,6 @@
 """`rlhfkit pipeline`: SFT -> RM -> PPO in one run directory, each stage feeding the
 next; re-running skips finished stages. And PPO-ptx's pretraining term."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -117,3 +118,22 @@ def test_pipeline_algo_dpo_and_orpo(tmp_path):
         run_pipeline(PipelineConfig(model=model, comparisons=prefs, algo="dpp", output_dir=str(tmp_path / "x")))
     with pytest.raises(ValueError, match="needs --demonstrations"):
         run_pipeline(PipelineConfig(model=model, comparisons=prefs, algo="ipo", output_dir=str(tmp_path / "y")))
+
+
+def test_a_finished_stage_rerun_with_other_options_is_kept_and_named(tmp_path):
+    """Rerunning a finished stage never retrains it, but options that changed what it
+    computes are named in the log (a user raising total_episodes on a finished run
+    would otherwise read the old PPO as the new one); progress or thread count are not."""
+    from rlhfkit.pipeline import run_stage
+
+    calls, logs = [], []
+    cfg = PPOConfig(total_episodes=2048, output_dir=str(tmp_path / "a"))
+    assert run_stage("ppo", tmp_path, calls.append, cfg, log=logs.append) >= 0
+    run_stage("ppo", tmp_path, calls.append, dataclasses.replace(cfg, progress=False, num_threads=1,
+                                                                 output_dir=str(tmp_path / "b")), log=logs.append)
+    run_stage("ppo", tmp_path, calls.append, dataclasses.replace(cfg, total_episodes=6144, kl_coef=0.1),
+              log=logs.append)
+    assert calls == [cfg]  # trained once
+    assert logs[1] == f"[ppo] already done: {tmp_path}"
+    assert "total_episodes 2048 -> 6144" in logs[2] and "kl_coef 0.02 -> 0.1" in logs[2]
+    assert f"delete {tmp_path} to train it" in logs[2]
