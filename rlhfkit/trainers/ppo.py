@@ -117,7 +117,7 @@ def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokeniz
 
 
 def _old_policy_and_values(ac, seq, mask, P: int, cfg: PPOConfig, timings: dict):
-    if ac.shared or not ac.has_critic:  # one pass gives both; its time is reported as policy_logprobs
+    if ac.shared or not ac.has_critic:  # one pass gives both (or logits alone): timed as policy_logprobs
         with timer(timings, "policy_logprobs"):
             return ac(seq, mask, P, cfg.temperature)
     with timer(timings, "policy_logprobs"):
