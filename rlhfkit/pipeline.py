@@ -68,9 +68,8 @@ def mark_done(path: Path, seconds: float, cfg=None) -> None:
     (path / DONE).write_text(json.dumps({"seconds": seconds, "options": _options(cfg)}))
 
 
-def changed_options(path: Path, cfg) -> list[str]:
-    """'name old -> new' for each option that differs from the finished stage's."""
-    stored = json.loads((path / DONE).read_text()).get("options", {})
+def changed_options(stored: dict, cfg) -> list[str]:
+    """'name old -> new' for each option of cfg that differs from `stored` (a marker's)."""
     return [f"{k} {stored[k]!r} -> {v!r}" for k, v in _options(cfg).items()
             if k in stored and k not in NOT_RESULT_OPTIONS and stored[k] != v]
 
@@ -80,13 +79,14 @@ def run_stage(name: str, directory: Path, train, cfg, log=print) -> float:
     stage is kept even when the options changed (resuming must not retrain silently
     either), and the changed options are named so that nobody mistakes it for a new run."""
     if stage_done(directory):
-        changed = changed_options(directory, cfg)
+        marker = json.loads((directory / DONE).read_text())
+        changed = changed_options(marker.get("options", {}), cfg)
         if changed:
             log(f"[{name}] already done with other options ({'; '.join(changed)}): kept as it is; "
                 f"delete {directory} to train it with the new ones")
         else:
             log(f"[{name}] already done: {directory}")
-        return json.loads((directory / DONE).read_text())["seconds"]
+        return marker["seconds"]
     log(f"[{name}] -> {directory}")
     start = time.perf_counter()
     train(cfg)

@@ -92,8 +92,6 @@ class PPOConfig(TrainConfig):
         if self.advantage_estimator != "gae" and (self.value_head_on_policy or self.value_model):
             raise ConfigError(f"advantage_estimator {self.advantage_estimator} trains no value function: "
                               "drop value_head_on_policy and value_model")
-        if self.samples_per_prompt < 1:
-            raise ConfigError(f"samples_per_prompt must be at least 1, got {self.samples_per_prompt}")
         local_rollout = check_divisible("rollout_batch_size", self.rollout_batch_size, "number of processes",
                                         num_processes)
         check_divisible("per-process rollout batch", local_rollout, "samples_per_prompt", self.samples_per_prompt)
@@ -105,7 +103,6 @@ class PPOConfig(TrainConfig):
             raise ConfigError(f"total_episodes ({self.total_episodes}) is smaller than rollout_batch_size "
                               f"({self.rollout_batch_size})")
         fused = self.fuse_first_forward and self.num_minibatches == 1 and micro == minibatch
-        return {"local_rollout": local_rollout, "local_prompts": local_rollout // self.samples_per_prompt,
-                "minibatch": minibatch, "micro": micro,
+        return {"local_rollout": local_rollout, "minibatch": minibatch, "micro": micro,
                 "accumulation": accumulation, "ppo_steps": steps, "fused_first_forward": int(fused),
                 "optimizer_steps": steps * self.ppo_epochs * self.num_minibatches}

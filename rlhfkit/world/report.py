@@ -21,6 +21,7 @@ import json
 import math
 from pathlib import Path
 
+from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.world.judge import win_rate
 
 FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "terminated", "polite", "length", "kl_to_sft",
@@ -351,7 +352,7 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
               f"{cfg.ppo.num_minibatches} minibatches x {cfg.ppo.ppo_epochs} epochs, lr {cfg.ppo.learning_rate}, "
               f"beta {cfg.ppo.kl_coef} (per-token KL to SFT), value model: {cfg.ppo.value_model}, "
               f"missing-EOS penalty {cfg.ppo.missing_eos_penalty}."]
-    if any(n in m for n in ("rloo", "grpo")):
+    if any(n in m for n in GROUP_ADVANTAGES):
         lines.append(f"- RLOO / GRPO: the PPO settings above with {cfg.rl_group_size} responses per prompt "
                      f"({cfg.ppo.total_episodes // cfg.rl_group_size} prompts), the group as baseline, no value model.")
     if cfg.ptx:
@@ -362,7 +363,7 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
 def write_report(out: Path, cfg, models: dict[str, str], seconds: dict[str, float]) -> dict:
     report, details = build_report(out, models, seconds, cfg.seed, cfg.eval_temperatures)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    ppo_dirs = {name: out / name for name in models if name.startswith("ppo") or name in ("rloo", "grpo")}
+    ppo_dirs = {name: out / name for name in models if name.startswith("ppo") or name in GROUP_ADVANTAGES}
     try:
         plot_likert(report, out / "likert.png")
         plot_training(out, out / "training.png", ppo_dirs)

@@ -55,6 +55,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import nested, option, save_yaml
+from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.pipeline import DONE, run_stage
 from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, for_method, train_dpo
 from rlhfkit.trainers.ppo import train_ppo
@@ -66,7 +67,7 @@ from rlhfkit.world.labelers import DEFAULT_NOISE_STD, LabelerConfig
 DEFAULT_BASE_SMALL = "rlhfkit/world/checkpoints/base-small"
 DEFAULT_BASE_LARGE = "rlhfkit/world/checkpoints/base-large"
 MODELS = ("base_small", "base_large", "sft", "ppo")
-RL_METHODS = ("ppo", "rloo", "grpo")  # the PPO stage; rloo and grpo with a group baseline, no critic
+RL_METHODS = ("ppo", *GROUP_ADVANTAGES)  # the PPO stage; rloo and grpo with a group baseline, no critic
 
 
 # ----------------------------------------------------------------------------- stage options with world defaults
