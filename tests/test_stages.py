@@ -90,6 +90,31 @@ def test_reward_model_learns_a_marker_preference_and_is_normalised(tmp_path):
     assert abs(float(normalised.std()) - 1) < 0.05
 
 
+def test_normalisation_on_a_seeded_sample_of_the_responses(tmp_path):
+    from rlhfkit.config import ConfigError
+    from rlhfkit.data.loading import as_rankings, load_preferences
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.trainers.data_plan import load_records
+    from rlhfkit.trainers.reward import _normalisation_examples
+
+    model_dir = save_tiny_model(tmp_path / "base", hidden=32)
+    data = _marker_preferences(tmp_path, n=40)
+    tok = load_tokenizer(model_dir)
+    cfg = RewardConfig(model=model_dir, data=data)
+    records = as_rankings(load_records(load_preferences, data, cfg.columns(), "raise", None))
+    key = lambda examples: [tuple(e.input_ids) for e in examples]
+    everything = key(_normalisation_examples(cfg, tok, records, None))
+    assert len(everything) == 80  # chosen and rejected of every pair
+    sample = key(_normalisation_examples(dataclasses.replace(cfg, normalize_max_texts=16), tok, records, None))
+    assert len(sample) == 16 and all(s in everything for s in sample)
+    assert sample == key(_normalisation_examples(dataclasses.replace(cfg, normalize_max_texts=16), tok, records, None))
+    assert sample != key(_normalisation_examples(dataclasses.replace(cfg, normalize_max_texts=16, seed=1), tok,
+                                                 records, None))
+    assert key(_normalisation_examples(dataclasses.replace(cfg, normalize_max_texts=500), tok, records, None)) == everything
+    with pytest.raises(ConfigError, match="normalize_max_texts"):
+        train_reward_model(dataclasses.replace(cfg, normalize_max_texts=-1, output_dir=str(tmp_path / "rm")))
+
+
 def test_k_way_rankings_train_with_all_pairs_per_prompt(tmp_path):
     model_dir = save_tiny_model(tmp_path / "base", hidden=32)
     rows = [{"prompt": f"Rate {w}.", "responses": [f"{w} gold gold.", f"{w} gold.", f"{w}."], "ranking": [0, 1, 2]}

@@ -16,6 +16,8 @@ a new head starts at chance and, on 2,500 rankings, ends at 54%.
 """
 from __future__ import annotations
 
+import random
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +74,9 @@ class RewardConfig(TrainConfig):
     normalize_on: str = option("responses", "score these to set the reward's mean 0: 'responses' (the comparison "
                                "responses), 'none', or a file of demonstrations (prompt/completion)")
     normalize_std: bool = option(True, "also scale rewards to standard deviation 1 on the same texts")
+    normalize_max_texts: int = option(0, "score at most N of those texts, a seeded sample (0: all). Scoring is a "
+                                      "forward pass per text: 8,094 texts took 57 s for an 8M model on 2 cores, while "
+                                      "2,048 put the mean within ~0.02 std of the full one")
     lr_scheduler: str = option("cosine", "learning-rate schedule after warmup: cosine, linear or constant")
     use_lora: bool = option(False, "train a LoRA adapter (merged into the saved model)")
     lora_r: int = option(8, "LoRA rank")
@@ -162,9 +167,14 @@ def _normalisation_examples(cfg: RewardConfig, tokenizer, train_records, acceler
     if cfg.normalize_on == "none":
         return []
     if cfg.normalize_on == "responses":
-        return [e for group, _ in _encode(tokenizer, train_records, cfg) for e in group]
-    demos = load_records(load_sft, cfg.normalize_on, ColumnMap(), cfg.on_error, accelerator)
-    return list(encode_sft(tokenizer, demos, cfg.max_length, on_error=cfg.on_error))
+        examples = [e for group, _ in _encode(tokenizer, train_records, cfg) for e in group]
+    else:
+        demos = load_records(load_sft, cfg.normalize_on, ColumnMap(), cfg.on_error, accelerator)
+        examples = list(encode_sft(tokenizer, demos, cfg.max_length, on_error=cfg.on_error))
+    if 0 < cfg.normalize_max_texts < len(examples):
+        keep = sorted(random.Random(cfg.seed).sample(range(len(examples)), cfg.normalize_max_texts))
+        examples = [examples[i] for i in keep]
+    return examples
 
 
 def train_reward_model(cfg: RewardConfig) -> Path:
@@ -174,6 +184,8 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         raise ConfigError(f"reward_form must be one of {', '.join(REWARD_FORMS)}, got {cfg.reward_form!r}")
     if cfg.reward_form == "mean_logprob" and cfg.reward_scale <= 0:
         raise ConfigError(f"reward_scale must be positive, got {cfg.reward_scale}")
+    if cfg.normalize_max_texts < 0:
+        raise ConfigError(f"normalize_max_texts must be >= 0 (0: all texts), got {cfg.normalize_max_texts}")
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
     write_run_info(out, cfg)
