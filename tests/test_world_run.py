@@ -15,7 +15,7 @@ from rlhfkit.world.report import FIGURE_KEYS, RM_KEYS
 from rlhfkit.world.run import RunConfig, run_world
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("data", "sft", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "eval/sft", "eval/base_small",
+STAGES = ("data", "sft", "sft_large", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "eval/sft", "eval/base_small",
           "eval/base_large", "eval/ppo", "eval/rloo", "eval/dpo", "eval/orpo")
 WIN_RATES = ("ppo_vs_base_large", "ppo_vs_sft", "sft_vs_base_small", "ppo_vs_sft_best_temperature",
              "ppo_vs_sft_greedy", "dpo_vs_base_large", "dpo_vs_sft", "dpo_vs_sft_best_temperature",
@@ -77,7 +77,7 @@ def test_report_has_every_key(micro_run):
     assert all(0 <= v <= 1 for v in report["win_rates"].values())
     assert set(report["reward_model"]) == set(RM_KEYS)
     assert report["eval"] == {"prompts": 128, "temperature": 1.0, "seed": 0}
-    assert {"data", "sft", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "eval"} <= set(report["seconds"])
+    assert {"data", "sft", "sft_large", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "eval"} <= set(report["seconds"])
     for png in ("likert.png", "training.png", "overoptimisation.png", "frontier.png"):
         assert (out / png).stat().st_size > 0
     markdown = (out / "report.md").read_text()
@@ -88,7 +88,10 @@ def test_report_has_every_key(micro_run):
     rloo = [json.loads(line) for line in (out / "rloo" / "metrics.jsonl").read_text().splitlines()]
     assert rloo[-1]["episodes"] == 128 and "loss/value" not in rloo[-1]
     assert report["reward_model"]["reward_form"] == "mean_logprob"  # the world's default reward model
-    assert "- Reward model: base-large kept whole, LM head included" in markdown
+    # the reward model starts from base-large fine-tuned on the demonstrations (InstructGPT's RM from SFT)
+    assert report["reward_model"]["init"] == "sft_large"
+    assert "- Reward model: base-large fine-tuned on the demonstrations (sft_large) kept whole" in markdown
+    assert load_yaml(out / "rm" / "config.yaml")["model"] == str(out / "sft_large")
 
 
 def test_sft_beats_base_small_and_rm_beats_chance(micro_run):

@@ -28,7 +28,7 @@ FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "terminated", "polit
                "webtext_loss", "per_family")
 RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement", "exact_pairs",
            "exact_pair_accuracy", "exact_pair_accuracy_per_family", "score_correlation", "reward_form",
-           "reward_scale")
+           "reward_scale", "init")
 LABELS = {"base_small": "base-small", "base_large": "base-large (\"GPT-3\")", "sft": "SFT", "ppo": "PPO (RLHF)",
           "ppo_ptx": "PPO-ptx", "rloo": "RLOO (no critic)", "grpo": "GRPO (no critic)", "dpo": "DPO", "ipo": "IPO",
           "cdpo": "cDPO", "robust": "robust DPO", "hinge": "SLiC hinge", "simpo": "SimPO", "kto": "KTO",
@@ -76,13 +76,17 @@ def win_rates(evals: dict[str, dict], temperatures) -> tuple[dict, dict]:
     return rates, {"sft_best_temperature": float(best[1:])}
 
 
+RM_INIT_LABELS = {"sft_large": "base-large fine-tuned on the demonstrations (sft_large)", "base_large": "base-large"}
+
+
 def _rm_form_line(rm: dict) -> list[str]:
     form = rm.get("reward_form")
+    init = RM_INIT_LABELS.get(rm.get("init", "base_large"), rm.get("init"))
     if form == "mean_logprob":
-        text = (f"base-large kept whole, LM head included; a response scores {rm.get('reward_scale')} x its mean "
+        text = (f"{init} kept whole, LM head included; a response scores {rm.get('reward_scale')} x its mean "
                 "token log-likelihood (SimPO's implicit reward), trained with Bradley-Terry over all pairs per prompt")
     elif form == "head":
-        text = "base-large with a new scalar head on the last token (InstructGPT), Bradley-Terry over all pairs per prompt"
+        text = f"{init} with a new scalar head on the last token (InstructGPT), Bradley-Terry over all pairs per prompt"
     else:
         return []
     return [f"- Reward model: {text}.", ""]
@@ -150,11 +154,13 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
 
 
 def plot_training(out: Path, path: Path, ppo_dirs: dict[str, Path]) -> None:
-    """One panel per stage: SFT loss, RM loss and accuracy, then per PPO run the
+    """One panel per stage: SFT loss (and base-large's), RM loss and accuracy, then per PPO run the
     rewards (proxy and gold) and the KL and response length."""
     plt = _plt()
-    panels = [("SFT", out / "sft" / "metrics.jsonl", ["loss/train", "loss/val"]),
-              ("reward model", out / "rm" / "metrics.jsonl", ["loss/reward", "rewards/accuracy", "val/accuracy"])]
+    panels = [("SFT", out / "sft" / "metrics.jsonl", ["loss/train", "loss/val"])]
+    if (out / "sft_large" / "metrics.jsonl").exists():
+        panels.append(("SFT of base-large (RM init)", out / "sft_large" / "metrics.jsonl", ["loss/train", "loss/val"]))
+    panels += [("reward model", out / "rm" / "metrics.jsonl", ["loss/reward", "rewards/accuracy", "val/accuracy"])]
     for name, d in ppo_dirs.items():
         panels.append((f"{name}: rewards", d / "metrics.jsonl", ["objective/scores_rm", "objective/scores_gold",
                                                                    "objective/rlhf_reward"]))
@@ -345,9 +351,13 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
     lines.append(f"| total | {sum(report['seconds'].values()):.1f} |")
     lines += ["", "## Settings", "",
               f"- SFT: {cfg.sft.num_epochs} epochs, lr {cfg.sft.learning_rate}, batch {cfg.sft.per_device_batch_size}.",
-              f"- RM: init base-large, {cfg.rm.num_epochs} epoch, lr {cfg.rm.learning_rate}, "
+              *([f"- SFT of base-large (the RM's init): {cfg.sft_large.num_epochs} epochs, lr "
+                 f"{cfg.sft_large.learning_rate}, batch {cfg.sft_large.per_device_batch_size}."]
+                if cfg.rm_init == "sft_large" else []),
+              f"- RM: init {cfg.rm_init}, {cfg.rm.num_epochs} epoch, lr {cfg.rm.learning_rate}, "
               f"{cfg.rm.per_device_batch_size} prompts per step (all C(K,2) pairs of a prompt in one element), "
-              "normalised to mean 0 / std 1 on the SFT comparison responses.",
+              "normalised to mean 0 / std 1 on the SFT comparison responses"
+              f"{f' ({cfg.rm.normalize_max_texts} sampled)' if cfg.rm.normalize_max_texts else ''}.",
               f"- PPO: {cfg.ppo.total_episodes} episodes, rollout batch {cfg.ppo.rollout_batch_size}, "
               f"{cfg.ppo.num_minibatches} minibatches x {cfg.ppo.ppo_epochs} epochs, lr {cfg.ppo.learning_rate}, "
               f"beta {cfg.ppo.kl_coef} (per-token KL to SFT), value model: {cfg.ppo.value_model}, "
