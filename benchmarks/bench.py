@@ -1,6 +1,6 @@
-"""rlhfkit against TRL on this machine: PPO (TRL 0.29.1), SFT / reward model / DPO (TRL 1.16).
+"""rlhfkit against TRL on this machine: PPO (TRL 0.29.1), RLOO / SFT / reward model / DPO (TRL 1.16).
 
-    python benchmarks/bench.py [--only ppo|ppo128|ppo15m|sft|rm|dpo] [--json FILE] [--quick]
+    python benchmarks/bench.py [--only ppo|ppo128|ppo15m|rloo|sft|rm|dpo] [--json FILE] [--quick]
 
 Each benchmark runs rlhfkit and the peer as subprocesses on the same checkpoints,
 data, hyperparameters and thread count, alternating rlhfkit/peer/rlhfkit/peer,
@@ -35,15 +35,20 @@ MODELS = {  # Llama-style, tied embeddings; the vocabulary comes from the shared
 }
 VOCAB = 512
 
-PPO_BENCHES = {  # name: (model, response_length, total_episodes full, quick)
-    "ppo": ("h128", 32, 1536, 128),
-    "ppo128": ("h128", 128, 512, 128),
-    "ppo15m": ("h384", 32, 512, 128),
+PPO_BENCHES = {  # name: (model, response_length, total_episodes full, quick, advantage estimator)
+    "ppo": ("h128", 32, 1536, 128, "gae"),
+    "ppo128": ("h128", 128, 512, 128, "gae"),
+    "ppo15m": ("h384", 32, 512, 128, "gae"),
+    "rloo": ("h128", 32, 1536, 128, "rloo"),  # against TRL 1.16's RLOOTrainer
 }
 # adam_eps: TRL's AdamW default (1e-8), set in both (rlhfkit's own default is 1e-5, as lm-human-preferences):
 # with 1e-5 rlhfkit's updates were smaller and TRL reached a higher mean score at response 128 and 15M
 PPO_HPARAMS = dict(rollout_batch_size=64, num_minibatches=1, ppo_epochs=4, temperature=1.0, missing_eos_penalty=1.0,
                    kl_coef=0.02, learning_rate=1e-5, adam_eps=1e-8)
+# Critic-free RLOO: K = 4 samples per prompt (16 prompts x 4 per rollout of 64), no value model. TRL's
+# RLOOTrainer has no missing-EOS penalty and does not normalise advantages by default: the same in rlhfkit.
+RLOO_HPARAMS = dict(advantage_estimator="rloo", samples_per_prompt=4, missing_eos_penalty=0.0,
+                    whiten_advantages="none")
 N_PROMPTS = 512
 
 # ----------------------------------------------------------------------------- synthetic corpus and data
@@ -230,25 +235,37 @@ def _params(model_dir: str, scalar: bool) -> dict:
                               tied=cfg.get("tie_word_embeddings", True), head_outputs=1 if scalar else 0)
 
 
-def bench_ppo(name: str, paths: dict, args, peak: dict, out: Path) -> dict:
-    model, response_length, full, quick = PPO_BENCHES[name]
-    episodes = args.episodes or (quick if args.quick else full)
+def ppo_spec(name: str, paths: dict, episodes: int) -> dict:
+    """The spec both runners read for PPO benchmark `name` (task "ppo", or "rloo" when critic-free)."""
+    model, response_length, _, _, estimator = PPO_BENCHES[name]
     h = dict(PPO_HPARAMS, response_length=response_length, total_episodes=episodes)
-    spec = {"task": "ppo", "policy": paths[model]["policy"], "reward": paths[model]["reward"],
-            "prompts": paths["prompts"], "hparams": h, "threads": THREADS, "seed": 0, "quality_last_steps": 5}
-    peer_py = ensure_venv("trl029")
+    if estimator != "gae":
+        h.update(RLOO_HPARAMS, advantage_estimator=estimator)
+    return {"task": "ppo" if estimator == "gae" else estimator, "policy": paths[model]["policy"],
+            "reward": paths[model]["reward"], "prompts": paths["prompts"], "hparams": h, "threads": THREADS,
+            "seed": 0, "quality_last_steps": 5}
+
+
+def bench_ppo(name: str, paths: dict, args, peak: dict, out: Path) -> dict:
+    model, response_length, full, quick, estimator = PPO_BENCHES[name]
+    spec = ppo_spec(name, paths, args.episodes or (quick if args.quick else full))
+    h = spec["hparams"]
+    critic_free = estimator != "gae"
+    peer_key = "trl116" if critic_free else "trl029"
+    peer_py = ensure_venv(peer_key)
     ours, peer = alternate(name, args.reps, spec, spec, peer_py, out, "episodes_per_second")
     n_pol = _params(paths[model]["policy"], scalar=False)
     n_rm = _params(paths[model]["reward"], scalar=True)
     prompts = [json.loads(line) for line in Path(paths["prompts"]).read_text().splitlines()]
     p_mean = sum(len(r["input_ids"]) for r in prompts) / len(prompts)
-    f = flops.ppo_flops_per_episode(n_pol["total"], n_rm["total"], n_pol["total"], n_rm["total"], p_mean,
-                                    response_length, h["ppo_epochs"])
+    f = flops.ppo_flops_per_episode(n_pol["total"], 0 if critic_free else n_rm["total"], n_pol["total"],
+                                    n_rm["total"], p_mean, response_length, h["ppo_epochs"])
     res = {"rlhfkit": flops.summarise(ours, "episodes_per_second"), "peer": flops.summarise(peer, "episodes_per_second")}
-    res["peer"]["name"] = f"trl {peer[0].get('version', VENVS['trl029'][0])}"
+    res["peer"]["name"] = f"trl {peer[0].get('version', VENVS[peer_key][0])}"
     for s in ("rlhfkit", "peer"):
         res[s]["mfu"] = flops.mfu(f["total"], res[s]["throughput"], peak["flops"])
-        res[s]["quality_metric"] = "mean objective/scores over the last 5 PPO steps (after the missing-EOS penalty)"
+        res[s]["quality_metric"] = ("mean reward-model score over the last 5 rollouts" if critic_free else
+                                    "mean objective/scores over the last 5 PPO steps (after the missing-EOS penalty)")
     res["ratio"] = res["rlhfkit"]["throughput"] / res["peer"]["throughput"]
     for s, runs in (("rlhfkit", ours), ("peer", peer)):
         res[s]["episodes_per_cpu_second"] = flops.median([r["episodes"] / r["cpu_seconds"] for r in runs])

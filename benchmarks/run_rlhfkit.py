@@ -55,14 +55,17 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def run_ppo(spec: dict) -> dict:
-    import rlhfkit.trainers.ppo as ppo_mod
-    from rlhfkit.trainers.ppo import train_ppo
+def ppo_config(spec: dict):
+    """The PPOConfig of a PPO or critic-free (hparams["advantage_estimator"]) benchmark spec."""
     from rlhfkit.trainers.ppo_config import PPOConfig
 
     h = spec["hparams"]
+    estimator = h.get("advantage_estimator", "gae")
+    critic_free = dict(advantage_estimator=estimator, samples_per_prompt=h["samples_per_prompt"],
+                       whiten_advantages=h["whiten_advantages"]) if estimator != "gae" else {}
     cfg = PPOConfig(
-        model=spec["policy"], reward_model=spec["reward"], value_model=spec["reward"], prompts=spec["prompts"],
+        **critic_free, value_model=spec["reward"] if estimator == "gae" else "",
+        model=spec["policy"], reward_model=spec["reward"], prompts=spec["prompts"],
         output_dir=spec["output_dir"], seed=spec.get("seed", 0), total_episodes=h["total_episodes"],
         rollout_batch_size=h["rollout_batch_size"], num_minibatches=h["num_minibatches"], ppo_epochs=h["ppo_epochs"],
         per_device_train_batch_size=h["rollout_batch_size"] // h["num_minibatches"],
@@ -73,6 +76,15 @@ def run_ppo(spec: dict) -> dict:
         max_prompt_length=256, num_samples_logged=0, dtype="float32",
         mixed_precision=spec.get("mixed_precision", "no"),
     )
+    return cfg
+
+
+def run_ppo(spec: dict) -> dict:
+    import rlhfkit.trainers.ppo as ppo_mod
+    from rlhfkit.trainers.ppo import train_ppo
+
+    h = spec["hparams"]
+    cfg = ppo_config(spec)
     clock = _LoopClock(ppo_mod)
     t0 = time.perf_counter()
     maybe_profiled(spec, lambda: train_ppo(cfg))
@@ -116,7 +128,7 @@ def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     _threads(spec["threads"])
     task = spec["task"]
-    if task == "ppo":
+    if task in ("ppo", "rloo"):
         result = run_ppo(spec)
     elif task == "sft":
         result = _simple(spec, "rlhfkit.trainers.sft", "train_sft", "SFTConfig", "loss/train", "tokens_per_second")

@@ -1,8 +1,8 @@
 """One TRL benchmark run, in the peer's own virtual environment:
 `python run_trl.py SPEC.json RESULT.json` (no rlhfkit import here).
 
-PPO: trl.experimental.ppo.PPOTrainer (TRL 0.29.1). SFT/RM/DPO: TRL 1.16's
-SFTTrainer, RewardTrainer, DPOTrainer. The training loop is `trainer.train()`,
+PPO: trl.experimental.ppo.PPOTrainer (TRL 0.29.1). RLOO, SFT, RM, DPO: TRL 1.16's
+RLOOTrainer, SFTTrainer, RewardTrainer, DPOTrainer. The training loop is `trainer.train()`,
 timed alone (model loading and trainer construction excluded).
 """
 from __future__ import annotations
@@ -77,6 +77,48 @@ def run_ppo(spec: dict) -> dict:
             "quality_se": standard_error([r["objective/scores"] for r in last])}
 
 
+def run_rloo(spec: dict) -> dict:
+    """TRL 1.16's RLOOTrainer: K samples per prompt, leave-one-out baseline, the summed k1 KL
+    to the reference subtracted from each sequence's reward, clipped updates."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RLOOConfig, RLOOTrainer
+
+    h = spec["hparams"]
+    rollouts = h["total_episodes"] // h["rollout_batch_size"]
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(spec["policy"], padding_side="left")
+    reward_tok = AutoTokenizer.from_pretrained(spec["reward"])
+    reward = AutoModelForSequenceClassification.from_pretrained(spec["reward"], num_labels=1, dtype=torch.float32)
+    reward.config.pad_token_id = reward_tok.pad_token_id
+    data = Dataset.from_dict({"prompt": [r["prompt"] for r in _read_jsonl(spec["prompts"])]})
+    args = RLOOConfig(
+        **_common_args(spec),
+        # one rollout of rollout_batch_size completions per generation, reused ppo_epochs times in one minibatch
+        per_device_train_batch_size=h["rollout_batch_size"], gradient_accumulation_steps=1, steps_per_generation=1,
+        num_generations=h["samples_per_prompt"], num_iterations=h["ppo_epochs"], max_steps=rollouts * h["ppo_epochs"],
+        max_completion_length=h["response_length"], temperature=h["temperature"], top_k=0, top_p=1.0,
+        beta=h["kl_coef"], learning_rate=h["learning_rate"], adam_epsilon=h.get("adam_eps", 1e-8),
+        lr_scheduler_type="linear", max_grad_norm=1.0, normalize_advantages=False, disable_dropout=True,
+        model_init_kwargs={"dtype": torch.float32}, log_completions=False,
+    )
+    trainer = RLOOTrainer(model=spec["policy"], reward_funcs=[reward], args=args, train_dataset=data,
+                          processing_class=tok, reward_processing_classes=[reward_tok])
+    load = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    maybe_profiled(spec, trainer.train)
+    train = time.perf_counter() - t1
+    rows = [r for r in trainer.state.log_history if "reward" in r]  # one per generation (rollout)
+    last = rows[-spec.get("quality_last_steps", 5):]
+    episodes = trainer.state.global_step // h["ppo_epochs"] * h["rollout_batch_size"]
+    return {"train_seconds": train, "load_seconds": load, "episodes": episodes,
+            "episodes_per_second": episodes / train, "steps": len(rows),
+            "quality": sum(r["reward"] for r in last) / max(len(last), 1),
+            "quality_se": standard_error([r["reward"] for r in last]),
+            "response_length_mean": sum(r["completions/mean_length"] for r in rows) / max(len(rows), 1)}
+
+
 def _loss_rows(trainer) -> list[dict]:
     return [r for r in trainer.state.log_history if "loss" in r]
 
@@ -141,7 +183,7 @@ def _train(trainer, spec: dict, load: float, unit: str) -> dict:
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     _threads(spec["threads"])
-    result = {"ppo": run_ppo, "sft": run_sft, "rm": run_rm, "dpo": run_dpo}[spec["task"]](spec)
+    result = {"ppo": run_ppo, "rloo": run_rloo, "sft": run_sft, "rm": run_rm, "dpo": run_dpo}[spec["task"]](spec)
     import torch
     import trl
 

@@ -71,3 +71,25 @@ def test_matmul_peak_is_positive():
 def test_standard_error_of_per_step_scores():
     assert flops.standard_error([1.0, 3.0]) == pytest.approx(1.0)  # sd sqrt(2), over sqrt(2)
     assert math.isnan(flops.standard_error([1.0]))
+
+
+def test_ppo_benchmark_specs_make_valid_matched_configs(tmp_path):
+    """Every PPO benchmark spec builds a valid rlhfkit PPOConfig: a value model exactly when
+    the estimator is GAE; the critic-free one with K = 4, no advantage whitening and no
+    missing-EOS penalty (TRL's RLOOTrainer has neither), in a rollout divisible by K."""
+    import bench
+    import run_rlhfkit
+
+    paths = {m: {"policy": "p", "reward": "r"} for m in bench.MODELS}
+    paths["prompts"] = "prompts.jsonl"
+    for name, (_, response_length, full, _, estimator) in bench.PPO_BENCHES.items():
+        spec = dict(bench.ppo_spec(name, paths, full), output_dir=str(tmp_path / name))
+        cfg = run_rlhfkit.ppo_config(spec)
+        cfg.derived(num_processes=1)  # the divisibility checks
+        assert cfg.response_length == response_length and cfg.total_episodes == full
+        if estimator == "gae":
+            assert spec["task"] == "ppo" and cfg.value_model == "r" and cfg.advantage_estimator == "gae"
+        else:
+            assert spec["task"] == "rloo" and cfg.value_model == "" and cfg.advantage_estimator == "rloo"
+            assert (cfg.samples_per_prompt, cfg.whiten_advantages, cfg.missing_eos_penalty) == (4, "none", 0.0)
+            assert cfg.rollout_batch_size % cfg.samples_per_prompt == 0
