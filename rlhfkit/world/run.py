@@ -95,22 +95,17 @@ class WorldSFTConfig(SFTConfig):
 
 
 @dataclass
-class WorldSFTLargeConfig(SFTConfig):
-    """SFT of base-large on the demonstrations, the reward model's starting point (rm_init sft_large)."""
+class WorldSFTLargeConfig(WorldSFTConfig):
+    """SFT of base-large on the demonstrations, the reward model's starting point (rm_init sft_large);
+    the policy's SFT options except these."""
 
     learning_rate: float = option(3e-4, "peak learning rate (an 8M model)")
     num_epochs: float = option(1.0, "passes over the demonstrations. Untrained, as a reward model scoring mean "
                                "log-likelihood it orders held-out pairs like a labeler 67.0% (base-large: 61.9%); "
                                "1/3 epoch: 65.7%")
-    per_device_batch_size: int = option(32, "demonstrations per optimizer step")
-    warmup_ratio: float = option(0.03, "warmup share of the steps")
-    eval_fraction: float = option(0.02, "demonstrations held out for validation loss")
-    max_length: int = option(128, "longest demonstration in tokens")
     group_by_length: bool = option(True, "batch demonstrations of similar length: measured 325 -> 167 s per epoch "
                                    "for 67.7% -> 67.0% held-out ordering; the policy's SFT keeps it off (it costs "
                                    "the policy gold score)")
-    log_every: int = option(20, "write metrics every N steps")
-    progress: bool = option(False, "show a progress bar")
 
 
 @dataclass
