@@ -203,3 +203,41 @@ def test_full_default_world_run(tmp_path):
     assert report["win_rates"]["sft_vs_base_small"] > 0.5
     assert report["reward_model"]["val_accuracy"] > 0.5
     assert report["models"]["ppo"]["kl_to_sft"] is not None
+
+
+@pytest.mark.parametrize("rm_init", ["sft_large", "base_large"])
+def test_rm_init_chooses_the_reward_models_starting_point(tmp_path, monkeypatch, rm_init):
+    """rm_init sft_large trains base-large on the demonstrations first and starts the RM there;
+    base_large skips that stage. The stages are recorded, not run."""
+    import rlhfkit.world.run as world_run
+
+    class ReachedRM(Exception):
+        pass
+
+    stages = []
+
+    def fake_run_stage(name, directory, fn, cfg, log=None):
+        stages.append((name, getattr(cfg, "model", None)))
+        if name == "rm":
+            raise ReachedRM
+        return 0.0
+
+    monkeypatch.setattr(world_run, "run_stage", fake_run_stage)
+    monkeypatch.setattr(world_run, "_timed", lambda name, directory, fn: 0.0)
+    small, large = str(tmp_path / "small"), str(tmp_path / "large")
+    Path(small).mkdir(), Path(large).mkdir()
+    cfg = from_dict(RunConfig, {"output_dir": str(tmp_path / "run"), "rm_init": rm_init,
+                                "base_small": small, "base_large": large})
+    with pytest.raises(ReachedRM):
+        run_world(cfg)
+    if rm_init == "sft_large":
+        assert stages == [("sft", small), ("sft_large", large), ("rm", str(tmp_path / "run" / "sft_large"))]
+    else:
+        assert stages == [("sft", small), ("rm", large)]
+
+
+def test_unknown_rm_init_is_an_error_before_any_work(tmp_path):
+    cfg = from_dict(RunConfig, {"output_dir": str(tmp_path / "run"), "rm_init": "sft"})
+    with pytest.raises(ValueError, match="rm_init: unknown starting point 'sft'"):
+        run_world(cfg)
+    assert not (tmp_path / "run").exists()
