@@ -47,8 +47,7 @@ PPO_HPARAMS = dict(rollout_batch_size=64, num_minibatches=1, ppo_epochs=4, tempe
                    kl_coef=0.02, learning_rate=1e-5, adam_eps=1e-8)
 # Critic-free RLOO: K = 4 samples per prompt (16 prompts x 4 per rollout of 64), no value model. TRL's
 # RLOOTrainer has no missing-EOS penalty and does not normalise advantages by default: the same in rlhfkit.
-RLOO_HPARAMS = dict(advantage_estimator="rloo", samples_per_prompt=4, missing_eos_penalty=0.0,
-                    whiten_advantages="none")
+RLOO_HPARAMS = dict(samples_per_prompt=4, missing_eos_penalty=0.0, whiten_advantages="none")
 N_PROMPTS = 512
 
 # ----------------------------------------------------------------------------- synthetic corpus and data

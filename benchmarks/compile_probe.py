@@ -1,6 +1,6 @@
 """What torch.compile would buy the PPO update on this CPU, and what it costs.
 
-    python benchmarks/compile_probe.py [--model h128|h384] [--lengths 50 150] [--iters 10]
+    python benchmarks/compile_probe.py [--model h128|h384] [--lengths 50 150] [--iters 5] [--rounds 5]
 
 The PPO step is ~80% update (4 epochs of policy and value forward+backward), which
 runs at HF Llama's eager speed; the issue's 2x target needs faster passes. This
@@ -20,16 +20,18 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.losses.common import gather_logprobs, masked_mean
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the suite's assets)
 import flops  # noqa: E402  (the matmul peak)
 
 
 def token_logprob_step(model, ids: torch.Tensor, mask: torch.Tensor) -> None:
-    """Forward, log-probs of the next tokens under the mask, backward (grads accumulate)."""
+    """Forward, the next tokens' log-probs as the PPO update takes them, backward (grads accumulate)."""
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # [B, T, V]
-    logprobs = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    (-(logprobs * mask[:, 1:]).sum() / mask.sum()).backward()
+    logprobs = gather_logprobs(logits[:, :-1], ids[:, 1:])  # [B, T-1]
+    (-masked_mean(logprobs, mask[:, 1:].float())).backward()
 
 
 def seconds_per_step(model, ids, mask, iters: int) -> float:

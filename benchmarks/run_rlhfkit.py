@@ -61,11 +61,13 @@ def ppo_config(spec: dict):
 
     h = spec["hparams"]
     estimator = h.get("advantage_estimator", "gae")
-    critic_free = dict(advantage_estimator=estimator, samples_per_prompt=h["samples_per_prompt"],
-                       whiten_advantages=h["whiten_advantages"]) if estimator != "gae" else {}
+    if estimator == "gae":  # the value model starts from the reward model, as TRL's
+        critic = dict(value_model=spec["reward"])
+    else:  # a group baseline, no value model
+        critic = dict(advantage_estimator=estimator, samples_per_prompt=h["samples_per_prompt"],
+                      whiten_advantages=h["whiten_advantages"])
     cfg = PPOConfig(
-        **critic_free, value_model=spec["reward"] if estimator == "gae" else "",
-        model=spec["policy"], reward_model=spec["reward"], prompts=spec["prompts"],
+        **critic, model=spec["policy"], reward_model=spec["reward"], prompts=spec["prompts"],
         output_dir=spec["output_dir"], seed=spec.get("seed", 0), total_episodes=h["total_episodes"],
         rollout_batch_size=h["rollout_batch_size"], num_minibatches=h["num_minibatches"], ppo_epochs=h["ppo_epochs"],
         per_device_train_batch_size=h["rollout_batch_size"] // h["num_minibatches"],

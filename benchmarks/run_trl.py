@@ -64,17 +64,22 @@ def run_ppo(spec: dict) -> dict:
     )
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                          value_model=value, train_dataset=data)
-    load = time.perf_counter() - t0
+    result, _ = _train_rl(trainer, spec, time.perf_counter() - t0, "objective/scores")
+    return result
+
+
+def _train_rl(trainer, spec: dict, load: float, score_key: str) -> tuple[dict, list[dict]]:
+    """Time trainer.train(); a PPO or RLOO trainer logs `score_key` once per rollout, so those
+    log rows count the episodes and their last few give the quality. Returns the rows too."""
     t1 = time.perf_counter()
     maybe_profiled(spec, trainer.train)
     train = time.perf_counter() - t1
-    rows = [r for r in trainer.state.log_history if "objective/scores" in r]
-    last = rows[-spec.get("quality_last_steps", 5):]
-    episodes = len(rows) * h["rollout_batch_size"]
-    return {"train_seconds": train, "load_seconds": load, "episodes": episodes,
-            "episodes_per_second": episodes / train, "steps": len(rows),
-            "quality": sum(r["objective/scores"] for r in last) / max(len(last), 1),
-            "quality_se": standard_error([r["objective/scores"] for r in last])}
+    rows = [r for r in trainer.state.log_history if score_key in r]
+    scores = [r[score_key] for r in rows[-spec.get("quality_last_steps", 5):]]
+    episodes = len(rows) * spec["hparams"]["rollout_batch_size"]
+    return {"train_seconds": train, "load_seconds": load, "episodes": episodes, "episodes_per_second": episodes / train,
+            "steps": len(rows), "quality": sum(scores) / max(len(scores), 1),
+            "quality_se": standard_error(scores)}, rows
 
 
 def run_rloo(spec: dict) -> dict:
@@ -105,18 +110,9 @@ def run_rloo(spec: dict) -> dict:
     )
     trainer = RLOOTrainer(model=spec["policy"], reward_funcs=[reward], args=args, train_dataset=data,
                           processing_class=tok, reward_processing_classes=[reward_tok])
-    load = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    maybe_profiled(spec, trainer.train)
-    train = time.perf_counter() - t1
-    rows = [r for r in trainer.state.log_history if "reward" in r]  # one per generation (rollout)
-    last = rows[-spec.get("quality_last_steps", 5):]
-    episodes = trainer.state.global_step // h["ppo_epochs"] * h["rollout_batch_size"]
-    return {"train_seconds": train, "load_seconds": load, "episodes": episodes,
-            "episodes_per_second": episodes / train, "steps": len(rows),
-            "quality": sum(r["reward"] for r in last) / max(len(last), 1),
-            "quality_se": standard_error([r["reward"] for r in last]),
-            "response_length_mean": sum(r["completions/mean_length"] for r in rows) / max(len(rows), 1)}
+    result, rows = _train_rl(trainer, spec, time.perf_counter() - t0, "reward")  # logged at each generation
+    result["response_length_mean"] = sum(r["completions/mean_length"] for r in rows) / max(len(rows), 1)
+    return result
 
 
 def _loss_rows(trainer) -> list[dict]:

@@ -17,7 +17,6 @@ a new head starts at chance and, on 2,500 rankings, ends at 54%.
 from __future__ import annotations
 
 import random
-
 from dataclasses import dataclass
 from pathlib import Path
 

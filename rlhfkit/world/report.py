@@ -29,6 +29,7 @@ FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "terminated", "polit
 RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement", "exact_pairs",
            "exact_pair_accuracy", "exact_pair_accuracy_per_family", "score_correlation", "reward_form",
            "reward_scale", "init")
+RM_INIT_LABELS = {"sft_large": "base-large fine-tuned on the demonstrations (sft_large)", "base_large": "base-large"}
 LABELS = {"base_small": "base-small", "base_large": "base-large (\"GPT-3\")", "sft": "SFT", "ppo": "PPO (RLHF)",
           "ppo_ptx": "PPO-ptx", "rloo": "RLOO (no critic)", "grpo": "GRPO (no critic)", "dpo": "DPO", "ipo": "IPO",
           "cdpo": "cDPO", "robust": "robust DPO", "hinge": "SLiC hinge", "simpo": "SimPO", "kto": "KTO",
@@ -74,9 +75,6 @@ def win_rates(evals: dict[str, dict], temperatures) -> tuple[dict, dict]:
     if "ppo_ptx" in evals and "ppo" in evals:
         rates["ppo_ptx_vs_ppo"] = win_rate(scores("ppo_ptx"), scores("ppo"))
     return rates, {"sft_best_temperature": float(best[1:])}
-
-
-RM_INIT_LABELS = {"sft_large": "base-large fine-tuned on the demonstrations (sft_large)", "base_large": "base-large"}
 
 
 def _rm_form_line(rm: dict) -> list[str]:

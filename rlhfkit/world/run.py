@@ -322,6 +322,14 @@ def _ptx_data(cfg: RunConfig, out: Path) -> str:
     return str(path)
 
 
+def _stage_config(trainer_config: type, options, cfg: RunConfig, **settings):
+    """A trainer's config from the world's options for that stage (a subclass with the world's
+    defaults), with the run's seed and threads and the stage's own settings (paths, ...)."""
+    fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(trainer_config)}
+    fields.update(seed=cfg.seed, num_threads=cfg.num_threads, **settings)
+    return trainer_config(**fields)
+
+
 def ppo_stage_config(cfg: RunConfig, out: Path, directory: Path, **overrides) -> PPOConfig:
     """The PPO config of a world run: policy and reference = SFT, reward = the RM
     plus the gold judge with weight 0 (logged as objective/scores_gold only)."""
@@ -373,10 +381,9 @@ def _direct_stage(cfg: RunConfig, out: Path, name: str, base_small: str) -> tupl
     EOS, as the RM saw it), or ORPO from base-small."""
     if name == "orpo":
         return _orpo_stage(cfg, out, base_small)
-    fields = {f.name: getattr(cfg.dpo, f.name) for f in dataclasses.fields(DPOConfig)}
-    fields.update(model=str(out / "sft"), data=str(out / "comparisons" / "comparisons.jsonl"),
-                  output_dir=str(out / name), seed=cfg.seed, num_threads=cfg.num_threads)
-    return run_stage(name, out / name, train_dpo, for_method(DPOConfig(**fields), name), log=_log), str(out / name)
+    dpo_cfg = _stage_config(DPOConfig, cfg.dpo, cfg, model=str(out / "sft"),
+                            data=str(out / "comparisons" / "comparisons.jsonl"), output_dir=str(out / name))
+    return run_stage(name, out / name, train_dpo, for_method(dpo_cfg, name), log=_log), str(out / name)
 
 
 def _orpo_data(cfg: RunConfig, out: Path, base_small: str) -> str:
@@ -418,10 +425,9 @@ def _orpo_stage(cfg: RunConfig, out: Path, base_small: str) -> tuple[float, str]
     def stage(orpo_cfg: DPOConfig) -> Path:
         return train_dpo(dataclasses.replace(orpo_cfg, data=_orpo_data(cfg, out, base_small)))
 
-    fields = {f.name: getattr(cfg.orpo, f.name) for f in dataclasses.fields(DPOConfig)}
-    fields.update(model=base_small, data=str(out / "orpo_data" / "pairs.jsonl"), output_dir=str(out / "orpo"),
-                  seed=cfg.seed, loss="orpo", num_threads=cfg.num_threads)
-    return run_stage("orpo", out / "orpo", stage, DPOConfig(**fields), log=_log), str(out / "orpo")
+    orpo_cfg = _stage_config(DPOConfig, cfg.orpo, cfg, model=base_small, data=str(out / "orpo_data" / "pairs.jsonl"),
+                             output_dir=str(out / "orpo"), loss="orpo")
+    return run_stage("orpo", out / "orpo", stage, orpo_cfg, log=_log), str(out / "orpo")
 
 
 def run_world(cfg: RunConfig) -> Path:
@@ -444,25 +450,22 @@ def run_world(cfg: RunConfig) -> Path:
 
     seconds["data"] = _timed("data", out / "data", lambda: _data_stage(cfg, out))
 
-    sft_cfg = SFTConfig(**{f.name: getattr(cfg.sft, f.name) for f in dataclasses.fields(SFTConfig)})
-    sft_cfg = dataclasses.replace(sft_cfg, model=base_small, data=str(out / "data" / "demonstrations.jsonl"),
-                                  output_dir=str(out / "sft"), seed=cfg.seed, num_threads=cfg.num_threads)
+    demonstrations = str(out / "data" / "demonstrations.jsonl")
+    sft_cfg = _stage_config(SFTConfig, cfg.sft, cfg, model=base_small, data=demonstrations, output_dir=str(out / "sft"))
     seconds["sft"] = run_stage("sft", out / "sft", train_sft, sft_cfg, log=_log)
 
     rm_init = base_large
     if cfg.rm_init == "sft_large":
-        large_cfg = SFTConfig(**{f.name: getattr(cfg.sft_large, f.name) for f in dataclasses.fields(SFTConfig)})
-        large_cfg = dataclasses.replace(large_cfg, model=base_large, data=sft_cfg.data, output_dir=str(out / "sft_large"),
-                                        seed=cfg.seed, num_threads=cfg.num_threads)
+        large_cfg = _stage_config(SFTConfig, cfg.sft_large, cfg, model=base_large, data=demonstrations,
+                                  output_dir=str(out / "sft_large"))
         seconds["sft_large"] = run_stage("sft_large", out / "sft_large", train_sft, large_cfg, log=_log)
         rm_init = str(out / "sft_large")
 
     seconds["comparisons"] = _timed("comparisons", out / "comparisons", lambda: _comparisons_stage(cfg, out))
 
-    rm_cfg = RewardConfig(**{f.name: getattr(cfg.rm, f.name) for f in dataclasses.fields(RewardConfig)})
-    rm_cfg = dataclasses.replace(rm_cfg, model=rm_init, data=str(out / "comparisons" / "comparisons.jsonl"),
-                                 eval_data=str(out / "comparisons" / "heldout.jsonl"), output_dir=str(out / "rm"),
-                                 seed=cfg.seed, normalize_on="responses", num_threads=cfg.num_threads)
+    rm_cfg = _stage_config(RewardConfig, cfg.rm, cfg, model=rm_init, output_dir=str(out / "rm"),
+                           data=str(out / "comparisons" / "comparisons.jsonl"),
+                           eval_data=str(out / "comparisons" / "heldout.jsonl"), normalize_on="responses")
     seconds["rm"] = run_stage("rm", out / "rm", lambda c: _rm_stage(cfg, out, c), rm_cfg, log=_log)
 
     models = {"base_small": base_small, "base_large": base_large, "sft": str(out / "sft")}
