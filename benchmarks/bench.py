@@ -266,6 +266,8 @@ def bench_ppo(name: str, paths: dict, args, peak: dict, out: Path) -> dict:
         res[s]["quality_metric"] = ("mean reward-model score over the last 5 rollouts" if critic_free else
                                     "mean objective/scores over the last 5 PPO steps (after the missing-EOS penalty)")
     res["ratio"] = res["rlhfkit"]["throughput"] / res["peer"]["throughput"]
+    if not args.quick:
+        res["floor"] = matmul_floor(name, spec, out, res["peer"]["throughput"])
     for s, runs in (("rlhfkit", ours), ("peer", peer)):
         res[s]["episodes_per_cpu_second"] = flops.median([r["episodes"] / r["cpu_seconds"] for r in runs])
     res["ratio_per_cpu_second"] = res["rlhfkit"]["episodes_per_cpu_second"] / res["peer"]["episodes_per_cpu_second"]
@@ -284,6 +286,38 @@ def bench_ppo(name: str, paths: dict, args, peak: dict, out: Path) -> dict:
                     "config": h, "model": MODELS[model]}
     res["_phases_text"] = flops.format_phases(timings, steps)
     return res
+
+
+FLOOR_STEPS = 4  # PPO steps of the profiled run behind matmul_floor
+
+
+def matmul_floor(name: str, spec: dict, out: Path, peer_throughput: float) -> dict:
+    """How fast the step could be if only its matrix products took time.
+
+    One more rlhfkit run of FLOOR_STEPS rollouts of the same spec under torch.profiler
+    (profiling.host_seconds; a separate run, not a timing) gives the seconds per episode
+    spent in matrix products, in attention and in all ops. rlhfkit computes no forward
+    twice, so no implementation of the same PPO (same passes, same model shapes) does
+    fewer matrix FLOPs; at the speed those products reach here, 1 / matmul seconds per
+    episode bounds its throughput from above, and that over the peer's throughput bounds
+    the ratio any such implementation can reach without faster matrix products."""
+    h = dict(spec["hparams"], total_episodes=FLOOR_STEPS * spec["hparams"]["rollout_batch_size"])
+    workdir = out / name / "floor"
+    workdir.mkdir(parents=True, exist_ok=True)
+    profile = workdir / "profile.txt"
+    r = run_one(sys.executable, HERE / "run_rlhfkit.py",
+                dict(spec, hparams=h, output_dir=str(workdir / "run"), profile=str(profile)), workdir)
+    seconds = json.loads(profile.with_suffix(".json").read_text())
+    matmul, attention = seconds["matmul_seconds"] / r["episodes"], seconds["attention_seconds"] / r["episodes"]
+    floor = {"profiled_episodes": r["episodes"], "matmul_seconds_per_episode": matmul,
+             "attention_seconds_per_episode": attention, "op_seconds_per_episode": seconds["op_seconds"] / r["episodes"],
+             "ceiling_episodes_per_second": 1 / matmul, "ceiling_ratio": 1 / matmul / peer_throughput,
+             "ceiling_ratio_with_attention": 1 / (matmul + attention) / peer_throughput, "profile": str(profile)}
+    print(f"  [{name}] floor: matrix products take {1000 * matmul:.1f} ms per episode, attention "
+          f"{1000 * attention:.1f} ms (profiled, {r['episodes']} episodes): if nothing else took time, "
+          f"{floor['ceiling_episodes_per_second']:.1f} episodes/s = {floor['ceiling_ratio']:.2f}x the peer "
+          f"({floor['ceiling_ratio_with_attention']:.2f}x with attention)", flush=True)
+    return floor
 
 
 # The method-specific options that make rlhfkit's and TRL 1.16's SFT / reward / DPO runs the

@@ -93,3 +93,34 @@ def test_ppo_benchmark_specs_make_valid_matched_configs(tmp_path):
             assert spec["task"] == "rloo" and cfg.value_model == "" and cfg.advantage_estimator == "rloo"
             assert (cfg.samples_per_prompt, cfg.whiten_advantages, cfg.missing_eos_penalty) == (4, "none", 0.0)
             assert cfg.rollout_batch_size % cfg.samples_per_prompt == 0
+
+
+def test_profiled_run_splits_its_time_into_matmuls_attention_and_all_ops(tmp_path):
+    """profiling.maybe_profiled writes PATH.json whose matmul and attention seconds come from
+    those ops alone: a run that is mostly large products is mostly matmul time, and neither
+    share exceeds the time of all ops or the wall time."""
+    import json
+
+    import torch
+    import torch.nn.functional as F
+
+    import profiling
+
+    a = torch.randn(512, 512)
+    q = torch.randn(2, 4, 64, 32)
+
+    def work():
+        for _ in range(20):
+            a @ a
+        F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        (a + 1).sum()
+        return "done"
+
+    path = tmp_path / "profile.txt"
+    assert profiling.maybe_profiled({"profile": str(path)}, work) == "done"
+    seconds = json.loads(path.with_suffix(".json").read_text())
+    assert 0 < seconds["attention_seconds"] < seconds["matmul_seconds"]
+    assert seconds["matmul_seconds"] + seconds["attention_seconds"] <= seconds["op_seconds"] <= seconds["wall_seconds"]
+    assert seconds["matmul_seconds"] > 0.5 * seconds["op_seconds"]
+    assert "aten::mm" in path.read_text()
+    assert profiling.maybe_profiled({}, work) == "done"  # no profile asked: just the call
