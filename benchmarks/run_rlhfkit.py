@@ -66,7 +66,7 @@ def ppo_config(spec: dict):
     else:  # a group baseline, no value model
         critic = dict(advantage_estimator=estimator, samples_per_prompt=h["samples_per_prompt"],
                       whiten_advantages=h["whiten_advantages"])
-    cfg = PPOConfig(
+    return PPOConfig(
         **critic, model=spec["policy"], reward_model=spec["reward"], prompts=spec["prompts"],
         output_dir=spec["output_dir"], seed=spec.get("seed", 0), total_episodes=h["total_episodes"],
         rollout_batch_size=h["rollout_batch_size"], num_minibatches=h["num_minibatches"], ppo_epochs=h["ppo_epochs"],
@@ -78,7 +78,6 @@ def ppo_config(spec: dict):
         max_prompt_length=256, num_samples_logged=0, dtype="float32",
         mixed_precision=spec.get("mixed_precision", "no"),
     )
-    return cfg
 
 
 def run_ppo(spec: dict) -> dict:

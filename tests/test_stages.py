@@ -95,13 +95,13 @@ def test_normalisation_on_a_seeded_sample_of_the_responses(tmp_path):
     from rlhfkit.data.loading import as_rankings, load_preferences
     from rlhfkit.models.loading import load_tokenizer
     from rlhfkit.trainers.data_plan import load_records
-    from rlhfkit.trainers.reward import _normalisation_examples
+    from rlhfkit.trainers.reward import _encode, _normalisation_examples
 
     model_dir = save_tiny_model(tmp_path / "base", hidden=32)
     data = _marker_preferences(tmp_path, n=40)
     tok = load_tokenizer(model_dir)
     cfg = RewardConfig(model=model_dir, data=data)
-    records = as_rankings(load_records(load_preferences, data, cfg.columns(), "raise", None))
+    records = _encode(tok, as_rankings(load_records(load_preferences, data, cfg.columns(), "raise", None)), cfg)
     key = lambda examples: [tuple(e.input_ids) for e in examples]
     everything = key(_normalisation_examples(cfg, tok, records, None))
     assert len(everything) == 80  # chosen and rejected of every pair

@@ -163,11 +163,13 @@ def normalisation_stats(model, examples, pad_id: int, batch_size: int, device) -
     return float(s.mean()), float(s.std()) if len(s) > 1 else 1.0
 
 
-def _normalisation_examples(cfg: RewardConfig, tokenizer, train_records, accelerator):
+def _normalisation_examples(cfg: RewardConfig, tokenizer, train_enc, accelerator):
+    """The texts the reward's mean/std are measured on: the responses of the encoded training
+    groups (train_enc, as _encode gives them: no second tokenisation) or a demonstrations file."""
     if cfg.normalize_on == "none":
         return []
     if cfg.normalize_on == "responses":
-        examples = [e for group, _ in _encode(tokenizer, train_records, cfg) for e in group]
+        examples = [e for group, _ in train_enc for e in group]
     else:
         demos = load_records(load_sft, cfg.normalize_on, ColumnMap(), cfg.on_error, accelerator)
         examples = list(encode_sft(tokenizer, demos, cfg.max_length, on_error=cfg.on_error))
@@ -249,7 +251,7 @@ def train_reward_model(cfg: RewardConfig) -> Path:
             final.update(evaluate_rankings(model, eval_enc, collator, cfg.per_device_batch_size, device,
                                            cfg.calibration_bins))
     unwrapped = accelerator.unwrap_model(model)
-    norm_examples = _normalisation_examples(cfg, tokenizer, train_records, accelerator)
+    norm_examples = _normalisation_examples(cfg, tokenizer, train_enc, accelerator)
     if norm_examples:
         with accelerator.autocast():
             mean, std = normalisation_stats(unwrapped, norm_examples, tokenizer.pad_token_id,

@@ -326,7 +326,7 @@ def _stage_config(trainer_config: type, options, cfg: RunConfig, **settings):
     """A trainer's config from the world's options for that stage (a subclass with the world's
     defaults), with the run's seed and threads and the stage's own settings (paths, ...)."""
     fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(trainer_config)}
-    fields.update(seed=cfg.seed, num_threads=cfg.num_threads, **settings)
+    fields.update({"seed": cfg.seed, "num_threads": cfg.num_threads, **settings})
     return trainer_config(**fields)
 
 
@@ -334,15 +334,13 @@ def ppo_stage_config(cfg: RunConfig, out: Path, directory: Path, **overrides) ->
     """The PPO config of a world run: policy and reference = SFT, reward = the RM
     plus the gold judge with weight 0 (logged as objective/scores_gold only)."""
     value = {"sft": str(out / "sft"), "rm": str(out / "rm")}.get(cfg.ppo.value_model, cfg.ppo.value_model)
-    fields = {f.name: getattr(cfg.ppo, f.name) for f in dataclasses.fields(PPOConfig)}
-    fields.update(model=str(out / "sft"), reward_model=str(out / "rm"), value_model=value,
-                  prompts=str(out / "data" / "ppo_prompts.jsonl"), output_dir=str(directory), seed=cfg.seed,
-                  reward_weights=[1.0, *[1.0] * len(cfg.ppo.reward_functions), 0.0],
-                  num_threads=cfg.num_threads)
-    fields.update(overrides)
-    if fields["advantage_estimator"] != "gae":  # a critic-free run trains no value model
-        fields["value_model"] = ""
-    return PPOConfig(**fields)
+    settings = dict(model=str(out / "sft"), reward_model=str(out / "rm"), value_model=value,
+                    prompts=str(out / "data" / "ppo_prompts.jsonl"), output_dir=str(directory),
+                    reward_weights=[1.0, *[1.0] * len(cfg.ppo.reward_functions), 0.0])
+    settings.update(overrides)
+    if settings.get("advantage_estimator", cfg.ppo.advantage_estimator) != "gae":  # critic-free: no value model
+        settings["value_model"] = ""
+    return _stage_config(PPOConfig, cfg.ppo, cfg, **settings)
 
 
 def _train_ppo_with_gold(ppo_cfg: PPOConfig) -> Path:
