@@ -10,6 +10,11 @@ from rlhfkit.config import ConfigArgumentParser, ConfigError, add_config_argumen
 
 def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
     """command path -> (help, config class, function), imported lazily."""
+    from rlhfkit.label.ai import AIConfig, label_ai
+    from rlhfkit.label.export import ExportConfig, StatsConfig, export_labels, labeling_stats
+    from rlhfkit.label.revise import ReviseConfig, revise
+    from rlhfkit.label.sample import SampleConfig, sample_items
+    from rlhfkit.label.server import ServeConfig, serve
     from rlhfkit.pipeline import PipelineConfig, run_pipeline
     from rlhfkit.trainers.dpo import DPOConfig, train_dpo
     from rlhfkit.trainers.ppo import train_ppo
@@ -32,6 +37,18 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
         ("world", "pretrain"): ("pretrain the world's base models on its web text", PretrainConfig, pretrain_world),
         ("world", "sweep-kl"): ("PPO at several KL coefficients from a finished run: gold and proxy vs sqrt(KL)",
                                 SweepConfig, sweep_kl),
+        ("label", "serve"): ("the labeling web app: labelers rank K responses, score them 1-7 and flag them",
+                             ServeConfig, serve),
+        ("label", "sample"): ("sample K responses per prompt with a causal LM: items to label", SampleConfig,
+                              sample_items),
+        ("label", "export"): ("labels as K-way rankings for `rlhfkit rm` (and pairs for `rlhfkit dpo`)",
+                              ExportConfig, export_labels),
+        ("label", "stats"): ("inter-labeler agreement on shared items, per-labeler counts, Likert and flags",
+                             StatsConfig, labeling_stats),
+        ("label", "ai"): ("rank items with a causal LM judge (Constitutional AI's multiple choice, both orders)",
+                          AIConfig, label_ai),
+        ("label", "revise"): ("critique and revise responses under a constitution: SFT data (Constitutional AI)",
+                              ReviseConfig, revise),
     }
 
 

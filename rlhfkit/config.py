@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -131,8 +132,10 @@ def from_dict(cls: type[C], data: dict[str, Any], *, where: str = "config", pref
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {', '.join(prefix + m for m in missing)}")
-    cfg = cls(**kwargs)
-    return cfg
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a value check_options refused: say where it came from
+        raise ConfigError(f"{where}: {prefix}{e}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -155,7 +158,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    from rlhfkit.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _flat_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
@@ -251,3 +256,51 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> i
     if value % divisor:
         raise ConfigError(f"{name} ({value}) must be divisible by {divisor_name} ({divisor})")
     return value // divisor
+
+
+# ----------------------------------------------------------------------------- option ranges
+
+_BOUNDS = {  # rule -> (test, what the value must be)
+    "> 0": (lambda v: v > 0, "positive"),
+    ">= 0": (lambda v: v >= 0, ">= 0"),
+    ">= 1": (lambda v: v >= 1, ">= 1"),
+    ">= 2": (lambda v: v >= 2, ">= 2"),
+    "[0, 1]": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "[0, 1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "(0, 1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "[0, 0.5)": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    "finite": (lambda v: True, "a finite number"),
+}
+
+
+def option_problem(name: str, value: Any, rule: Any) -> str | None:
+    """What is wrong with `value` for option `name` under `rule`, or None. A rule is one
+    of the _BOUNDS strings (numbers must also be finite; a list is checked item by item),
+    a tuple of allowed values, or a function value -> message | None."""
+    if callable(rule):
+        return rule(value)
+    if isinstance(rule, (tuple, frozenset, set)):
+        if value in rule:
+            return None
+        choices = sorted(map(str, rule)) if not isinstance(rule, tuple) else list(map(str, rule))
+        return f"{name} must be one of {', '.join(choices)}, got {value!r}{_did_you_mean(str(value), choices)}"
+    if isinstance(value, (list, tuple)):
+        return next((p for p in (option_problem(name, v, rule) for v in value) if p), None)
+    test, what = _BOUNDS[rule]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not test(value):
+        return f"{name} must be {what}, got {value!r}"
+    return None
+
+
+def check_options(cfg: Any) -> None:
+    """Check cfg's options against the RULES of its class and of every base class
+    (a subclass's rule for a name replaces its base's); raises ConfigError naming the
+    first bad option. Called from the stage configs' __post_init__."""
+    rules: dict[str, Any] = {}
+    for klass in reversed(type(cfg).__mro__):
+        rules.update(vars(klass).get("RULES", {}))
+    for name, rule in rules.items():
+        if hasattr(cfg, name):
+            problem = option_problem(name, getattr(cfg, name), rule)
+            if problem:
+                raise ConfigError(problem)

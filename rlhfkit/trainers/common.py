@@ -1,26 +1,37 @@
 """Glue every trainer shares: the Accelerator, seeding, metrics.jsonl, progress
-bars, learning-rate schedules, and atomic resumable checkpoints."""
+bars, learning-rate schedules, the options every stage has (validated at
+construction), and (from rlhfkit.trainers.checkpoint) resumable checkpoints."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import random
-import shutil
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 
-from rlhfkit.config import option, save_yaml
+from rlhfkit.config import check_options, option, save_yaml
+from rlhfkit.io import JsonlFile, write_json
+from rlhfkit.trainers.checkpoint import (  # noqa: F401  (re-exported: trainers and tests import them from here)
+    RESUME_MODES,
+    CheckpointError,
+    CheckpointManager,
+    _row_step,
+    rng_state,
+    set_rng_state,
+)
+
+# Schedules after warmup. transformers.get_scheduler knows more names; these are the ones
+# lr_schedule implements ("constant" keeps the warmup, as constant_with_warmup does).
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # rlhfkit.models.loading.DTYPES
 
 
 @dataclass
@@ -43,7 +54,12 @@ class TrainConfig:
     eval_fraction: float = option(0.05, "share of records held out for validation when no eval file is given")
     eval_every: int = option(0, "evaluate every N optimizer steps (0: at the end of training only)")
     log_every: int = option(10, "write metrics every N optimizer steps")
-    checkpoint_every: int = option(0, "save a resumable checkpoint every N optimizer steps (0: never mid-run)")
+    checkpoint_every: int = option(0, "save a resumable checkpoint every N optimizer steps (0: by time only)")
+    checkpoint_minutes: float = option(5.0, "also save a resumable checkpoint when this many minutes have passed "
+                                       "since the last one (0: by steps only), so a kill loses at most that much")
+    resume: str = option("auto", "auto: resume from the newest checkpoint when it was made with the same options "
+                         "and data, else refuse and name what changed; force: resume from it anyway, with this "
+                         "run's options applied (learning rate, schedule, ...)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep on disk")
     dtype: str = option("float32", "model weights dtype: float32, bfloat16 or float16")
     mixed_precision: str = option("no", "Accelerate mixed precision: no, bf16 or fp16")
@@ -54,6 +70,30 @@ class TrainConfig:
     progress: bool = option(True, "show a progress bar")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
     max_nonfinite_steps: int = option(3, "skip a step whose loss or gradient is not finite; stop after this many in a row")
+
+    # Checked at construction (rlhfkit.config.check_options); subclasses add theirs.
+    RULES: ClassVar[dict] = {
+        "learning_rate": "> 0", "weight_decay": ">= 0", "adam_eps": "> 0", "warmup_ratio": "[0, 1]",
+        "max_grad_norm": "finite", "per_device_batch_size": ">= 1", "gradient_accumulation_steps": ">= 1",
+        "num_epochs": "> 0", "max_length": ">= 2", "eval_fraction": "[0, 1)", "eval_every": ">= 0",
+        "log_every": ">= 1", "checkpoint_every": ">= 0", "checkpoint_minutes": ">= 0", "keep_checkpoints": ">= 1",
+        "dtype": DTYPE_NAMES, "mixed_precision": ("no", "bf16", "fp16", "fp8"), "on_error": ("raise", "skip"),
+        "num_threads": ">= 0", "max_nonfinite_steps": ">= 1", "resume": RESUME_MODES,
+        "lr_scheduler": lambda v: _scheduler_problem(v), "lora_r": ">= 1", "lora_alpha": "> 0",
+    }
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+def _scheduler_problem(name: str) -> str | None:
+    if name in SCHEDULERS:
+        return None
+    from transformers import SchedulerType
+
+    known = "a transformers schedule rlhfkit does not implement" if name in {t.value for t in SchedulerType} \
+        else "not a learning-rate schedule"
+    return f"lr_scheduler {name!r} is {known}; choose one of {', '.join(SCHEDULERS)}"
 
 
 def set_seed(seed: int) -> None:
@@ -95,6 +135,9 @@ def make_accelerator(cfg: TrainConfig, project_dir: str | Path) -> Accelerator:
 def lr_schedule(kind: str, total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
     """Multiplier of the peak learning rate at each optimizer step: linear warmup,
     then cosine ("cosine") or linear ("linear") decay to min_ratio, or "constant"."""
+    if kind not in SCHEDULERS:
+        raise ValueError(f"unknown learning-rate schedule {kind!r}; choose one of {', '.join(SCHEDULERS)}")
+
     def multiplier(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -116,32 +159,41 @@ class MetricsLogger:
         self.accelerator = accelerator
         self.stage = stage
         self.is_main = accelerator is None or accelerator.is_main_process
+        self.file = JsonlFile(self.path, log=accelerator.print if accelerator is not None else print)
         if self.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    # name, rows, truncate, filter: what a CheckpointManager records and restores
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    @property
+    def rows(self) -> int:
+        return self.file.rows
+
+    def truncate(self, rows: int) -> None:
+        if self.is_main:
+            self.file.truncate(rows)
+
+    def filter(self, keep) -> None:
+        if self.is_main:
+            self.file.filter(keep)
+
     def truncate_after(self, step: int) -> None:
-        """On resume, drop rows logged after the checkpoint so no step appears twice."""
-        if not self.is_main or not self.path.exists():
-            return
-        rows = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and _row_step(line) <= step]
-        self.path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        """Drop rows logged after `step` so no step appears twice."""
+        self.filter(lambda line: _row_step(line) <= step)
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Append one row; a non-finite value is written as null (strict JSON) and said so."""
         row = {"stage": self.stage, "step": step, **{k: _to_float(v) for k, v in metrics.items()}}
         if self.is_main:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            self.file.append(row)
         if self.accelerator is not None and self.accelerator.trackers:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
         return row
 
 
-def _row_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 1 << 62  # a torn last line from a crash: dropped
 
 
 def _to_float(v: Any) -> Any:
@@ -189,7 +241,7 @@ def write_run_info(output_dir: str | Path, cfg: Any) -> None:
     info = {"rlhfkit": rlhfkit.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "accelerate": accelerate.__version__, "python": sys.version.split()[0], "git_revision": _git_revision(),
             "argv": sys.argv}
-    (out / "run_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_json(out / "run_info.json", info, indent=2)
 
 
 def _git_revision() -> str | None:
@@ -204,7 +256,7 @@ def _git_revision() -> str | None:
 # ----------------------------------------------------------------------------- numerical faults
 
 class DivergenceError(RuntimeError):
-    """Too many consecutive non-finite steps; the last checkpoint is left intact."""
+    """Too many consecutive non-finite steps; no checkpoint is written from them."""
 
 
 class NonFiniteGuard:
@@ -237,7 +289,8 @@ class NonFiniteGuard:
         self.log(f"{self.stage}: step {step}: {what}; step skipped ({self.consecutive} in a row)")
         if self.consecutive >= self.max_consecutive:
             raise DivergenceError(f"{self.stage} diverged at step {step}: {what} for {self.consecutive} steps in a row; "
-                                  "the last checkpoint is intact (lower the learning rate, or check the data/reward)")
+                                  "no checkpoint was written from the diverged steps (lower the learning rate, or check the "
+                                  "data/reward)")
         return False
 
 
@@ -293,148 +346,3 @@ def make_adam(params, *, lr: float, eps: float, weight_decay: float = 0.0, decou
         except (RuntimeError, TypeError):  # e.g. a dtype or device the fused kernel lacks
             pass
     return cls(params, **kwargs)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def rng_state() -> dict[str, Any]:
-    """RNG states in types torch.load(weights_only=True) accepts (no numpy pickles)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_as_python_rng(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-
-
-def _as_python_rng(state):
-    # torch.load(weights_only=True) returns lists where random.setstate needs tuples
-    return (state[0], tuple(state[1]), state[2])
-
-
-class CheckpointManager:
-    """Atomic, verified, rotated checkpoints under `<output_dir>/checkpoints/step-N`.
-
-    A checkpoint is written into a temporary directory with a manifest of file
-    sizes and SHA-256 sums, then renamed into place, so a crash while saving never
-    damages the previous one. Loading verifies the manifest and falls back to the
-    newest intact checkpoint, reporting any damaged one by path.
-    """
-
-    def __init__(self, output_dir: str | Path, keep: int = 2, is_main: bool = True):
-        self.root = Path(output_dir) / "checkpoints"
-        self.keep = max(1, keep)
-        self.is_main = is_main
-
-    def save(self, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path | None:
-        """tensors: name -> state dict (saved as safetensors); state: everything else
-        (optimizer, scheduler, RNG, data position), saved with torch.save and
-        loaded back with weights_only=True."""
-        if not self.is_main:
-            return None
-        from safetensors.torch import save_file
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / f"step-{step:08d}"
-        tmp = self.root / f".tmp-step-{step:08d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            for name, sd in tensors.items():
-                save_file({k: v.detach().cpu().clone() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
-            torch.save(state, tmp / "state.pt")
-            manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
-            (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": manifest}, indent=1))
-            with open(tmp / "manifest.json", "rb+") as f:
-                os.fsync(f.fileno())
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            hint = " (disk full: free space or lower keep_checkpoints)" if getattr(e, "errno", None) == 28 else ""
-            raise CheckpointError(f"could not write checkpoint {final}: {e}{hint}") from e
-        self._rotate()
-        return final
-
-    def _rotate(self) -> None:
-        done = sorted(self.root.glob("step-*"))
-        for old in done[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def verify(self, path: Path) -> str | None:
-        """None when intact, else what is wrong."""
-        manifest_path = path / "manifest.json"
-        if not manifest_path.exists():
-            return "no manifest.json (interrupted save?)"
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            return "manifest.json is not valid JSON"
-        for name, meta in manifest["files"].items():
-            f = path / name
-            if not f.exists():
-                return f"{name} is missing"
-            if f.stat().st_size != meta["bytes"]:
-                return f"{name} has {f.stat().st_size} bytes, manifest says {meta['bytes']}"
-            if _sha256(f) != meta["sha256"]:
-                return f"{name} checksum mismatch"
-        return None
-
-    def latest(self, log=print) -> Path | None:
-        if not self.root.exists():
-            return None
-        for path in sorted(self.root.glob("step-*"), reverse=True):
-            problem = self.verify(path)
-            if problem is None:
-                return path
-            log(f"warning: checkpoint {path} is damaged ({problem}); falling back to an earlier one")
-        return None
-
-    def save_training(self, step: int, accelerator, models: dict[str, torch.nn.Module], optimizer, scheduler,
-                      **extra: Any) -> Path | None:
-        """Models (safetensors), optimizer, scheduler, RNG states and `extra` state."""
-        return self.save(step, {name: accelerator.get_state_dict(m) for name, m in models.items()},
-                         {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "rng": rng_state(), **extra})
-
-    def resume_training(self, accelerator, models: dict[str, torch.nn.Module], optimizer, scheduler,
-                        stage: str) -> tuple[int, dict[str, Any]]:
-        """Restore the newest intact checkpoint into models, optimizer, scheduler and the
-        RNGs; returns (its step, its state for extra fields), or (0, {}) when none."""
-        path = self.latest(log=accelerator.print)
-        if path is None:
-            return 0, {}
-        tensors, state = self.load(path)
-        for name, model in models.items():
-            accelerator.unwrap_model(model).load_state_dict(tensors[name], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        accelerator.print(f"resumed {stage} from {path} (step {state['step']})")
-        return int(state["step"]), state
-
-    @staticmethod
-    def load(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-        from safetensors.torch import load_file
-
-        tensors = {p.stem: load_file(str(p)) for p in path.glob("*.safetensors")}
-        state = torch.load(path / "state.pt", weights_only=True)
-        return tensors, state

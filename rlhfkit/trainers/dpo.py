@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -24,15 +25,14 @@ from rlhfkit.data.loading import ColumnMap
 from rlhfkit.losses.common import tie_half_accuracy
 from rlhfkit.losses.dpo import DPO_LOSSES, DPOLossConfig, PreferenceLogps, dpo_loss
 from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_tokenizer, save_pretrained_dir
+from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.common import (
-    CheckpointManager,
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
     apply_step,
     make_accelerator,
     progress_bar,
-    write_run_info,
 )
 from rlhfkit.trainers.data_plan import optimization, split_holdout
 from rlhfkit.trainers.dpo_data import (
@@ -82,6 +82,10 @@ class DPOConfig(TrainConfig):
     lora_alpha: int = option(16, "LoRA alpha")
     lr_scheduler: str = option("linear", "learning-rate schedule after warmup: cosine, linear or constant")
     learning_rate: float = option(5e-6, "peak learning rate (AdamW)")
+
+    RULES: ClassVar[dict] = {"loss": tuple(sorted(DPO_LOSSES)), "beta": "> 0", "label_smoothing": "[0, 0.5)",
+                             "simpo_gamma_beta_ratio": ">= 0", "orpo_lambda": ">= 0", "kto_desirable_weight": ">= 0",
+                             "kto_undesirable_weight": ">= 0"}
 
     def columns(self) -> ColumnMap:
         return ColumnMap(prompt=self.prompt_column, chosen=self.chosen_column, rejected=self.rejected_column,
@@ -215,7 +219,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     cfg.validate()
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
-    write_run_info(out, cfg)
+    checkpoints = open_stage(cfg, "dpo", accelerator)
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     pad = tokenizer.pad_token_id
@@ -245,10 +249,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
-    start, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, "dpo")
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="dpo")
-    logger.truncate_after(start)
+    start, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, logs=[logger])
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "dpo", accelerator.print)
     bar = progress_bar(len(plan), f"dpo ({cfg.loss})", cfg.progress and accelerator.is_local_main_process)
     bar.update(start)
@@ -264,7 +266,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
             metrics.update(evaluate(model, held, held_ref, ref_fn, cfg, pad, device))
         if evaluated or done % cfg.log_every == 0 or done == len(plan):  # an evaluation is never dropped
             logger.log(done, metrics)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < len(plan):
+        if checkpoints.due(done, len(plan), accelerator):
             checkpoints.save_training(done, accelerator, {"model": model}, optimizer, scheduler)
     bar.close()
     final = {"final": True}
@@ -275,6 +277,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     if accelerator.is_main_process:
         save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
     accelerator.end_training()
+    checkpoints.close()
     return out
 
 

@@ -7,7 +7,6 @@ One PPO step is five named phases over a typed Rollout:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ import torch
 from rlhfkit.data.collate import pad_sequences
 from rlhfkit.data.loading import ColumnMap, load_prompts
 from rlhfkit.data.tokenize import encode_prompts
+from rlhfkit.io import write_json
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES, gae_advantages
 from rlhfkit.losses.common import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
 from rlhfkit.losses.kl import AdaptiveKLController, FixedKLController, kl_penalty
@@ -32,8 +32,8 @@ from rlhfkit.models.loading import (
 from rlhfkit.rewards import FunctionScorer, RewardModelScorer, ScoringBatch, WeightedReward, import_function
 from rlhfkit.rollout.generate import make_generator
 from rlhfkit.rollout.rollout import Rollout, concat_rollouts
+from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.common import (
-    CheckpointManager,
     DivergenceError,
     MetricsLogger,
     NonFiniteGuard,
@@ -44,7 +44,6 @@ from rlhfkit.trainers.common import (
     mean_metrics,
     progress_bar,
     timer,
-    write_run_info,
 )
 from rlhfkit.trainers.data_plan import load_records
 from rlhfkit.trainers.ppo_config import PPOConfig
@@ -291,7 +290,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
     sizes = cfg.derived(accelerator.num_processes)
-    write_run_info(out, cfg)
+    checkpoints = open_stage(cfg, "ppo", accelerator)
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer.padding_side = "left"
@@ -308,10 +307,15 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
               else FixedKLController(cfg.kl_coef))
     ptx = PretrainingBatches(cfg, tokenizer, device, accelerator) if cfg.ptx_data and cfg.ptx_coef > 0 else None
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
-    start, state = checkpoints.resume_training(accelerator, {"actor_critic": actor_critic}, optimizer, scheduler, "ppo")
+    logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="ppo")
+    samples = MetricsLogger(out / "samples.jsonl", accelerator, stage="ppo")
+    start, state = checkpoints.resume_training(accelerator, {"actor_critic": actor_critic}, optimizer, scheduler,
+                                               logs=[logger, samples])
     if state:
-        kl_ctl.load_state_dict(state["kl_controller"])
+        if not checkpoints.forced:  # --resume force: this run's kl_coef (an adaptive one goes on from its value)
+            kl_ctl.load_state_dict(state["kl_controller"])
+        elif cfg.adaptive_kl:
+            kl_ctl.value = float(state["kl_controller"]["value"])
         shuffle.set_state(state["shuffle"])
         if ptx is not None and "ptx" in state:
             ptx.load_state_dict(state["ptx"])
@@ -319,8 +323,6 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     generator = make_generator(cfg.generation_backend, policy, eos_id=tokenizer.eos_token_id,
                                pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
                                temperature=cfg.temperature)
-    logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="ppo")
-    logger.truncate_after(start)
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "ppo", accelerator.print)
     bar = progress_bar(sizes["ppo_steps"], "ppo", cfg.progress and accelerator.is_local_main_process)
     bar.update(start)
@@ -343,7 +345,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         if not (torch.isfinite(ro.kl).all() and (ro.values is None or torch.isfinite(ro.values).all())):
             raise DivergenceError(f"ppo diverged at step {step + 1}: non-finite "
                                   f"{'KL to the reference' if not torch.isfinite(ro.kl).all() else 'values'} "
-                                  "in the rollout; the last checkpoint is intact")
+                                  "in the rollout; no checkpoint was written from it")
         update_rows = update(ro, actor_critic, optimizer, scheduler, cfg, sizes, accelerator, shuffle, ptx,
                              timings, guard, step + 1, first_pass)
         del first_pass
@@ -354,8 +356,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
         if done % cfg.log_every == 0 or done == sizes["ppo_steps"] or done == 1:
             logger.log(done, metrics)
-            _log_samples(out, done, ro, tokenizer, prompt_records, cfg.num_samples_logged, accelerator)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < sizes["ppo_steps"]:
+            _log_samples(samples, done, ro, tokenizer, prompt_records, cfg.num_samples_logged, accelerator)
+        if checkpoints.due(done, sizes["ppo_steps"], accelerator):
             checkpoints.save_training(done, accelerator, {"actor_critic": actor_critic}, optimizer, scheduler,
                                       kl_controller=kl_ctl.state_dict(), shuffle=shuffle.get_state(),
                                       **({"ptx": ptx.state_dict()} if ptx is not None else {}))
@@ -363,8 +365,9 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _save_models(accelerator.unwrap_model(actor_critic), tokenizer, out)
-        (out / "kl_controller.json").write_text(json.dumps(kl_ctl.state_dict()))
+        write_json(out / "kl_controller.json", kl_ctl.state_dict())
     accelerator.end_training()
+    checkpoints.close()
     return out
 
 
@@ -399,15 +402,16 @@ def _step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, schedul
     return metrics
 
 
-def _log_samples(out: Path, step: int, ro: Rollout, tokenizer, prompt_records, n: int, accelerator) -> None:
+def _log_samples(samples: MetricsLogger, step: int, ro: Rollout, tokenizer, prompt_records, n: int,
+                 accelerator) -> None:
+    """n sample responses into samples.jsonl (its rows are counted into checkpoints, like metrics.jsonl's)."""
     if not accelerator.is_main_process or n <= 0:
         return
-    with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
-        for i in range(min(n, ro.prompt_ids.shape[0])):
-            prompt = prompt_records[int(ro.prompt_index[i])].prompt
-            f.write(json.dumps({"step": step, "prompt": prompt, "response": tokenizer.decode(
-                ro.response_ids[i][ro.response_mask[i].bool()], skip_special_tokens=True),
-                "score": float(ro.scores[i]), "kl": float(ro.kl[i].sum()), "eos": bool(ro.eos[i])}) + "\n")
+    for i in range(min(n, ro.prompt_ids.shape[0])):
+        prompt = prompt_records[int(ro.prompt_index[i])].prompt
+        samples.file.append({"step": step, "prompt": prompt, "response": tokenizer.decode(
+            ro.response_ids[i][ro.response_mask[i].bool()], skip_special_tokens=True),
+            "score": float(ro.scores[i]), "kl": float(ro.kl[i].sum()), "eos": bool(ro.eos[i])})
 
 
 def _save_models(actor_critic: ActorCritic, tokenizer, out: Path) -> None:

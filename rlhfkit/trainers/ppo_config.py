@@ -3,6 +3,7 @@ computed and checked in one place (lm-human-preferences' HParams.validate)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rlhfkit.config import ConfigError, check_divisible, option
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
@@ -74,6 +75,27 @@ class PPOConfig(TrainConfig):
     ptx_coef: float = option(0.0, "gamma of PPO-ptx: weight of the pretraining log-likelihood (InstructGPT 27.8)")
     ptx_batch_size: int = option(8, "pretraining sequences per optimizer step")
     num_samples_logged: int = option(4, "sample responses written to samples.jsonl at each log step")
+
+    # Ranges checked at construction (rlhfkit.config.check_options), besides TrainConfig's.
+    RULES: ClassVar[dict] = {
+        "critic_learning_rate": ">= 0", "total_episodes": ">= 1", "rollout_batch_size": ">= 1",
+        "num_minibatches": ">= 1", "ppo_epochs": ">= 1", "per_device_train_batch_size": ">= 1",
+        "generation_batch_size": ">= 1", "generation_backend": ("local", "hf"), "max_prompt_length": ">= 1",
+        "response_length": ">= 1", "temperature": "> 0", "missing_eos_penalty": ">= 0", "kl_coef": ">= 0",
+        "kl_estimator": ("k1", "k2", "k3"), "kl_target": "> 0", "kl_horizon": ">= 1", "samples_per_prompt": ">= 1",
+        "advantage_estimator": lambda v: None if v in ("gae", *GROUP_ADVANTAGES) else
+        f"advantage_estimator must be gae, {' or '.join(GROUP_ADVANTAGES)}, got {v!r}",
+        "learning_rate": ">= 0",
+        "gamma": "[0, 1]", "lam": "[0, 1]", "whiten_advantages": ("minibatch", "batch", "none"), "clip_range": "> 0",
+        "clip_range_value": "> 0", "vf_coef": ">= 0", "entropy_coef": ">= 0", "ptx_coef": ">= 0",
+        "ptx_batch_size": ">= 1", "num_samples_logged": ">= 0", "reward_weights": "finite",
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.learning_rate == 0 and not (self.critic_learning_rate > 0 and self.advantage_estimator == "gae"):
+            raise ConfigError("learning_rate must be positive, got 0 (0 trains nothing; to train only the value "
+                              "function, set critic_learning_rate > 0)")
 
     def derived(self, num_processes: int) -> dict[str, int]:
         """Batch sizes per process and the step counts; refuses remainders."""

@@ -16,9 +16,11 @@ a new head starts at chance and, on 2,500 rankings, ends at 54%.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers import AutoConfig
@@ -43,15 +45,14 @@ from rlhfkit.models.loading import (
     model_config,
     save_pretrained_dir,
 )
+from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.common import (
-    CheckpointManager,
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
     apply_step,
     make_accelerator,
     progress_bar,
-    write_run_info,
 )
 from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
 
@@ -87,9 +88,18 @@ class RewardConfig(TrainConfig):
     reward_scale: float = option(2.0, "beta of reward_form=mean_logprob: the Bradley-Terry logit is beta x the "
                                  "difference of mean log-likelihoods (SimPO uses about 2)")
 
+    RULES: ClassVar[dict] = {"reward_form": REWARD_FORMS, "reward_scale": "> 0", "normalize_max_texts": ">= 0",
+                             "calibration_bins": lambda v: _bins_problem(v)}
+
     def columns(self) -> ColumnMap:
         return ColumnMap(prompt=self.prompt_column, chosen=self.chosen_column, rejected=self.rejected_column,
                          responses=self.responses_column, ranking=self.ranking_column, margin=self.margin_column)
+
+
+def _bins_problem(edges: list[float]) -> str | None:
+    if len(edges) < 2 or any(not math.isfinite(e) for e in edges) or any(a >= b for a, b in zip(edges, edges[1:])):
+        return f"calibration_bins must be two or more finite, increasing bin edges, got {edges!r}"
+    return None
 
 
 def _scores(model, batch, device) -> torch.Tensor:
@@ -182,15 +192,9 @@ def _normalisation_examples(cfg: RewardConfig, tokenizer, train_enc, accelerator
 def train_reward_model(cfg: RewardConfig) -> Path:
     if not cfg.model or not cfg.data:
         raise ValueError("rm needs --model and --data")
-    if cfg.reward_form not in REWARD_FORMS:
-        raise ConfigError(f"reward_form must be one of {', '.join(REWARD_FORMS)}, got {cfg.reward_form!r}")
-    if cfg.reward_form == "mean_logprob" and cfg.reward_scale <= 0:
-        raise ConfigError(f"reward_scale must be positive, got {cfg.reward_scale}")
-    if cfg.normalize_max_texts < 0:
-        raise ConfigError(f"normalize_max_texts must be >= 0 (0: all texts), got {cfg.normalize_max_texts}")
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
-    write_run_info(out, cfg)
+    checkpoints = open_stage(cfg, "rm", accelerator)
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     records = as_rankings(load_records(load_preferences, cfg.data, cfg.columns(), cfg.on_error, accelerator))
@@ -206,10 +210,8 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     model = _load_model(cfg, tokenizer)
     model, optimizer, scheduler, plan = optimization(cfg, model, len(train_enc), accelerator,
                                                      [sum(len(e) for e in group) for group, _ in train_enc])
-    checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
-    start, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, "rm")
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="rm")
-    logger.truncate_after(start)
+    start, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, logs=[logger])
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "rm", accelerator.print)
     bar = progress_bar(len(plan), "reward model", cfg.progress and accelerator.is_local_main_process)
     bar.update(start)
@@ -242,7 +244,7 @@ def train_reward_model(cfg: RewardConfig) -> Path:
                                                  cfg.calibration_bins))
         if evaluated or done % cfg.log_every == 0 or done == len(plan):  # an evaluation is never dropped
             logger.log(done, metrics)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < len(plan):
+        if checkpoints.due(done, len(plan), accelerator):
             checkpoints.save_training(done, accelerator, {"model": model}, optimizer, scheduler)
     bar.close()
     final = {"final": True}
@@ -265,4 +267,5 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     if accelerator.is_main_process:
         save_pretrained_dir(unwrapped, tokenizer, out)
     accelerator.end_training()
+    checkpoints.close()
     return out

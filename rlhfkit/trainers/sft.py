@@ -18,15 +18,14 @@ from rlhfkit.data.loading import ColumnMap, load_sft
 from rlhfkit.data.tokenize import encode_sft
 from rlhfkit.losses.sft import masked_nll_loss
 from rlhfkit.models.loading import DTYPES, LoraOptions, load_causal_lm, load_tokenizer, save_pretrained_dir
+from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.common import (
-    CheckpointManager,
     MetricsLogger,
     NonFiniteGuard,
     TrainConfig,
     apply_step,
     make_accelerator,
     progress_bar,
-    write_run_info,
 )
 from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
 
@@ -83,7 +82,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         raise ValueError("sft needs --model and --data")
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
-    write_run_info(out, cfg)
+    checkpoints = open_stage(cfg, "sft", accelerator)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
                                chat_template=cfg.chat_template or None)
     records = load_records(load_sft, cfg.data, cfg.columns(), cfg.on_error, accelerator)
@@ -108,10 +107,8 @@ def train_sft(cfg: SFTConfig) -> Path:
                                                      [len(e) for e in train_examples])
     total_steps = len(plan)
 
-    checkpoints = CheckpointManager(out, cfg.keep_checkpoints, accelerator.is_main_process)
-    start_step, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, "sft")
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="sft")
-    logger.truncate_after(start_step)
+    start_step, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, logs=[logger])
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "sft", accelerator.print)
     bar = progress_bar(total_steps, "sft", cfg.progress and accelerator.is_local_main_process)
     bar.update(start_step)
@@ -127,7 +124,7 @@ def train_sft(cfg: SFTConfig) -> Path:
             metrics["loss/val"] = evaluate_nll(model, eval_examples, eval_collator, cfg.per_device_batch_size, accelerator)
         if evaluated or done % cfg.log_every == 0 or done == total_steps:  # an evaluation is never dropped
             logger.log(done, metrics)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
+        if checkpoints.due(done, total_steps, accelerator):
             checkpoints.save_training(done, accelerator, {"model": model}, optimizer, scheduler)
     bar.close()
     if eval_examples:
@@ -137,6 +134,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     if accelerator.is_main_process:
         save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
     accelerator.end_training()
+    checkpoints.close()
     return out
 
 

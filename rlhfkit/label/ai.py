@@ -1,0 +1,241 @@
+"""AI feedback: a causal LM judges pairs of responses by Constitutional AI's
+multiple-choice method (Bai et al. 2022, "Constitutional AI", sec. 4.1; RLAIF, Lee
+et al. 2023, uses the same readout).
+
+The judge reads the pair in a fixed template and we take its next-token probability
+of "A" against "B" after it. The default template (``TEMPLATE``) is the review
+document the instruction world's web text carries, exactly::
+
+    {instruction}
+    (A) {answer_a}
+    (B) {answer_b}
+    Better: (
+
+with one line ``{principle}`` in front of it when a principle is given. Each pair is
+read in both orders and the two readings averaged,
+
+    P(a better) = 1/2 [ P("A" | a as (A), b as (B)) + P("B" | b as (A), a as (B)) ],
+
+where each P is normalised over the two letters only, which cancels a judge's
+preference for a position (CAI's "both orders" symmetrisation). With several
+principles each pair gets one drawn at random (seeded), as in CAI, or with
+``ensemble=True`` the mean over all of them.
+
+When the tokenizer splits the text cleanly before the letter (tokens of template +
+"A" = tokens of template, then one token), one forward pass per ordering reads both
+letters' probabilities. A tokenizer that merges "(A" into one token gets the exact
+continuation probability instead: each letter's string is scored by teacher forcing
+from where the two tokenisations part (two passes per ordering). The cost is counted
+in `stats["forward_sequences"]`.
+
+`rlhfkit label ai` applies this to every pair of each item's K responses and ranks
+them by their summed win probabilities (a K-way ranking, the format `rlhfkit rm` reads).
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import option
+from rlhfkit.data.formats import Where
+from rlhfkit.data.loading import read_rows
+from rlhfkit.data.records import Prompt
+from rlhfkit.label.export import pair_rows, write_jsonl
+from rlhfkit.label.lm import instruction_text, load_lm, model_device
+from rlhfkit.label.store import parse_item
+
+TEMPLATE = "{instruction}\n(A) {answer_a}\n(B) {answer_b}\nBetter: ("
+CHOICES = ("A", "B")
+
+
+def judge_text(instruction: str, answer_a: str, answer_b: str, principle: str | None = None,
+               template: str = TEMPLATE) -> str:
+    """The text the judge continues: the template, after a principle line when one is given."""
+    text = template.format(instruction=instruction, answer_a=answer_a, answer_b=answer_b)
+    return f"{principle}\n{text}" if principle else text
+
+
+def _tokens(tokenizer, text: str) -> list[int]:
+    from rlhfkit.data.tokenize import prompt_token_ids
+
+    return prompt_token_ids(tokenizer, text)  # the BOS rule of training, applied to raw text
+
+
+def _pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def _sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad_id: int, batch_size: int,
+                       stats: dict) -> list[torch.Tensor]:
+    """Per sequence: log-probs [len(seq)] where entry t is log p(seq[t] | seq[:t]) for t >= start
+    (entries before start are 0; start >= 1), and the full next-token log-softmax rows at the
+    last position when start == len(seq) (a pure readout of the next token)."""
+    out = []
+    device = model_device(model)
+    for b in range(0, len(seqs), batch_size):
+        chunk = seqs[b:b + batch_size]
+        ids, mask = _pad_right(chunk, pad_id, device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()  # [B,T,V]
+        logp = torch.log_softmax(logits, dim=-1)
+        stats["forward_sequences"] = stats.get("forward_sequences", 0) + len(chunk)
+        for row, (seq, start) in enumerate(zip(chunk, starts[b:b + batch_size])):
+            if start == len(seq):
+                out.append(logp[row, len(seq) - 1].cpu())  # [V]: the next token's distribution
+            else:
+                picked = logp[row, start - 1: len(seq) - 1].gather(-1, ids[row, start:len(seq), None]).squeeze(-1)
+                out.append(picked.sum().cpu())
+    return out
+
+
+def choice_probabilities(model, tokenizer, texts: Sequence[str], choices: Sequence[str] = CHOICES,
+                         batch_size: int = 16, stats: dict | None = None) -> torch.Tensor:
+    """P(choice | text) for each text, normalised over `choices`: [N, len(choices)]."""
+    stats = {} if stats is None else stats
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    plain = [_tokens(tokenizer, t) for t in texts]
+    full = [[_tokens(tokenizer, t + c) for c in choices] for t in texts]
+    clean = [all(len(f) == len(p) + 1 and f[: len(p)] == p for f in fs) for p, fs in zip(plain, full)]
+    result = torch.empty(len(texts), len(choices))
+    # clean split: one pass per text, the letters read from the next-token distribution
+    idx = [i for i, ok in enumerate(clean) if ok]
+    if idx:
+        rows = _sequence_logprobs(model, [plain[i] for i in idx], [len(plain[i]) for i in idx], pad, batch_size,
+                                  stats)
+        for i, row in zip(idx, rows):
+            result[i] = torch.stack([row[f[-1]] for f in full[i]])
+    # merged tokens: score each letter's continuation from where the tokenisations part
+    idx = [i for i, ok in enumerate(clean) if not ok]
+    if idx:
+        seqs, starts = [], []
+        for i in idx:
+            start = min(_common_prefix(full[i][0], f) for f in full[i][1:])
+            for f in full[i]:
+                seqs.append(f)
+                starts.append(max(1, start))
+        scores = _sequence_logprobs(model, seqs, starts, pad, batch_size, stats)
+        for n, i in enumerate(idx):
+            result[i] = torch.stack(scores[n * len(choices):(n + 1) * len(choices)])
+    return torch.softmax(result, dim=-1)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], pairs: Sequence[tuple[str, str]],
+                principles: Sequence[str] | None = None, *, template: str = TEMPLATE, ensemble: bool = False,
+                seed: int = 0, batch_size: int = 16, stats: dict | None = None) -> torch.Tensor:
+    """P(pairs[i][0] is better than pairs[i][1]) for each pair, [N]: both orders averaged
+    (see the module docstring). `prompts[i]` is the instruction of pair i (a string or chat
+    messages). `principles`: None for no principle line; several: one drawn per pair with
+    `seed`, or all of them averaged with `ensemble`. `stats["forward_sequences"]` counts
+    the sequences the judge read."""
+    if len(prompts) != len(pairs):
+        raise ValueError(f"{len(prompts)} prompts for {len(pairs)} pairs")
+    if principles is not None and not principles:
+        raise ValueError("principles is empty: pass None for no principle")
+    rng = random.Random(seed)
+    if principles is None:
+        chosen = [[None] for _ in pairs]
+    elif ensemble:
+        chosen = [list(principles) for _ in pairs]
+    else:
+        chosen = [[rng.choice(list(principles))] for _ in pairs]
+    texts, owner = [], []
+    for i, (prompt, (a, b)) in enumerate(zip(prompts, pairs)):
+        instruction = instruction_text(prompt)
+        for principle in chosen[i]:
+            texts += [judge_text(instruction, a, b, principle, template), judge_text(instruction, b, a, principle, template)]
+            owner.append(i)
+    probs = choice_probabilities(model, tokenizer, texts, CHOICES, batch_size, stats)  # [2M, 2]
+    first_better = (probs[0::2, 0] + probs[1::2, 1]) / 2  # [M]: a as (A) said "A"; a as (B) said "B"
+    out = torch.zeros(len(pairs))
+    count = torch.zeros(len(pairs))
+    out.index_add_(0, torch.tensor(owner, dtype=torch.long), first_better)
+    count.index_add_(0, torch.tensor(owner, dtype=torch.long), torch.ones(len(owner)))
+    return out / count
+
+
+def read_principles(path: str) -> list[str]:
+    """One principle a line; blank lines and lines starting with # are skipped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    principles = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not principles:
+        raise ValueError(f"{path}: no principles (one a line; # starts a comment)")
+    return principles
+
+
+def rank_items(model, tokenizer, items: list[dict], principles: list[str] | None, **judge_kwargs) -> list[dict]:
+    """Items (prompt, responses) -> ranking rows: every pair judged, responses ranked by the
+    sum of their win probabilities (ties: response order); `ai_wins[i]` is that sum."""
+    prompts, pairs, where = [], [], []
+    for n, item in enumerate(items):
+        for i, j in combinations(range(len(item["responses"])), 2):
+            prompts.append(item["prompt"])
+            pairs.append((item["responses"][i], item["responses"][j]))
+            where.append((n, i, j))
+    probs = judge_pairs(model, tokenizer, prompts, pairs, principles, **judge_kwargs).tolist()
+    wins = [[0.0] * len(item["responses"]) for item in items]
+    for (n, i, j), p in zip(where, probs):
+        wins[n][i] += p
+        wins[n][j] += 1 - p
+    rows = []
+    for item, w in zip(items, wins):
+        order = sorted(range(len(w)), key=lambda i: (-w[i], i))
+        row = {"prompt": item["prompt"], "responses": item["responses"], "ranking": [order.index(i) for i in range(len(w))]}
+        if "terminated" in item:
+            row["terminated"] = item["terminated"]
+        row.update(item=item["id"], labeler="ai", ai_wins=[round(x, 4) for x in w])
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class AIConfig:
+    """Rank items with a causal LM judge (Constitutional AI's multiple-choice method, both orders)."""
+
+    judge: str = option("", "the judge: a Hugging Face causal LM directory")
+    data: str = option("", "items to judge (JSONL: prompt, responses; what `label sample` writes)")
+    principles: str = option("", "a constitution: one principle a line, put before each comparison (empty: none)")
+    ensemble: bool = option(False, "average every principle for each pair (cost x principles) instead of drawing one")
+    template: str = option(TEMPLATE, "the judge's template: {instruction}, {answer_a}, {answer_b}; the letter follows it")
+    out: str = option("ai_rankings.jsonl", "K-way rankings (the format `rlhfkit rm` reads) with ai_wins per response")
+    pairs_out: str = option("", "also write every (chosen, rejected) pair, for DPO (empty: none)")
+    batch_size: int = option(16, "sequences per judge forward pass")
+    seed: int = option(0, "seed for drawing a principle per pair")
+    dtype: str = option("float32", "judge weights dtype: float32, bfloat16 or float16")
+    trust_remote_code: bool = option(False, "allow model code from the checkpoint")
+    num_threads: int = option(0, "torch CPU threads (0: torch's default)")
+
+
+def label_ai(cfg: AIConfig) -> Path:
+    items = []
+    for source, line, row in read_rows(cfg.data):
+        key, prompt, responses, extra = parse_item(row, Where(source, line))
+        items.append({"id": key, "prompt": prompt, "responses": responses, **extra})
+    principles = read_principles(cfg.principles) if cfg.principles else None
+    model, tokenizer = load_lm(cfg.judge, cfg.dtype, cfg.trust_remote_code, cfg.num_threads)
+    stats: dict = {}
+    rows = rank_items(model, tokenizer, items, principles, template=cfg.template, ensemble=cfg.ensemble,
+                      seed=cfg.seed, batch_size=cfg.batch_size, stats=stats)
+    path = write_jsonl(cfg.out, rows)
+    if cfg.pairs_out:
+        write_jsonl(cfg.pairs_out, pair_rows(rows))
+    print(f"label ai: {len(rows)} items, {sum(len(r['responses']) * (len(r['responses']) - 1) // 2 for r in rows)} "
+          f"pairs judged in {stats.get('forward_sequences', 0)} judge sequences")
+    return path

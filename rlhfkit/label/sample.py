@@ -1,0 +1,64 @@
+"""`rlhfkit label sample`: K sampled responses per prompt, the items `label serve` shows
+and `label ai` judges (InstructGPT's labelers ranked K = 4 to 9 samples per prompt)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import option
+from rlhfkit.data.loading import load_prompts
+from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.label.export import write_jsonl
+from rlhfkit.label.lm import load_lm, sample_texts
+
+
+@dataclass
+class SampleConfig:
+    """Sample K responses per prompt with a causal LM: the items to label."""
+
+    model: str = option("", "the policy to sample from (a Hugging Face causal LM directory)")
+    prompts: str = option("", "prompts (JSONL/parquet/...: a prompt or messages column)")
+    out: str = option("items.jsonl", "items: id, prompt, responses (K distinct), terminated (ended with EOS)")
+    k: int = option(4, "responses sampled per prompt (duplicates and empty ones are dropped; an item keeps >= 2)")
+    max_prompts: int = option(0, "use the first N prompts (0: all)")
+    max_new_tokens: int = option(128, "longest response in tokens")
+    max_prompt_length: int = option(512, "longest prompt in tokens (longer ones are an error)")
+    temperature: float = option(1.0, "sampling temperature (InstructGPT sampled at 1)")
+    batch_size: int = option(16, "sequences generated together")
+    seed: int = option(0, "sampling seed")
+    dtype: str = option("float32", "model weights dtype: float32, bfloat16 or float16")
+    trust_remote_code: bool = option(False, "allow model code from the checkpoint")
+    num_threads: int = option(0, "torch CPU threads (0: torch's default)")
+
+
+def sample_items(cfg: SampleConfig) -> Path:
+    if cfg.k < 2:
+        raise ValueError(f"k must be >= 2 (a ranking compares responses), got {cfg.k}")
+    if cfg.temperature <= 0:
+        raise ValueError("temperature must be > 0: greedy decoding gives K copies of one response")
+    records = load_prompts(cfg.prompts)
+    if cfg.max_prompts:
+        records = records[: cfg.max_prompts]
+    model, tokenizer = load_lm(cfg.model, cfg.dtype, cfg.trust_remote_code, cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    ids = [encode_prompt(tokenizer, r.prompt, cfg.max_prompt_length, r.source) for r in records]
+    repeated = [x for x in ids for _ in range(cfg.k)]
+    texts, eos = sample_texts(model, tokenizer, repeated, max_new_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, batch_size=cfg.batch_size)
+    rows, dropped = [], 0
+    for n, record in enumerate(records):
+        kept: dict[str, bool] = {}
+        for text, ended in zip(texts[n * cfg.k:(n + 1) * cfg.k], eos[n * cfg.k:(n + 1) * cfg.k]):
+            if text.strip() and text not in kept:  # the rankings format needs distinct, non-empty responses
+                kept[text] = ended
+        if len(kept) < 2:
+            dropped += 1
+            continue
+        rows.append({"id": str(n), "prompt": record.prompt, "responses": list(kept), "terminated": list(kept.values())})
+    if not rows:
+        raise ValueError(f"no prompt of {cfg.prompts} got two distinct non-empty responses")
+    if dropped:
+        print(f"label sample: {dropped} prompt(s) dropped with fewer than 2 distinct non-empty responses")
+    return write_jsonl(cfg.out, rows)

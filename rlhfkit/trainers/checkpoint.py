@@ -1,0 +1,482 @@
+"""Resumable checkpoints, and what a stage does before it trains.
+
+`open_stage` starts every stage: it locks the output directory (a second run into
+it fails at once, naming the other run's pid), removes checkpoint directories a
+killed save left behind, and compares the newest checkpoint's fingerprint (the
+options that change the result, and the size and SHA-256 of every data file) with
+this run's. A rerun with other options or data refuses to resume and says what
+changed; `--resume force` continues on purpose, with the new settings applied
+(learning rate, schedule, weight decay: the checkpoint's optimizer keeps only its
+moments).
+
+A checkpoint is `<output_dir>/checkpoints/step-N`: safetensors per model,
+`state.pt` (optimizer, scheduler, RNG, data position, row counts of the stage's
+logs), `fingerprint.json` and a manifest of sizes and SHA-256 sums. It is written
+into a temporary directory, every file fsync'd, and renamed into place; loading
+verifies the manifest and falls back to the newest intact one.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhfkit.io import atomic_write_text, dumps, fault_point, fsync_dir
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+# Options that do not change what a stage computes: a rerun that differs only in these
+# resumes (and a finished pipeline stage counts as the same run).
+NOT_RESULT_OPTIONS = frozenset({"output_dir", "progress", "num_threads", "log_every", "report_to", "checkpoint_every",
+                                "checkpoint_minutes", "keep_checkpoints", "resume"})
+# Options naming data files (hashed: size and SHA-256) and models (config.json hashed, weight sizes).
+DATA_OPTIONS = ("data", "eval_data", "prompts", "ptx_data", "normalize_on")
+MODEL_OPTIONS = ("model", "ref_model", "reward_model", "value_model")
+RESUME_MODES = ("auto", "force")
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def options_of(cfg) -> dict[str, Any]:
+    """A config's options as plain JSON values."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str)) if dataclasses.is_dataclass(cfg) else {}
+
+
+def _file_digest(value: str, model: bool = False) -> dict[str, Any] | None:
+    p = Path(value)
+    if p.is_file():
+        return {"path": value, "bytes": p.stat().st_size, "sha256": _sha256(p)}
+    if not p.is_dir():
+        return None  # a hub id or a name the loader resolves: the option's value stands for it
+    if model:  # a model directory's own weights (their sizes: they are large) and config (its hash)
+        files = sorted(f for f in p.iterdir() if f.is_file() and (f.suffix in (".safetensors", ".bin")
+                                                                    or f.name == "config.json"))
+    else:  # a saved dataset: every file
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    h = hashlib.sha256()
+    size = 0
+    for f in files:
+        rel = str(f.relative_to(p))
+        digest = str(f.stat().st_size) if model and f.name != "config.json" else _sha256(f)
+        h.update(f"{rel}\0{digest}\0".encode())
+        size += f.stat().st_size
+    return {"path": value, "bytes": size, "sha256": h.hexdigest()}
+
+
+def fingerprint(cfg) -> dict[str, Any]:
+    """The options that change a stage's result and digests of the files it reads."""
+    options = {k: v for k, v in options_of(cfg).items() if k not in NOT_RESULT_OPTIONS}
+    files: dict[str, Any] = {}
+    for name in DATA_OPTIONS + MODEL_OPTIONS:
+        value = getattr(cfg, name, None)
+        if isinstance(value, str) and value:
+            digest = _file_digest(value, model=name in MODEL_OPTIONS)
+            if digest is not None:
+                files[name] = digest
+    for spec in getattr(cfg, "reward_functions", None) or []:
+        module = str(spec).rsplit(":", 1)[0]
+        if module.endswith(".py") and Path(module).is_file():
+            files[f"reward_functions {spec}"] = _file_digest(module)
+    return {"options": options, "files": files}
+
+
+def fingerprint_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'name old -> new' for each changed option; 'name file changed (...)' for each file."""
+    changes = []
+    old_opts, new_opts = stored.get("options") or {}, current.get("options") or {}
+    for k, v in new_opts.items():
+        if k in old_opts and old_opts[k] != v:
+            changes.append(f"{k} {old_opts[k]!r} -> {v!r}")
+    old_files, new_files = stored.get("files") or {}, current.get("files") or {}
+    for k in sorted(set(old_files) | set(new_files)):
+        a, b = old_files.get(k), new_files.get(k)
+        if a == b or (a and b and a.get("sha256") == b.get("sha256")):
+            continue
+        if a is None or b is None:
+            changes.append(f"{k} {'appeared' if a is None else 'is gone'} ({(a or b).get('path')})")
+        elif a.get("bytes") != b.get("bytes"):
+            changes.append(f"{k} file {b.get('path')} changed ({a.get('bytes')} -> {b.get('bytes')} bytes)")
+        else:
+            changes.append(f"{k} file {b.get('path')} changed (same size, other content)")
+    return changes
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict[str, Any]:
+    """RNG states in types torch.load(weights_only=True) accepts (no numpy pickles)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_python_rng(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+
+
+def _as_python_rng(state):
+    # torch.load(weights_only=True) returns lists where random.setstate needs tuples
+    return (state[0], tuple(state[1]), state[2])
+
+
+# ----------------------------------------------------------------------------- the run lock
+
+_HELD: dict[str, int] = {}  # resolved lock path -> file descriptor, for locks this process holds
+
+
+def acquire_lock(directory: str | Path) -> Path | None:
+    """Lock `<directory>/.lock` for this process (flock: released by the kernel when the
+    process dies, so a killed run's lock is taken over at once). The file holds the
+    owner's pid, which a second run names when it refuses to start. Re-entrant within
+    a process. Returns the lock path (None where flock is unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    path = Path(directory) / ".lock"
+    key = str(path.resolve())
+    if key in _HELD:
+        return path
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(f"{directory} is in use by another run (pid {owner}); wait for it to finish or "
+                                  "stop it, or choose another --output_dir") from None
+        try:  # the file may have been removed by the owner that just released it: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        _HELD[key] = fd
+        return path
+    raise CheckpointError(f"could not lock {path}")
+
+
+def release_lock(path: Path | None) -> None:
+    if path is None:
+        return
+    fd = _HELD.pop(str(path.resolve()), None)
+    if fd is None:
+        return
+    path.unlink(missing_ok=True)  # while still locked, so nobody locks the removed file for long
+    os.close(fd)
+
+
+@atexit.register
+def _release_all() -> None:
+    for key in list(_HELD):
+        release_lock(Path(key))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+class CheckpointManager:
+    """Atomic, verified, rotated checkpoints under `<output_dir>/checkpoints/step-N`,
+    with the cadence (every N steps and every M seconds), the fingerprint check, and
+    the stage's logs cut back to the checkpoint's rows on resume."""
+
+    def __init__(self, output_dir: str | Path, keep: int = 2, is_main: bool = True, *,
+                 fingerprint: dict | None = None, resume: str = "auto", every_steps: int = 0,
+                 every_seconds: float = 0.0, stage: str = "", log=print):
+        self.root = Path(output_dir) / "checkpoints"
+        self.keep = max(1, keep)
+        self.is_main = is_main
+        self.fingerprint = fingerprint
+        self.resume_mode = resume
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.stage, self.log = stage, log
+        self.logs: list = []  # logs whose row counts go into each checkpoint (metrics.jsonl, samples.jsonl)
+        self.forced: list[str] = []  # the changes a --resume force accepted
+        self.lock: Path | None = None
+        self._last_save = time.monotonic()
+        self._resume_from: Path | None = None
+        self._checked = False
+
+    # -- cadence
+
+    def due(self, done: int, total: int, accelerator=None) -> bool:
+        """Save after step `done`? Every every_steps steps, or when every_seconds have passed
+        since the last save (decided on the main process for all); never after the last."""
+        if done >= total:
+            return False
+        by_steps = bool(self.every_steps) and done % self.every_steps == 0
+        by_time = bool(self.every_seconds) and time.monotonic() - self._last_save >= self.every_seconds
+        decision = by_steps or by_time
+        if accelerator is not None and accelerator.num_processes > 1 and self.every_seconds:
+            from accelerate.utils import broadcast_object_list
+
+            decision = broadcast_object_list([decision])[0]
+        return decision
+
+    # -- writing
+
+    def save(self, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path | None:
+        """tensors: name -> state dict (saved as safetensors); state: everything else
+        (optimizer, scheduler, RNG, data position), saved with torch.save and
+        loaded back with weights_only=True."""
+        self._last_save = time.monotonic()
+        if not self.is_main:
+            return None
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"step-{step:08d}"
+        tmp = self.root / f".tmp-step-{step:08d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            for name, sd in tensors.items():
+                save_file({k: v.detach().cpu().clone() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
+            fault_point("checkpoint.save")
+            torch.save(state, tmp / "state.pt")
+            if self.fingerprint is not None:
+                (tmp / "fingerprint.json").write_text(dumps(self.fingerprint, log=None, indent=1), encoding="utf-8")
+            files = sorted(tmp.iterdir())
+            for p in files:
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+            manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+            atomic_write_text(tmp / "manifest.json", json.dumps({"step": step, "files": manifest}, indent=1))
+            fsync_dir(tmp)
+            if final.exists():
+                self._remove(final)
+            os.replace(tmp, final)
+            fsync_dir(self.root)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            hint = " (disk full: free space or lower keep_checkpoints)" if getattr(e, "errno", None) == 28 else ""
+            raise CheckpointError(f"could not write checkpoint {final}: {e}{hint}") from e
+        self._rotate()
+        return final
+
+    def _remove(self, path: Path) -> None:
+        """Rename out of the step-* namespace first, so a kill mid-delete leaves an orphan
+        that the next start removes, never a damaged step directory."""
+        doomed = self.root / f".tmp-delete-{path.name}-{os.getpid()}"
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def _rotate(self) -> None:
+        done = sorted(self.root.glob("step-*"))
+        for old in done[: -self.keep]:
+            self._remove(old)
+
+    def clean_orphans(self) -> list[Path]:
+        """Remove what killed saves and deletions left (`.tmp-*` directories); call while
+        holding the run's lock."""
+        if not self.is_main or not self.root.exists():
+            return []
+        orphans = sorted(self.root.glob(".tmp-*"))
+        for p in orphans:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if orphans:
+            self.log(f"{self.stage or 'checkpoints'}: removed {len(orphans)} unfinished checkpoint "
+                     f"director{'y' if len(orphans) == 1 else 'ies'} left by an interrupted run")
+        return orphans
+
+    # -- reading
+
+    def verify(self, path: Path) -> str | None:
+        """None when intact, else what is wrong."""
+        manifest_path = path / "manifest.json"
+        if not manifest_path.exists():
+            return "no manifest.json (interrupted save?)"
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            return "manifest.json is not valid JSON"
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict) or "state.pt" not in files:
+            return "manifest.json does not list the checkpoint's files"
+        for name, meta in files.items():
+            if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) \
+                    or not isinstance(meta.get("sha256"), str) or "/" in name or name.startswith("."):
+                return f"manifest.json entry {name!r} is malformed"
+            f = path / name
+            if not f.is_file():
+                return f"{name} is missing"
+            if f.stat().st_size != meta["bytes"]:
+                return f"{name} has {f.stat().st_size} bytes, manifest says {meta['bytes']}"
+            if _sha256(f) != meta["sha256"]:
+                return f"{name} checksum mismatch"
+        return None
+
+    def intact(self, log=print) -> list[Path]:
+        """Intact checkpoints, newest first; each damaged one is reported and skipped."""
+        if not self.root.exists():
+            return []
+        good, damaged = [], 0
+        for path in sorted(self.root.glob("step-*"), reverse=True):
+            problem = self.verify(path)
+            if problem is None:
+                good.append(path)
+            else:
+                damaged += 1
+                log(f"warning: checkpoint {path} is damaged ({problem}); skipped")
+        if damaged and not good:
+            log("warning: no intact checkpoint left: starting from step 0")
+        return good
+
+    def latest(self, log=print) -> Path | None:
+        good = self.intact(log)
+        return good[0] if good else None
+
+    def check_resume(self) -> Path | None:
+        """Find the checkpoint to resume from and compare its fingerprint with this run's:
+        refuse (CheckpointError) when they differ, unless resume='force'."""
+        self._checked = True
+        self._resume_from = path = self.latest(log=self.log)
+        if path is None or self.fingerprint is None:
+            return path
+        stored = _read_json(path / "fingerprint.json")
+        changes = fingerprint_changes(stored, self.fingerprint) if stored is not None else []
+        if changes and self.resume_mode != "force":
+            raise CheckpointError(
+                f"{self.stage or 'stage'}: {path} was made with other settings: {'; '.join(changes)}. "
+                "Rerun with the checkpoint's settings to resume it, use a new --output_dir to start over, "
+                "or add --resume force to continue from it with the new settings")
+        if changes:
+            self.forced = changes
+            self.log(f"{self.stage}: resuming {path} with changed settings (--resume force): {'; '.join(changes)}")
+        return path
+
+    def save_training(self, step: int, accelerator, models: dict[str, torch.nn.Module], optimizer, scheduler,
+                      **extra: Any) -> Path | None:
+        """Models (safetensors), optimizer, scheduler, RNG states, the row counts of the
+        tracked logs, and `extra` state."""
+        return self.save(step, {name: accelerator.get_state_dict(m) for name, m in models.items()},
+                         {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "rng": rng_state(), "logs": {log.name: log.rows for log in self.logs}, **extra})
+
+    def resume_training(self, accelerator, models: dict[str, torch.nn.Module], optimizer, scheduler,
+                        stage: str = "", logs=()) -> tuple[int, dict[str, Any]]:
+        """Restore the newest intact checkpoint into models, optimizer, scheduler and the
+        RNGs, and cut `logs` (tracked from now on) back to its rows; returns (its step,
+        its state for extra fields), or (0, {}) when none (the logs are emptied)."""
+        self.logs = list(logs)
+        path = self._resume_from if self._checked else self.latest(log=accelerator.print)
+        if path is None:
+            for log in self.logs:
+                log.truncate(0)
+            return 0, {}
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        fresh_base = list(getattr(scheduler, "base_lrs", []))
+        tensors, state = self.load(path)
+        for name, model in models.items():
+            accelerator.unwrap_model(model).load_state_dict(tensors[name], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if self.forced:
+            _apply_new_hyperparameters(optimizer, scheduler, fresh, fresh_base)
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+        for log in self.logs:
+            if "logs" in state:
+                log.truncate(int(state["logs"].get(log.name, 0)))
+            else:  # a checkpoint from before row counts: drop rows logged after its step
+                log.filter(lambda line: _row_step(line) <= step)
+        accelerator.print(f"resumed {stage or self.stage} from {path} (step {step})")
+        return step, state
+
+    @staticmethod
+    def load(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        from safetensors.torch import load_file
+
+        fault_point("checkpoint.load")
+        tensors = {p.stem: load_file(str(p)) for p in path.glob("*.safetensors")}
+        state = torch.load(path / "state.pt", weights_only=True)
+        return tensors, state
+
+    def close(self) -> None:
+        release_lock(self.lock)
+        self.lock = None
+
+
+def _apply_new_hyperparameters(optimizer, scheduler, fresh_groups: list[dict], fresh_base: list[float]) -> None:
+    """After loading a checkpoint under --resume force: the optimizer keeps its moments
+    and step counts, but takes this run's hyperparameters (lr, weight decay, eps, ...)
+    and the schedule restarts from this run's base rates at the checkpoint's step."""
+    for group, new in zip(optimizer.param_groups, fresh_groups):
+        group.update(new)
+    if fresh_base:
+        scheduler.base_lrs = fresh_base
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if lambdas:
+        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 1 << 62  # a torn last line from a crash: dropped
+
+
+# ----------------------------------------------------------------------------- stage start
+
+def open_stage(cfg, stage: str, accelerator) -> CheckpointManager:
+    """The start of every stage, before any data is read: lock the output directory,
+    remove unfinished checkpoint directories, check that the newest checkpoint was made
+    with these options and data (else refuse, unless --resume force), then record the
+    resolved config and run info. Returns the stage's CheckpointManager."""
+    from rlhfkit.trainers.common import write_run_info
+
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--output_dir {out} is a file, not a directory")
+    is_main = accelerator.is_main_process
+    manager = CheckpointManager(out, cfg.keep_checkpoints, is_main, fingerprint=fingerprint(cfg),
+                                resume=getattr(cfg, "resume", "auto"), every_steps=cfg.checkpoint_every,
+                                every_seconds=60.0 * getattr(cfg, "checkpoint_minutes", 0.0), stage=stage,
+                                log=accelerator.print)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        manager.lock = acquire_lock(out)
+        manager.clean_orphans()
+    accelerator.wait_for_everyone()
+    manager.check_resume()
+    write_run_info(out, cfg)
+    return manager
