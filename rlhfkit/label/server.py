@@ -16,11 +16,14 @@ puts data into the document as text, never as HTML.
 """
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations
 # (Request), which are imported inside create_app so that this module imports without the extra.
+import contextlib
 import ipaddress
 import os
 import random
 import stat
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -195,6 +198,28 @@ def _write_tokens(path: Path, links: dict[str, str]) -> None:
     with os.fdopen(fd, "a", encoding="utf-8") as f:
         for name, url in links.items():
             f.write(f"{name}\t{url}\n")
+
+
+@contextlib.contextmanager
+def background_server(store: Store, host: str = "127.0.0.1", port: int = 0, max_request_bytes: int = 65536):
+    """The app served from a thread (tests, notebooks); yields its base URL."""
+    import uvicorn
+
+    config = uvicorn.Config(create_app(store, max_request_bytes), host=host, port=port, log_level="warning",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the labeling server did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def serve(cfg: ServeConfig) -> Path:

@@ -1,0 +1,212 @@
+"""The labeling server over HTTP: who gets in, what gets written, and that a server
+killed with kill -9 loses no acknowledged label and gives each labeler back their item."""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+if importlib_missing := [m for m in ("fastapi", "uvicorn") if __import__("importlib").util.find_spec(m) is None]:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must install the label extra (missing {importlib_missing}): pip install -e '.[label]'",
+                    pytrace=False)
+    pytest.skip(f"the label extra is not installed ({importlib_missing})", allow_module_level=True)
+
+from rlhfkit.label.export import read_labels  # noqa: E402
+from rlhfkit.label.server import ServeConfig, background_server, serve  # noqa: E402
+from rlhfkit.label.store import Store  # noqa: E402
+
+WORDS = ["cat", "dog", "red", "fig", "owl", "pear", "lime", "bee", "yak", "elk"]
+
+
+def _items(n):
+    return [{"id": f"q{i}", "prompt": f"Say {w} {i}.", "responses": [f"{w} {i}!", f"{w} {i}.", f"no {w} {i}"]}
+            for i, w in enumerate(WORDS * (n // len(WORDS) + 1)) if i < n]
+
+
+class Client:
+    """A labeler's HTTP client with a bearer token (or none) on one keep-alive connection."""
+
+    def __init__(self, base, token=None):
+        u = urlsplit(base)
+        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        self.token = token
+
+    def call(self, method, path, body=None, headers=None, **kwargs):
+        h = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        h.update(headers or {})
+        if isinstance(body, (dict, list)):
+            body, h["Content-Type"] = json.dumps(body).encode(), "application/json"
+        self.conn.request(method, path, body=body, headers=h, **kwargs)
+        r = self.conn.getresponse()
+        data = r.read()
+        try:
+            data = json.loads(data)
+        except ValueError:
+            pass
+        return r.status, data, r
+
+    def next(self):
+        status, data, _ = self.call("GET", "/api/next")
+        assert status == 200, data
+        return data
+
+    def submit(self, nxt, order=None, **headers):
+        k = len(nxt["item"]["responses"])
+        body = {"item_id": nxt["item"]["id"], "order": order or list(range(k)), "likert": [4] * k,
+                "flags": [[] for _ in range(k)], "seconds": 1.0}
+        return self.call("POST", "/api/submit", body, {"X-CSRF-Token": nxt["csrf"], **headers})
+
+
+@pytest.fixture
+def app(tmp_path):
+    store = Store(tmp_path / "l.sqlite", labels_per_item=2)
+    store.add_items(_items(4))
+    tokens = {who: store.add_labeler(who) for who in ("ana", "ben")}
+    with background_server(store) as base:
+        yield base, tokens, store
+
+
+def test_nobody_gets_in_without_a_token(app):
+    base, tokens, _ = app
+    anon = Client(base)
+    assert anon.call("GET", "/api/next")[0] == 401
+    assert Client(base, "not-a-token").call("GET", "/api/next")[0] == 401
+    assert anon.call("POST", "/api/submit", {"item_id": 1})[0] == 401
+    assert anon.call("GET", "/label")[2].getheader("location") == "/"
+    assert anon.call("GET", "/login?token=guess")[0] == 403
+    status, _, r = anon.call("GET", f"/login?token={tokens['ana']}")
+    assert status == 303 and r.getheader("location") == "/label"
+    cookie = r.getheader("set-cookie")
+    assert f"rlhfkit_label={tokens['ana']}" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    status, data, _ = anon.call("GET", "/api/next", headers={"Cookie": cookie.split(";")[0]})
+    assert status == 200 and data["labeler"] == "ana"
+    for path in ("/static/../store.py", "/static/store.py", "/docs", "/openapi.json"):
+        assert anon.call("GET", path)[0] == 404
+
+
+def test_every_write_needs_the_csrf_token_a_same_origin_and_a_small_body(app):
+    base, tokens, store = app
+    ana = Client(base, tokens["ana"])
+    nxt = ana.next()
+    assert ana.submit(nxt, **{"X-CSRF-Token": ""})[0] == 403
+    assert ana.submit(nxt, **{"X-CSRF-Token": store.csrf_token("ben")})[0] == 403
+    assert ana.submit(nxt, Origin="http://evil.example")[0] == 403
+    assert ana.submit(nxt, **{"Sec-Fetch-Site": "cross-site"})[0] == 403
+    csrf = {"X-CSRF-Token": nxt["csrf"], "Content-Type": "application/json"}
+    assert ana.call("POST", "/api/submit", b"{" + b" " * 70_000 + b"}", csrf)[0] == 413
+    chunks = (b" " * 8192 for _ in range(10))  # no content-length: counted as it arrives
+    assert ana.call("POST", "/api/submit", chunks, {**csrf, "Transfer-Encoding": "chunked"}, encode_chunked=True)[0] == 413
+    assert ana.call("POST", "/api/submit", b"not json", csrf)[0] == 400
+    status, data, _ = ana.submit(nxt, order=[0, 0, 1])
+    assert status == 400 and "order" in data["error"]
+    assert read_labels(store.path) == []
+    host = urlsplit(base).netloc
+    status, data, r = ana.submit(nxt, Origin=f"http://{host}")
+    assert status == 200 and data["progress"]["mine"] == 1
+    assert "script-src 'self'" in r.getheader("content-security-policy") and r.getheader("x-frame-options") == "DENY"
+    assert len(read_labels(store.path)) == 1
+
+
+def test_responses_are_shuffled_per_labeler_and_mapped_back(app):
+    base, tokens, store = app
+    ana, ben = Client(base, tokens["ana"]), Client(base, tokens["ben"])
+    seen = {}
+    for who, client in (("ana", ana), ("ben", ben)):
+        nxt = client.next()
+        shown = [r["index"] for r in nxt["item"]["responses"]]
+        assert sorted(shown) == [0, 1, 2] and client.next()["item"]["responses"] == nxt["item"]["responses"]
+        assert client.submit(nxt, order=shown)[0] == 200  # ranked in the order shown
+        seen[who] = shown
+    labels = {lab["labeler"]: lab["ranking"] for lab in read_labels(store.path)}
+    for who, shown in seen.items():
+        assert [labels[who][i] for i in shown] == [0, 1, 2]
+
+
+def test_serve_binds_loopback_unless_told(tmp_path):
+    with pytest.raises(ValueError, match="allow_remote"):
+        serve(ServeConfig(db=str(tmp_path / "l.sqlite"), host="0.0.0.0"))
+    assert not (tmp_path / "l.sqlite").exists()
+    assert ServeConfig().host == "127.0.0.1"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(db, port, tmp_path):
+    log = open(tmp_path / "server.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.label.server", "--db", str(db), "--port", str(port),
+                             "--labels_per_item", "1"], stdout=log, stderr=log)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+def test_kill_9_loses_no_acknowledged_label_and_each_labeler_resumes(tmp_path):
+    db = tmp_path / "l.sqlite"
+    store = Store(db)
+    store.add_items(_items(400))
+    tokens = {who: store.add_labeler(who) for who in ("ana", "ben", "cai")}
+    store.close()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start(db, port, tmp_path)
+    acked = {who: [] for who in tokens}  # item ids whose submission got a 200
+    opened = {}  # labeler -> the last item the server gave them
+    stop = threading.Event()
+
+    def label(who):
+        client = Client(base, tokens[who])
+        try:
+            while not stop.is_set():
+                nxt = client.next()
+                opened[who] = nxt["item"]["id"]
+                if len(acked[who]) >= 5 and who == "cai":  # cai stops mid-item: opened, never submitted
+                    return
+                status, data, _ = client.submit(nxt)
+                assert status == 200, data
+                acked[who].append(nxt["item"]["id"])
+        except (OSError, http.client.HTTPException):
+            pass  # the server died under us
+
+    threads = [threading.Thread(target=label, args=(who,)) for who in tokens]
+    for t in threads:
+        t.start()
+    while sum(map(len, acked.values())) < 40:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-stream: ana and ben are submitting as fast as they can
+    proc.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+    stored = {(lab["labeler"], lab["item_id"]) for lab in read_labels(db)}
+    for who, items in acked.items():
+        assert {(who, i) for i in items} <= stored, f"{who} lost an acknowledged label"
+    proc = _start(db, port, tmp_path)
+    try:
+        for who in tokens:
+            resumed = Client(base, tokens[who]).next()["item"]["id"]
+            if (who, opened[who]) in stored:  # committed, though the reply never arrived
+                assert resumed not in {i for w, i in stored if w == who}
+            else:
+                assert resumed == opened[who], who
+    finally:
+        proc.kill()
+        proc.wait()
