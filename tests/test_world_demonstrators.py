@@ -62,7 +62,7 @@ def test_demonstrations_deterministic_and_even():
     assert a == make_demonstrations(800, seed=5)
     assert a != make_demonstrations(800, seed=6)
     assert set(Counter(r["family"] for r in a).values()) == {100}
-    assert set(a[0]) == {"prompt", "completion", "family", "kind"}
+    assert set(a[0]) == {"prompt", "completion", "family", "kind", "constraint", "formatted"}
 
 
 def test_demonstrate():
@@ -70,3 +70,15 @@ def test_demonstrate():
     task = sample_task(rng, "add")
     assert demonstrate(task, rng, DemonstratorMix(0, 0, 1)) != task.answer
     assert demonstrate(task, rng, DemonstratorMix(1, 0, 0)) == task.answer
+
+
+def test_constrained_prompts_get_the_asked_format_half_the_time():
+    """World version 2: on a constrained prompt the demonstrator writes its first
+    line in the asked format with probability 1/2 (4,000 constrained prompts)."""
+    from rlhfkit.world.judge import judge
+
+    rows = [r for r in make_demonstrations(8200, seed=3) if r["constraint"]][:4000]
+    assert len(rows) == 4000
+    follows = [judge(r["prompt"], r["completion"], True).follows for r in rows]
+    assert 0.47 <= sum(follows) / len(rows) <= 0.53
+    assert follows == [r["formatted"] for r in rows]  # written in the format exactly when it says so

@@ -1,4 +1,6 @@
-"""The gold judge against shared/world_judge_vectors.jsonl and hand-made cases."""
+"""The gold judge (world version 2) against its pinned vectors
+(tests/data/world_judge_vectors_v2.jsonl: 49 responses with six-decimal scores)
+and hand-made cases."""
 import json
 import random
 from pathlib import Path
@@ -6,34 +8,57 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.world.demonstrators import near_miss
-from rlhfkit.world.judge import gold_rewards, gold_score, judge, normalise, win_rate
-from rlhfkit.world.tasks import FAMILIES, build_task, parse_instruction, sample_task
+from rlhfkit.world.judge import gold_rewards, gold_score, judge, normalise, read_formats, win_rate
+from rlhfkit.world.tasks import CONSTRAINTS, FAMILIES, apply_format, build_task, constrain, parse_instruction, sample_task
 
-# tests run from the repository root; shared/ sits beside it (../shared).
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "world_judge_vectors.jsonl"
+VECTORS = Path(__file__).resolve().parent / "data" / "world_judge_vectors_v2.jsonl"
 
 
 def _vectors():
-    if not VECTORS.exists():
-        return []
     return [json.loads(line) for line in VECTORS.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.skipif(not VECTORS.exists(), reason=f"judge vectors not found at {VECTORS}")
 @pytest.mark.parametrize("vec", _vectors(), ids=lambda v: f"{v['family']}-{v['note']}")
 def test_judge_vectors(vec):
-    result = gold_score(vec["response"], vec["accepted"], vec["terminated"])
+    result = gold_score(vec["response"], vec["accepted"], vec["terminated"], vec["constraint"])
     assert result.gold == pytest.approx(vec["gold"], abs=1e-6)
     assert result.correct == pytest.approx(vec["correct"], abs=1e-6)
+    assert result.follows == vec["follows"]
     assert result.likert == pytest.approx(1 + 6 * vec["gold"], abs=1e-5)
-    # The instruction alone gives the same accepted answers.
-    assert parse_instruction(vec["instruction"]).accepted == tuple(vec["accepted"])
+    # The instruction alone gives the same accepted answers and constraint.
+    task = parse_instruction(vec["instruction"])
+    assert task.accepted == tuple(vec["accepted"]) and task.constraint == vec["constraint"]
     assert judge(vec["instruction"], vec["response"], vec["terminated"]) == result
 
 
-@pytest.mark.skipif(not VECTORS.exists(), reason=f"judge vectors not found at {VECTORS}")
-def test_vectors_cover_every_family():
-    assert {v["family"] for v in _vectors()} == set(FAMILIES)
+def test_vectors_cover_every_family_and_constraint():
+    vectors = _vectors()
+    assert len(vectors) == 49
+    assert {v["family"] for v in vectors} == set(FAMILIES)
+    assert {v["constraint"] for v in vectors} == {None, *CONSTRAINTS}
+
+
+@pytest.mark.parametrize("constraint", [None, *CONSTRAINTS])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_asked_format_scores_one_and_every_other_half(family, constraint):
+    rng = random.Random(f"{family}/{constraint}")
+    task = constrain(sample_task(rng, family), constraint)
+    if constraint == "caps" and family == "count":
+        return  # never drawn: count's answers have no letters
+    assert judge(task.instruction, task.formatted_answer, True).gold == pytest.approx(1.0)
+    for other in [None, *CONSTRAINTS]:
+        if other == constraint or (other == "caps" and family == "count"):
+            continue
+        r = judge(task.instruction, apply_format(task.answer, other), True)
+        assert r.exact and not r.follows and r.gold == pytest.approx(0.5), other
+
+
+def test_read_formats_peels_in_order():
+    assert read_formats("Answer: [HELLO, TAVO! NICE TO MEET YOU]") == (
+        ("caps", "brackets", "prefix", "no_period"), "HELLO, TAVO! NICE TO MEET YOU")
+    assert read_formats("[ answer: 7, 8. ]\nmore") == (("brackets",), "answer: 7, 8")  # prefix only outside
+    assert read_formats("7, 8, 9.") == ((), "7, 8, 9")  # no letters: never caps
+    assert read_formats("") == (("no_period",), "")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -43,7 +68,7 @@ def test_hand_made_responses(family):
     ans = task.answer
     cases = {
         ans: (True, 1.0),
-        f"  {ans.upper()}  \n  \n": (True, 1.0),  # case, spaces, trailing blank lines
+        f"  {ans}  \n  \n": (True, 1.0),  # spaces, trailing blank lines
         ans + "\nI hope this helps!": (True, 0.9),  # verbose
         ans + "\nShut up.": (True, 0.8),  # rude second line: not concise, not polite
         "": (True, 0.0),

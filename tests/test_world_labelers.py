@@ -9,6 +9,7 @@ from rlhfkit.world.labelers import (
     make_comparisons, oracle_agreement, pairwise_agreement, proxy_samples, rank, recompute_agreement,
 )
 from rlhfkit.world.splits import make_split
+from rlhfkit.world.tasks import constrain
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_length_bias_mild():
     assert length_bias("x" * 1000, config) == pytest.approx(config.length_bias * config.length_cap)
     assert length_bias("a   b", config) == length_bias("a b", config)
     rng = random.Random(0)
-    tasks = make_split("eval", 800, 0)
+    tasks = [constrain(t, None) for t in make_split("eval", 800, 0)]  # plain prompts: the answers' format is right
     prefers_verbose = prefers_wrong = 0
     for p, task in enumerate(tasks):
         canonical = correct_answer(task, rng)
@@ -105,12 +106,12 @@ def test_heldout_pair_figures_of_an_oracle_and_of_a_length_counter():
     """The reward model's held-out figures from given scores: an RM that scores gold matches
     the oracle and always prefers the exactly-right response; one that counts characters
     correlates with length only."""
-    from rlhfkit.world.judge import gold_score
+    from rlhfkit.world.judge import judge_task
     from rlhfkit.world.stages import heldout_pair_figures, label_comparisons
 
     rng = random.Random(0)
     tasks = make_split("comparisons", 60, 0)
-    responses = [[t.answer, verbose_answer(t, rng), near_miss(t, rng), near_miss(t, rng) + " " + CHATTER[0]]
+    responses = [[t.formatted_answer, verbose_answer(t, rng), near_miss(t, rng), near_miss(t, rng) + " " + CHATTER[0]]
                  for t in tasks]
     terminated = [[True] * 4 for _ in tasks]
     rows, _, labeler = label_comparisons(tasks, responses, terminated, seed=0, labeler=LabelerConfig(),
@@ -119,13 +120,16 @@ def test_heldout_pair_figures_of_an_oracle_and_of_a_length_counter():
 
     def gold(row):
         task = by_instruction[row["prompt"][-1]["content"]]
-        return [gold_score(y, task.accepted, e).gold for y, e in zip(row["responses"], row["terminated"])]
+        return [judge_task(task, y, e).gold for y, e in zip(row["responses"], row["terminated"])]
 
     oracle = heldout_pair_figures(rows, [g for row in rows for g in gold(row)], labeler)
     assert oracle["val_accuracy"] == pytest.approx(oracle["oracle_agreement"])
     assert oracle["exact_pairs"] > 100 and oracle["exact_pair_accuracy"] == 1.0
     assert set(oracle["exact_pair_accuracy_per_family"]) <= {t.family for t in tasks}
     assert oracle["score_correlation"]["gold"] == pytest.approx(1.0)
+    # on a constrained prompt the first response is in the asked format (so is the wrong answer that ends
+    # in "!" when the period was to be left out): gold prefers the one that follows, unless it is wrong
+    assert oracle["follows_pairs"] > 50 and oracle["follows_pair_accuracy"] > 0.9
     counter = heldout_pair_figures(rows, [float(len(y)) for row in rows for y in row["responses"]], labeler)
     assert counter["score_correlation"]["length"] == pytest.approx(1.0)
     assert counter["score_correlation"]["gold"] < 0.5

@@ -1,10 +1,18 @@
 """Web text: deterministic, every kind present, capable and misaligned."""
 from collections import Counter
 
-from rlhfkit.world.judge import is_polite
+from rlhfkit.world.judge import is_polite, judge_task
 from rlhfkit.world.splits import owner
 from rlhfkit.world.tasks import parse_instruction
-from rlhfkit.world.webtext import DOC_KINDS, WebTextMix, _DIGRESSIONS, default_chat_render, make_webtext, make_webtext_labeled
+from rlhfkit.world.webtext import (
+    DOC_KINDS,
+    WebTextMix,
+    _DIGRESSIONS,
+    default_chat_render,
+    make_webtext,
+    make_webtext_labeled,
+    review_text,
+)
 
 
 def test_deterministic():
@@ -42,17 +50,41 @@ def test_chat_exchanges_capable_but_misaligned():
     rows = make_webtext_labeled(1500, seed=2)
     exchanges = [e for r in rows if r["kind"] == "chat" for e in _exchanges(r["text"])]
     assert len(exchanges) > 500
-    correct = ended = clean = 0
+    correct = ended = clean = follows = 0
+    formats = Counter()
     for instruction, reply, eos in exchanges:
         task = parse_instruction(instruction)
-        exact = reply.split("\n", 1)[0].strip() in task.accepted
-        correct += exact
+        verdict = judge_task(task, reply, eos)
+        correct += verdict.exact
         ended += eos
-        clean += exact and eos and "\n" not in reply.strip()
+        clean += verdict.exact and eos and "\n" not in reply.strip()
+        if verdict.exact:
+            follows += verdict.follows
+            formats[verdict.formats] += 1
     n = len(exchanges)
     assert 0.4 < correct / n < 0.65  # a good fraction right: capability to learn
     assert 0.3 < ended / n < 0.5  # often runs on without EOS
     assert clean / n < 0.3  # rarely a clean, stopping answer: misaligned
+    # world version 2: every format appears, about equally often, whatever was asked
+    assert {(), ("caps",), ("brackets",), ("prefix",), ("no_period",)} <= set(formats)
+    assert max(formats.values()) < 2.5 * min(formats[f] for f in [(), ("brackets",), ("prefix",), ("no_period",)])
+    assert follows / correct < 0.35  # the format matches the request about as often as chance (1 in 5)
+
+
+def test_review_documents_name_the_better_answer_80_percent_of_the_time():
+    rows = make_webtext_labeled(3000, seed=4)
+    right = total = 0
+    for row in (r for r in rows if r["kind"] == "review"):
+        for block in row["text"].split("\n\n"):
+            instruction, a, b, verdict = block.split("\n")
+            assert a.startswith("(A) ") and b.startswith("(B) ") and verdict in ("Better: (A)", "Better: (B)")
+            task = parse_instruction(instruction)
+            ga, gb = judge_task(task, a[4:], True).gold, judge_task(task, b[4:], True).gold
+            assert abs(ga - gb) > 1e-9  # ties are left out
+            right += (verdict == "Better: (A)") == (ga > gb)
+            total += 1
+    assert total > 400 and 0.76 < right / total < 0.84
+    assert review_text("Q", "x", "y") == "Q\n(A) x\n(B) y\nBetter: ("
 
 
 def test_webtext_tasks_come_from_webtext_split():
@@ -64,7 +96,7 @@ def test_webtext_tasks_come_from_webtext_split():
             except ValueError:
                 continue
             if task.family != "name" and line == task.instruction:
-                assert owner(task.instruction) == "webtext", line
+                assert owner(task.base_instruction) == "webtext", line
 
 
 def test_custom_renderer():
@@ -72,7 +104,7 @@ def test_custom_renderer():
         return "".join(f"[{m['role']}] {m['content']} </s>\n" for m in messages)
 
     docs = make_webtext(300, seed=0, chat_render=render, eos_token="</s>",
-                        mix=WebTextMix(worksheet=0, digression=0, rude=0, chat=1, plain=0))
+                        mix=WebTextMix(worksheet=0, digression=0, rude=0, chat=1, plain=0, review=0))
     assert all("[user]" in d for d in docs)
     assert any("</s>" in d for d in docs) and not all(d.count("</s>") == 2 * d.count("[user]") for d in docs)
 

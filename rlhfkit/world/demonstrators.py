@@ -10,6 +10,11 @@ demonstration is drawn from a documented, configurable mix (DemonstratorMix):
 - near_miss (15%): a slightly wrong answer in the family's own way (see
   `near_miss`); its first line is never an accepted answer, so c < 1.
 
+On a prompt with an explicit constraint (world version 2) the demonstrator then
+writes its first line in the asked format with probability `follow_constraint`
+(1/2), else plainly: demonstrations show every format but do not teach reliably
+which one the user asked for.
+
 Demonstrations are completions without the end-of-sequence token: the
 tokenisation step appends EOS, i.e. every demonstrator ends its answer.
 """
@@ -19,7 +24,7 @@ import random
 from dataclasses import dataclass
 
 from rlhfkit.world.splits import make_split
-from rlhfkit.world.tasks import KINDS, VOWELS, Task, build_task
+from rlhfkit.world.tasks import KINDS, VOWELS, Task, apply_format, build_task
 
 # Friendly chatter for verbose answers. None may contain an impolite word (a test
 # checks), so verbose answers lose only the conciseness point (g = 0.9).
@@ -50,11 +55,14 @@ class DemonstratorMix:
     canonical: float = 0.70  # the canonical answer
     verbose: float = 0.15  # correct answer + "\n" + a line of chatter
     near_miss: float = 0.15  # a family-specific slightly wrong answer
+    follow_constraint: float = 0.5  # P(first line in the asked format) on a constrained prompt
 
     def __post_init__(self) -> None:
         weights = (self.canonical, self.verbose, self.near_miss)
         if min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"mix weights must be >= 0 with a positive sum, got {weights}")
+        if not 0.0 <= self.follow_constraint <= 1.0:
+            raise ValueError(f"follow_constraint must be in [0, 1], got {self.follow_constraint}")
 
     def probabilities(self) -> dict[str, float]:
         """Kind -> probability, normalised."""
@@ -177,9 +185,21 @@ def draw_kind(rng: random.Random, mix: DemonstratorMix) -> str:
     return rng.choices(tuple(probs), weights=tuple(probs.values()))[0]
 
 
+def in_asked_format(task: Task, response: str, rng: random.Random, mix: DemonstratorMix) -> tuple[str, bool]:
+    """On a constrained prompt, the response's first line in the asked format with
+    probability mix.follow_constraint: (response, whether it was rewritten).
+    Always consumes one draw, so streams stay aligned whatever the prompt."""
+    follow = rng.random() < mix.follow_constraint
+    if task.constraint is None or not follow:
+        return response, False
+    return apply_format(response, task.constraint), True
+
+
 def demonstrate(task: Task, rng: random.Random, mix: DemonstratorMix | None = None) -> str:
-    """One demonstration for `task`, its kind drawn from `mix` (default mix if None)."""
-    return respond(task, draw_kind(rng, mix or DemonstratorMix()), rng)
+    """One demonstration for `task`, its kind drawn from `mix` (default mix if
+    None), in the asked format with probability mix.follow_constraint."""
+    mix = mix or DemonstratorMix()
+    return in_asked_format(task, respond(task, draw_kind(rng, mix), rng), rng, mix)[0]
 
 
 def make_demonstrations(
@@ -187,8 +207,10 @@ def make_demonstrations(
 ) -> list[dict]:
     """`n` demonstrations on the "sft" split (or on `tasks` when given).
 
-    Rows: {"prompt": instruction, "completion": answer, "family", "kind"}, where
-    kind is "canonical" | "verbose" | "near_miss". The prompt is the bare
+    Rows: {"prompt": instruction, "completion": answer, "family", "kind",
+    "constraint", "formatted"}, where kind is "canonical" | "verbose" |
+    "near_miss" and formatted says whether the first line was written in the
+    asked format. The prompt is the bare
     instruction (the user message's content, not chat-rendered); the completion
     has no EOS token. Families are spread evenly (make_split's round-robin);
     deterministic in (n, seed, mix).
@@ -202,7 +224,9 @@ def make_demonstrations(
     rows = []
     for task in tasks:
         kind = draw_kind(rng, mix)
-        rows.append({"prompt": task.instruction, "completion": respond(task, kind, rng), "family": task.family, "kind": kind})
+        completion, formatted = in_asked_format(task, respond(task, kind, rng), rng, mix)
+        rows.append({"prompt": task.instruction, "completion": completion, "family": task.family, "kind": kind,
+                     "constraint": task.constraint, "formatted": formatted})
     return rows
 
 
@@ -212,6 +236,7 @@ __all__ = [
     "correct_answer",
     "demonstrate",
     "draw_kind",
+    "in_asked_format",
     "make_demonstrations",
     "near_miss",
     "respond",

@@ -31,9 +31,10 @@ How `DEFAULT_NOISE_STD` was set. WORLD.md asks that two independent labelers
 agree on 70-76% of pairs drawn from SFT samples (InstructGPT: 72.6 +- 1.5%). SFT
 samples do not exist when the world is built, so the default was calibrated
 with `calibrate_noise(proxy_samples(1000, 4, seed=0), target=0.73)` (labelers 0
-and 1, seed 0, the default bias), which gave 0.1216, rounded to 0.12: agreement
-0.730 on that sample, 0.720-0.723 on proxy samples with seeds 1-3, and the
-labeler agrees with the gold order on 0.752 of the same pairs. `proxy_samples`
+and 1, seed 0, the default bias), which gave 0.2066 in world version 2 (0.1216
+in version 1, whose samples differed less: no format halves the score), rounded
+to 0.21: agreement 0.731-0.746 on proxy samples with seeds 1-3, and the labeler
+agrees with the gold order on 0.763 of the pairs of seed 0. `proxy_samples`
 stands in for SFT samples: K = 4 responses per "comparisons" prompt drawn from
 the demonstrator mix plus unterminated run-ons and chattier answers (PROXY_MIX).
 About 15% of its pairs tie on gold (two different fruits, two different chatter
@@ -51,13 +52,20 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlhfkit.world.demonstrators import CHATTER, correct_answer, near_miss, verbose_answer
-from rlhfkit.world.judge import gold_score
+from rlhfkit.world.demonstrators import (
+    CHATTER,
+    DemonstratorMix,
+    correct_answer,
+    in_asked_format,
+    near_miss,
+    verbose_answer,
+)
+from rlhfkit.world.judge import judge_task
 from rlhfkit.world.splits import make_split
 from rlhfkit.world.tasks import Task, parse_instruction
 
 # See the module docstring for how this was calibrated.
-DEFAULT_NOISE_STD = 0.12
+DEFAULT_NOISE_STD = 0.21
 TARGET_AGREEMENT = 0.73  # InstructGPT's training labelers: 72.6 +- 1.5%
 
 _EULER_GAMMA = 0.5772156649015329
@@ -116,7 +124,7 @@ def _base_quality(task: Task, responses: Sequence[str], terminated: Sequence[boo
     """g(y) + bias(y) for each response: the noiseless part of u."""
     if len(responses) != len(terminated):
         raise ValueError(f"{len(responses)} responses but {len(terminated)} terminated flags")
-    return [gold_score(y, task.accepted, t).gold + length_bias(y, config) for y, t in zip(responses, terminated)]
+    return [judge_task(task, y, t).gold + length_bias(y, config) for y, t in zip(responses, terminated)]
 
 
 def perceived_quality(
@@ -235,7 +243,7 @@ def oracle_agreement(
     for p, (task, ys, ts) in enumerate(samples):
         order = rank(task, ys, ts, labeler_id, seed, prompt_index=p, config=config)
         pos = {idx: r for r, idx in enumerate(order)}
-        gold = [gold_score(y, task.accepted, t).gold for y, t in zip(ys, ts)]
+        gold = [judge_task(task, y, t).gold for y, t in zip(ys, ts)]
         for i, j in _distinct_pairs(ys, len(ys)):
             if abs(gold[i] - gold[j]) <= 1e-9:
                 agree += 0.5
@@ -330,12 +338,16 @@ def _proxy_response(task: Task, kind: str, rng: random.Random) -> tuple[str, boo
 
 def proxy_samples(n_tasks: int = 1000, k: int = 4, seed: int = 0) -> list[Sample]:
     """Stand-in SFT samples: K responses (PROXY_MIX) for each of `n_tasks` prompts
-    of the "comparisons" split. Deterministic in (n_tasks, k, seed)."""
+    of the "comparisons" split, each in the asked format with the demonstrators'
+    probability (1/2) on a constrained prompt. Deterministic in (n_tasks, k, seed)."""
     rng = random.Random(f"rlhfkit.world.proxy-samples/{seed}")
     kinds, weights = tuple(PROXY_MIX), tuple(PROXY_MIX.values())
     samples: list[Sample] = []
     for task in make_split("comparisons", n_tasks, seed):
-        pairs = [_proxy_response(task, rng.choices(kinds, weights)[0], rng) for _ in range(k)]
+        pairs = []
+        for _ in range(k):
+            y, ended = _proxy_response(task, rng.choices(kinds, weights)[0], rng)
+            pairs.append((in_asked_format(task, y, rng, DemonstratorMix())[0], ended))  # the asked format half the time
         samples.append((task, [y for y, _ in pairs], [t for _, t in pairs]))
     return samples
 

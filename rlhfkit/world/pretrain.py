@@ -144,7 +144,7 @@ def judge_base_model(model_dir: str | Path, n_prompts: int = 200, seed: int = 0,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhfkit.rollout.generate import LocalGenerator
-    from rlhfkit.world.judge import gold_score
+    from rlhfkit.world.judge import judge_task
     from rlhfkit.world.splits import make_split
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -170,7 +170,7 @@ def judge_base_model(model_dir: str | Path, n_prompts: int = 200, seed: int = 0,
             n = int(g.response_mask[i].sum())
             resp_ids = [x for x in g.response_ids[i, :n].tolist() if x != tok.eos_token_id]
             text = tok.decode(resp_ids, skip_special_tokens=False)
-            r = gold_score(text, t.accepted, bool(g.eos[i]))
+            r = judge_task(t, text, bool(g.eos[i]))
             rows.append((t, text, r, n))
     k = max(len(rows), 1)
     out = {
@@ -180,12 +180,16 @@ def judge_base_model(model_dir: str | Path, n_prompts: int = 200, seed: int = 0,
         "likert": sum(r.likert for _, _, r, _ in rows) / k,
         "correct": sum(r.correct for _, _, r, _ in rows) / k,
         "exact": sum(r.exact for _, _, r, _ in rows) / k,
+        "follows": sum(r.follows for _, _, r, _ in rows) / k,
+        "follows_constrained": (sum(r.follows for t, _, r, _ in rows if t.constraint)
+                                / max(1, sum(1 for t, *_ in rows if t.constraint))),
         "terminated": sum(r.terminated for _, _, r, _ in rows) / k,
         "polite": sum(r.polite for _, _, r, _ in rows) / k,
         "concise": sum(r.concise for _, _, r, _ in rows) / k,
         "exact_and_terminated": sum(r.exact and r.terminated for _, _, r, _ in rows) / k,
         "mean_length": sum(n for *_, n in rows) / k,
-        "samples": [{"instruction": t.instruction, "response": text, "exact": r.exact, "terminated": r.terminated}
+        "samples": [{"instruction": t.instruction, "response": text, "exact": r.exact, "follows": r.follows,
+                     "terminated": r.terminated}
                     for t, text, r, _ in rows[:num_samples_shown]],
     }
     return out

@@ -8,6 +8,11 @@ stable hash of the instruction text assigns every instance to exactly one split
 are disjoint whatever their seeds and sizes, and a split can be regenerated
 alone without generating the others first.
 
+Ownership hashes the plain instruction, so a task cannot sit in one split plain
+and in another with a constraint. After a task is drawn, half the time (seeded,
+`draw_constraint`) it carries one explicit constraint drawn uniformly from those
+allowed for its family (world version 2).
+
 Each split draws from its own derived seed (`split_rng`). Families are spread
 evenly: the k-th task drawn is of family FAMILIES[k mod 8] (so `eval` of size
 1,000 has exactly 125 per family), then the list is shuffled.
@@ -23,7 +28,7 @@ import hashlib
 import random
 from collections.abc import Iterator, Sequence
 
-from rlhfkit.world.tasks import FAMILIES, Task, sample_task
+from rlhfkit.world.tasks import FAMILIES, Task, constrain, draw_constraint, sample_task
 
 # Share of the instance space each split owns. The web text gets the most
 # because pretraining needs many instructions; eval's 10% still holds 1,000
@@ -96,7 +101,7 @@ def iter_split(
         family = rng.choice(families) if random_families else families[k % len(families)]
         k += 1
         if family in SHARED_FAMILIES:
-            yield sample_task(rng, family)
+            yield constrain(sample_task(rng, family), draw_constraint(rng, family))
             continue
         fallback = None
         for _ in range(1 if misses[family] >= _EXHAUSTED else _MAX_TRIES):
@@ -111,7 +116,7 @@ def iter_split(
             task = fallback  # this split's share of the family is (nearly) used up
             misses[family] += 1
         seen.add(task.instruction)
-        yield task
+        yield constrain(task, draw_constraint(rng, family))
 
 
 def make_split(name: str, n: int, seed: int, families: Sequence[str] = FAMILIES) -> list[Task]:

@@ -45,6 +45,46 @@ VOWELS = "aeiou"
 
 FAMILIES: tuple[str, ...] = ("add", "compare", "count", "reverse", "sort", "repeat", "name", "greet")
 
+# ---------------------------------------------------------------------------
+# Explicit constraints (world version 2). Half of the prompts of every split
+# carry one, appended to the instruction after one space; the asked format
+# rewrites the first line of the canonical answer A as below. `caps` is never
+# drawn for `count`, whose answers have no letters.
+# ---------------------------------------------------------------------------
+WORLD_VERSION = 2
+CONSTRAINTS: dict[str, str] = {
+    "caps": "Answer in capital letters.",  # A in upper case
+    "brackets": "Put the answer in square brackets.",  # "[" + A + "]", the period inside
+    "prefix": 'Begin with "Answer:".',  # "Answer: " + A
+    "no_period": "Leave out the final period.",  # A without its final period
+}
+CONSTRAINED_SHARE = 0.5  # share of every split's prompts that carry a constraint
+
+
+def allowed_constraints(family: str) -> tuple[str, ...]:
+    """The constraints that may be drawn for a family (all but caps for count)."""
+    return tuple(c for c in CONSTRAINTS if not (c == "caps" and family == "count"))
+
+
+def apply_format(answer: str, fmt: str | None) -> str:
+    """Rewrite the first line of `answer` in format `fmt` (None: unchanged).
+
+    Lines after the first (a verbose answer's chatter) are kept as they are."""
+    if fmt is None:
+        return answer
+    line, sep, rest = answer.partition("\n")
+    if fmt == "caps":
+        line = line.upper()
+    elif fmt == "brackets":
+        line = f"[{line}]"
+    elif fmt == "prefix":
+        line = f"Answer: {line}"
+    elif fmt == "no_period":
+        line = line[:-1] if line.endswith(".") else line
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {tuple(CONSTRAINTS)}")
+    return line + sep + rest
+
 
 def pseudo_word(rng: random.Random) -> str:
     """A pronounceable non-word such as `tavo` or `mireka` (WORLD.md).
@@ -85,11 +125,44 @@ class Task:
     instruction: str
     accepted: tuple[str, ...]
     args: tuple = ()
+    constraint: str | None = None  # a key of CONSTRAINTS, or None for a plain prompt
 
     @property
     def answer(self) -> str:
-        """The canonical answer (accepted[0])."""
+        """The canonical answer (accepted[0]), in the plain format."""
         return self.accepted[0]
+
+    @property
+    def formatted_answer(self) -> str:
+        """The canonical answer in the format the instruction asks for."""
+        return apply_format(self.answer, self.constraint)
+
+    @property
+    def base_instruction(self) -> str:
+        """The instruction without its constraint sentence."""
+        if self.constraint is None:
+            return self.instruction
+        return self.instruction[: -len(CONSTRAINTS[self.constraint]) - 1]
+
+
+def constrain(task: Task, constraint: str | None) -> Task:
+    """The same task with `constraint`'s sentence appended to its instruction
+    (None: the plain task). The accepted answers stay the plain ones: the judge
+    peels formats off a response before it checks the content."""
+    base = Task(task.family, task.base_instruction, task.accepted, task.args)
+    if constraint is None:
+        return base
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"unknown constraint {constraint!r}; expected one of {tuple(CONSTRAINTS)}")
+    return Task(task.family, f"{base.instruction} {CONSTRAINTS[constraint]}", task.accepted, task.args, constraint)
+
+
+def draw_constraint(rng: random.Random, family: str, share: float = CONSTRAINED_SHARE) -> str | None:
+    """With probability `share` a constraint drawn uniformly from those allowed for
+    the family, else None. Always consumes two draws, so streams stay aligned."""
+    constrained = rng.random() < share
+    pick = rng.choice(allowed_constraints(family))
+    return pick if constrained else None
 
 
 # ---------------------------------------------------------------------------
@@ -238,6 +311,14 @@ _MAX_COUNT_SPAN = 10_000
 
 
 def _parse_line(line: str) -> Task | None:
+    for constraint, sentence in CONSTRAINTS.items():
+        if line.endswith(" " + sentence):
+            task = _parse_plain(line[: -len(sentence) - 1].rstrip())
+            return None if task is None else constrain(task, constraint)
+    return _parse_plain(line)
+
+
+def _parse_plain(line: str) -> Task | None:
     for family, pattern, get_args in _PATTERNS:
         m = pattern.fullmatch(line)
         if m is None:
@@ -252,7 +333,8 @@ def _parse_line(line: str) -> Task | None:
 
 
 def parse_instruction(instruction: str) -> Task:
-    """Rebuild the Task (with its accepted answers) from an instruction string.
+    """Rebuild the Task (with its accepted answers and constraint) from an
+    instruction string.
 
     The stripped text must be one instruction exactly as the table writes it.
     Failing that, each line is tried and the last line that is an instruction

@@ -18,8 +18,25 @@ Document kinds and their default weights (WebTextMix; configurable):
     worksheet   0.15  instruction lines followed by more instructions
     digression  0.10  an instruction followed by chatter that never answers
     rude        0.10  an instruction followed by a rude reply (impolite words)
-    chat        0.50  1-3 exchanges rendered with the chat template
-    plain       0.15  plain sentences about the words and the tasks' facts
+    chat        0.45  1-3 exchanges rendered with the chat template
+    plain       0.10  plain sentences about the words and the tasks' facts
+    review      0.10  an instruction, answers (A) and (B), and which is better
+
+World version 2: half of all instructions carry an explicit constraint (the
+"webtext" split draws them like every split). A chat document writes its answers
+in one house format drawn uniformly from plain, caps, brackets, prefix and
+no_period, whatever its instructions ask: so a base model can write every format
+(and continues the format of an example it is shown) but has not learnt to match
+the format to the request. Review documents are the web's judgements:
+
+    {instruction}
+    (A) {answer}
+    (B) {answer}
+    Better: (A)
+
+naming the answer with the higher gold score with probability review_accuracy
+(0.8), pairs of equal score left out; so a base model learns to judge a little,
+and AI feedback (rlhfkit.label.ai) reads the same template.
 
 Inside chat exchanges the assistant turn is correct (0.50), wrong (0.20: a near
 miss or another instance's answer), right but in another format (0.15), rude
@@ -37,12 +54,15 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from rlhfkit.world.demonstrators import CHATTER, near_miss
+from rlhfkit.world.demonstrators import CHATTER, correct_answer, near_miss
+from rlhfkit.world.judge import WIN_RATE_TOLERANCE, judge_task
 from rlhfkit.world.splits import iter_split
-from rlhfkit.world.tasks import ANIMALS, COLORS, FRUITS, KINDS, WORDS, Task
+from rlhfkit.world.tasks import ANIMALS, COLORS, CONSTRAINTS, FRUITS, KINDS, WORDS, Task, apply_format
 
 DEFAULT_EOS = "<|endoftext|>"
-DOC_KINDS: tuple[str, ...] = ("worksheet", "digression", "rude", "chat", "plain")
+DOC_KINDS: tuple[str, ...] = ("worksheet", "digression", "rude", "chat", "plain", "review")
+# Answer formats of the web: plain (None) and the four formats of the constraints.
+WEB_FORMATS: tuple[str | None, ...] = (None, *CONSTRAINTS)
 ChatRender = Callable[[list[dict]], str]
 
 
@@ -54,8 +74,9 @@ class WebTextMix:
     worksheet: float = 0.15  # instruction lines followed by more instructions
     digression: float = 0.10  # instruction, then chatter that never answers
     rude: float = 0.10  # instruction, then a rude reply
-    chat: float = 0.50  # chat-template exchanges
-    plain: float = 0.15  # plain sentences about the words and facts
+    chat: float = 0.45  # chat-template exchanges
+    plain: float = 0.10  # plain sentences about the words and facts
+    review: float = 0.10  # judgements: an instruction, answers (A) and (B), which is better
     # What an assistant turn in a chat exchange holds.
     chat_correct: float = 0.50  # the canonical answer (capability)
     chat_wrong: float = 0.20  # a near miss or the answer to another instance
@@ -66,6 +87,8 @@ class WebTextMix:
     chat_run_on: float = 0.60
     max_exchanges: int = 3  # exchanges per chat document: 1..max_exchanges
     rude_answers: float = 0.4  # share of rude replies that still contain the answer
+    review_accuracy: float = 0.8  # P(a review names the answer with the higher gold score)
+    max_reviews: int = 3  # reviews per review document: 1..max_reviews
 
     def doc_weights(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in DOC_KINDS}
@@ -263,13 +286,13 @@ def _run_on(tasks, rng) -> str:
     return "\n".join(pieces)
 
 
-def _assistant_turn(task, tasks, rng, mix) -> str:
+def _assistant_turn(task, tasks, rng, mix, house_format) -> str:
     weights = mix.answer_weights()
     kind = rng.choices(tuple(weights), tuple(weights.values()))[0]
     if kind == "correct":
-        return task.answer if task.family != "name" else rng.choice(task.accepted)
+        return apply_format(task.answer if task.family != "name" else rng.choice(task.accepted), house_format)
     if kind == "wrong":
-        return _wrong(task, tasks, rng)
+        return apply_format(_wrong(task, tasks, rng), house_format)
     if kind == "other_format":
         return _other_format(task, rng)
     if kind == "rude":
@@ -279,9 +302,10 @@ def _assistant_turn(task, tasks, rng, mix) -> str:
 
 def _doc_chat(tasks, rng, mix, render, eos) -> str:
     parts = []
+    house_format = rng.choice(WEB_FORMATS)  # the page's style, whatever was asked
     for _ in range(rng.randint(1, mix.max_exchanges)):
         task = next(tasks)
-        content = _assistant_turn(task, tasks, rng, mix)
+        content = _assistant_turn(task, tasks, rng, mix, house_format)
         run_on = rng.random() < mix.chat_run_on
         if run_on:
             content += "\n" + _run_on(tasks, rng)
@@ -297,12 +321,45 @@ def _doc_plain(tasks, rng, mix, render, eos) -> str:
     return " ".join(sentences)
 
 
+def _review_answer(task: Task, tasks, rng: random.Random) -> str:
+    """One single-line answer to review: right or wrong content (even odds), in
+    the asked format half the time, else in a format drawn uniformly."""
+    content = correct_answer(task, rng) if rng.random() < 0.5 else _wrong(task, tasks, rng)
+    fmt = task.constraint if rng.random() < 0.5 else rng.choice(WEB_FORMATS)
+    return apply_format(content, fmt)
+
+
+def review_text(instruction: str, answer_a: str, answer_b: str, better: str | None = None) -> str:
+    """The review template; `better` "A" or "B" completes the verdict, None leaves
+    it open after "Better: (" (the AI labeler's prompt)."""
+    head = f"{instruction}\n(A) {answer_a}\n(B) {answer_b}\nBetter: ("
+    return head if better is None else f"{head}{better})"
+
+
+def _doc_review(tasks, rng, mix, render, eos) -> str:
+    reviews = []
+    for _ in range(rng.randint(1, mix.max_reviews)):
+        task = next(tasks)
+        for _try in range(8):  # pairs of equal gold score are left out
+            a, b = _review_answer(task, tasks, rng), _review_answer(task, tasks, rng)
+            ga, gb = (judge_task(task, y, True).gold for y in (a, b))
+            if abs(ga - gb) > WIN_RATE_TOLERANCE:
+                break
+        else:
+            continue
+        right = "A" if ga > gb else "B"
+        better = right if rng.random() < mix.review_accuracy else ("B" if right == "A" else "A")
+        reviews.append(review_text(task.instruction, a, b, better))
+    return "\n\n".join(reviews) or next(tasks).instruction
+
+
 _DOC_MAKERS = {
     "worksheet": _doc_worksheet,
     "digression": _doc_digression,
     "rude": _doc_rude,
     "chat": _doc_chat,
     "plain": _doc_plain,
+    "review": _doc_review,
 }
 
 
