@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         parsers[path].exit(2, f"rlhfkit {name}: {e}\n")
     try:
         result = fn(cfg)
-    except (ValueError, FileNotFoundError, DivergenceError, CheckpointError) as e:
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, DivergenceError,
+            CheckpointError) as e:
         # Bad input is reported in one line naming the file, line and field; no traceback.
         print(f"rlhfkit {name}: error: {e}", file=sys.stderr)
         return 1
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlhfkit {name}: error: out of memory ({str(e).splitlines()[0][:200]}); try a smaller "
               "per_device_batch_size (PPO: per_device_train_batch_size, generation_batch_size) or "
-              "--gradient_checkpointing true; the last checkpoint is intact", file=sys.stderr)
+              "--gradient_checkpointing true; rerun the command to resume from the last checkpoint saved, if any",
+              file=sys.stderr)
         return 1
     print(f"rlhfkit {name}: wrote {result}")
     return 0

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.config import ConfigError, nested, option, save_yaml
+from rlhfkit.io import write_json
+from rlhfkit.trainers.checkpoint import NOT_RESULT_OPTIONS, acquire_lock, options_of, release_lock
 from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, for_method, train_dpo
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.ppo_config import PPOConfig
@@ -54,18 +56,27 @@ def stage_done(path: Path) -> bool:
     return (path / DONE).exists()
 
 
-# Options that do not change what a stage computes: a rerun that differs only in these is the same run.
-NOT_RESULT_OPTIONS = frozenset({"output_dir", "progress", "num_threads", "log_every", "report_to", "checkpoint_every",
-                                "keep_checkpoints"})
-
-
 def _options(cfg) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str)) if dataclasses.is_dataclass(cfg) else {}
+    return options_of(cfg)
 
 
 def mark_done(path: Path, seconds: float, cfg=None) -> None:
     """The marker keeps the stage's options, so a rerun with other options is noticed."""
-    (path / DONE).write_text(json.dumps({"seconds": seconds, "options": _options(cfg)}))
+    write_json(path / DONE, {"seconds": seconds, "options": _options(cfg)})
+
+
+def _read_marker(path: Path, log=print) -> dict | None:
+    """A stage's marker, or None (and a warning) when it cannot be read: the stage then
+    runs again, resuming from its checkpoints."""
+    try:
+        marker = json.loads((path / DONE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        log(f"warning: {path / DONE} is unreadable ({type(e).__name__}); the stage runs again from its checkpoints")
+        return None
+    if not isinstance(marker, dict) or not isinstance(marker.get("options", {}), dict):
+        log(f"warning: {path / DONE} is malformed; the stage runs again from its checkpoints")
+        return None
+    return marker
 
 
 def changed_options(stored: dict, cfg) -> list[str]:
@@ -78,15 +89,16 @@ def run_stage(name: str, directory: Path, train, cfg, log=print) -> float:
     """Run one stage unless its marker says it finished; returns its seconds. A finished
     stage is kept even when the options changed (resuming must not retrain silently
     either), and the changed options are named so that nobody mistakes it for a new run."""
-    if stage_done(directory):
-        marker = json.loads((directory / DONE).read_text())
+    marker = _read_marker(directory, log) if stage_done(directory) else None
+    if marker is not None:
         changed = changed_options(marker.get("options", {}), cfg)
         if changed:
             log(f"[{name}] already done with other options ({'; '.join(changed)}): kept as it is; "
                 f"delete {directory} to train it with the new ones")
         else:
             log(f"[{name}] already done: {directory}")
-        return marker["seconds"]
+        return float(marker.get("seconds") or 0.0)
+    (directory / DONE).unlink(missing_ok=True)
     log(f"[{name}] -> {directory}")
     start = time.perf_counter()
     train(cfg)
@@ -105,9 +117,15 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
         raise ValueError(f"pipeline --algo {cfg.algo} needs {', '.join(missing)}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
-    if cfg.algo != "ppo":
-        return _direct_pipeline(cfg, out)
+    lock = acquire_lock(out)  # a second pipeline into the same directory fails at once, naming this one's pid
+    try:
+        save_yaml(cfg, out / "config.yaml")
+        return _direct_pipeline(cfg, out) if cfg.algo != "ppo" else _ppo_pipeline(cfg, out)
+    finally:
+        release_lock(lock)
+
+
+def _ppo_pipeline(cfg: PipelineConfig, out: Path) -> Path:
     sft_dir, rm_dir, ppo_dir = out / "sft", out / "rm", out / "ppo"
     sft = dataclasses.replace(cfg.sft, model=cfg.model, data=cfg.demonstrations, output_dir=str(sft_dir), seed=cfg.seed)
     rm = dataclasses.replace(cfg.rm, model=cfg.reward_model_init or str(sft_dir), data=cfg.comparisons,
@@ -117,7 +135,7 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     seconds = {"sft": run_stage("sft", sft_dir, train_sft, sft),
                "rm": run_stage("rm", rm_dir, train_reward_model, rm),
                "ppo": run_stage("ppo", ppo_dir, train_ppo, ppo)}
-    (out / "stages.json").write_text(json.dumps({"seconds": seconds}, indent=2))
+    write_json(out / "stages.json", {"seconds": seconds}, indent=2)
     return out
 
 
@@ -133,5 +151,5 @@ def _direct_pipeline(cfg: PipelineConfig, out: Path) -> Path:
     direct = for_method(dataclasses.replace(cfg.dpo, model=start_model, data=cfg.comparisons,
                                             output_dir=str(out / cfg.algo), seed=cfg.seed), cfg.algo)
     seconds[cfg.algo] = run_stage(cfg.algo, out / cfg.algo, train_dpo, direct)
-    (out / "stages.json").write_text(json.dumps({"seconds": seconds}, indent=2))
+    write_json(out / "stages.json", {"seconds": seconds}, indent=2)
     return out

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
+import numbers
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -85,14 +89,60 @@ class FunctionScorer:
     def __call__(self, batch: ScoringBatch) -> torch.Tensor:
         available = {"terminated": batch.eos.tolist(), "metadata": batch.metadata,
                      "prompt_ids": batch.prompt_ids, "response_ids": batch.response_ids}
-        scores = self.fn(batch.prompts, batch.responses, **{k: available[k] for k in self.extra})
-        scores = torch.as_tensor(scores, dtype=torch.float32, device=batch.prompt_ids.device).flatten()
-        if scores.numel() != len(batch.responses):
-            raise ValueError(f"reward function {self.name} returned {scores.numel()} scores for "
-                             f"{len(batch.responses)} responses")
-        if not torch.isfinite(scores).all():
-            raise ValueError(f"reward function {self.name} returned a non-finite score")
-        return scores
+        try:
+            scores = self.fn(batch.prompts, batch.responses, **{k: available[k] for k in self.extra})
+        except Exception as e:  # the user's code: name the function and where it failed, in one line
+            raise RewardFunctionError(f"reward function {self.name} raised {type(e).__name__}: {e}"
+                                      f"{_user_frame(e)}") from e
+        return check_scores(scores, len(batch.responses), f"reward function {self.name}",
+                            batch.prompt_ids.device)
+
+
+class RewardFunctionError(ValueError):
+    """A user's reward function failed or returned something other than B finite numbers."""
+
+
+def _user_frame(e: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith("<") and Path(f.filename).resolve() != Path(__file__).resolve()]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def check_scores(scores, n: int, who: str, device=None) -> torch.Tensor:
+    """`scores` as a float32 tensor [n], or RewardFunctionError saying what is wrong: a
+    list, tuple, array or tensor of n finite real numbers is expected ([n, 1] is not
+    flattened: a [n/2, 2] list would be silently misread)."""
+    if scores is None:
+        raise RewardFunctionError(f"{who} returned None; expected a list of {n} numbers, one per response")
+    if isinstance(scores, (str, bytes, dict)) or isinstance(scores, numbers.Number):
+        raise RewardFunctionError(f"{who} returned a {type(scores).__name__}; expected a list of {n} numbers, "
+                                  "one per response")
+    if isinstance(scores, (list, tuple)):
+        bad = next(((i, v) for i, v in enumerate(scores) if not isinstance(v, numbers.Real)), None)  # bools: 0/1
+        if bad is not None:
+            raise RewardFunctionError(f"{who} returned {type(bad[1]).__name__} {_short(bad[1])} at position "
+                                      f"{bad[0]}; expected a number per response")
+    try:
+        tensor = torch.as_tensor(scores, dtype=torch.float32, device=device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise RewardFunctionError(f"{who} returned {type(scores).__name__} that is not a list of numbers "
+                                  f"({str(e).splitlines()[0][:120]})") from None
+    if tensor.dim() != 1:
+        raise RewardFunctionError(f"{who} returned scores of shape {list(tensor.shape)}; expected [{n}], "
+                                  "one number per response")
+    if tensor.numel() != n:
+        raise RewardFunctionError(f"{who} returned {tensor.numel()} scores for {n} responses")
+    bad = (~torch.isfinite(tensor)).nonzero().flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise RewardFunctionError(f"{who} returned a non-finite score ({float(tensor[i])}) for response {i} "
+                                  f"({bad.numel()} of {n} non-finite)")
+    return tensor
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class WeightedReward:
@@ -106,12 +156,16 @@ class WeightedReward:
         self.weights = list(weights) if weights else [1.0] * len(self.scorers)
         if len(self.weights) != len(self.scorers):
             raise ValueError(f"{len(self.weights)} reward weights for {len(self.scorers)} rewards")
+        if not all(isinstance(w, numbers.Real) and math.isfinite(w) for w in self.weights):
+            raise ValueError(f"reward weights must be finite numbers, got {self.weights}")
         self.names = list(names) if names else [f"reward_{i}" for i in range(len(self.scorers))]
 
     def __call__(self, batch: ScoringBatch) -> tuple[torch.Tensor, dict[str, float]]:
         total, parts = None, {}
         for name, weight, scorer in zip(self.names, self.weights, self.scorers):
             s = scorer(batch)
+            if not isinstance(scorer, FunctionScorer):  # reward models: the same checks
+                s = check_scores(s, len(batch.responses), f"reward {name}", batch.prompt_ids.device)
             parts[f"objective/scores_{name}"] = float(s.mean())
             total = weight * s if total is None else total + weight * s
         return total, parts
@@ -122,14 +176,22 @@ def import_function(spec: str) -> Callable:
     if ":" not in spec:
         raise ValueError(f"reward function {spec!r}: write it as module:function or path/to/file.py:function")
     module_name, attr = spec.rsplit(":", 1)
-    if module_name.endswith(".py"):
-        spec_obj = importlib.util.spec_from_file_location("rlhfkit_user_reward", module_name)
-        if spec_obj is None or spec_obj.loader is None:
-            raise ValueError(f"reward function {spec!r}: cannot load {module_name}")
-        module = importlib.util.module_from_spec(spec_obj)
-        spec_obj.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
+    try:
+        if module_name.endswith(".py"):
+            if not Path(module_name).is_file():
+                raise ValueError(f"reward function {spec!r}: no such file {module_name}")
+            spec_obj = importlib.util.spec_from_file_location("rlhfkit_user_reward", module_name)
+            if spec_obj is None or spec_obj.loader is None:
+                raise ValueError(f"reward function {spec!r}: cannot load {module_name}")
+            module = importlib.util.module_from_spec(spec_obj)
+            spec_obj.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ValueError:
+        raise
+    except Exception as e:  # ModuleNotFoundError, SyntaxError, an error at the module's top level
+        raise RewardFunctionError(f"reward function {spec!r}: cannot import {module_name}: "
+                                  f"{type(e).__name__}: {e}{'' if isinstance(e, ImportError) else _user_frame(e)}") from e
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"reward function {spec!r}: {module_name} has no callable {attr!r}")

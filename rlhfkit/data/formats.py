@@ -522,7 +522,7 @@ def decode_csv_cell(value: str) -> Any:
         return value
     try:
         parsed = json.loads(s)
-    except ValueError:
+    except (ValueError, RecursionError):
         return value
     if not isinstance(parsed, list) or not parsed:
         return value

@@ -200,6 +200,10 @@ def _jsonl(p: Path, source: str, split: str | None = None) -> Iterator[_Item]:
                 yield source, lineno, DataError(f"malformed JSON: {e.msg} (column {e.colno})",
                                                 source=source, line=lineno, reason="json")
                 continue
+            except RecursionError:
+                yield source, lineno, DataError("JSON nested too deeply to read", source=source, line=lineno,
+                                                reason="json")
+                continue
             yield source, lineno, row
 
 
@@ -221,6 +225,8 @@ def _json(p: Path, source: str, split: str | None) -> Iterator[_Item]:
             return
         raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", source=source, line=e.lineno,
                         reason="json") from e
+    except RecursionError:
+        raise DataError("JSON nested too deeply to read", source=source, reason="json") from None
     if isinstance(data, dict):
         data = _json_records(data, source, split)
     if not isinstance(data, list):

@@ -46,8 +46,40 @@ class LoraOptions:
     target_modules: list[str] | str = "all-linear"
 
 
+def check_model_path(path: str, *, tokenizer: bool = False) -> None:
+    """A clear error for a model argument that cannot be a model: a missing local path, a
+    file, or a directory without config.json (hub ids, `org/name`, pass through)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        raise ValueError(f"model {path}: is a file; expected a Hugging Face model directory (config.json, "
+                         "*.safetensors, tokenizer) or a hub id")
+    if p.is_dir():
+        wanted = ("config.json", "tokenizer.json", "tokenizer_config.json") if tokenizer else ("config.json",)
+        if not any((p / name).is_file() for name in wanted):
+            raise ValueError(f"model {path}: the directory has no config.json, so it is not a Hugging Face model "
+                             "directory (a finished rlhfkit stage writes one; an interrupted one does not)")
+        return
+    local = path.startswith(("/", "./", "../", "~")) or path.endswith("/") or path.count("/") > 1 or "\\" in path
+    if local or not path:
+        raise ValueError(f"model {path!r}: no such directory")
+
+
+def _loading(path: str, load, tokenizer: bool = False):
+    """Call load() for the model or tokenizer at `path`, turning a failure to find or read
+    it (OSError, e.g. an uncached hub id offline) into a one-line ValueError."""
+    check_model_path(path, tokenizer=tokenizer)
+    try:
+        return load()
+    except FileNotFoundError:  # names the missing file already
+        raise
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model {path}: cannot load it ({first[:300]})") from e
+
+
 def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat_template: str | None = None):
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = _loading(path, lambda: AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code),
+                         tokenizer=True)
     prepare_tokenizer(tokenizer, chat_template=chat_template)
     return tokenizer
 
@@ -97,8 +129,8 @@ def load_causal_lm(path: str, tokenizer, *, dtype: str = "float32", dropout: boo
                    gradient_checkpointing: bool = False, lora: LoraOptions | None = None,
                    trust_remote_code: bool = False) -> PreTrainedModel:
     """A policy or reference model from any AutoModelForCausalLM checkpoint."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-                                                 use_safetensors=_prefer_safetensors(path))
+    model = _loading(path, lambda: AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=_prefer_safetensors(path)))
     return _apply_common(model, tokenizer, dropout=dropout, gradient_checkpointing=gradient_checkpointing,
                          lora=lora, task_type="CAUSAL_LM")
 
@@ -147,13 +179,13 @@ def load_scalar_model(path: str, tokenizer, *, new_head: str = "normal", dtype: 
     one-label sequence classifier (a trained reward model) keeps its head: a value
     model initialised from the reward model starts from its scores (N+ details).
     """
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = _loading(path, lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
     already_scalar = is_sequence_classifier(config)
     config.num_labels = 1
     config.pad_token_id = tokenizer.pad_token_id
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = _loading(path, lambda: AutoModelForSequenceClassification.from_pretrained(
         path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-        use_safetensors=_prefer_safetensors(path))
+        use_safetensors=_prefer_safetensors(path)))
     if not already_scalar:
         head = scalar_head(model)
         if new_head == "zero":
@@ -190,7 +222,7 @@ def load_reward_model(path: str, tokenizer, *, dtype: str = "float32",
                       trust_remote_code: bool = False) -> PreTrainedModel:
     """A trained reward model of either form, as its config.json names it: a one-label
     sequence classifier ("head"), or a causal LM that scores by mean log-likelihood."""
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = _loading(path, lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
     if reward_form(config)[0] == "mean_logprob":
         return load_causal_lm(path, tokenizer, dtype=dtype, trust_remote_code=trust_remote_code)
     return load_scalar_model(path, tokenizer, dtype=dtype, trust_remote_code=trust_remote_code)

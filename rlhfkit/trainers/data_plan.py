@@ -47,6 +47,8 @@ def optimization(cfg, model, n_examples: int, accelerator, lengths=None):
     plan = step_plan(n_examples, cfg.per_device_batch_size * accelerator.num_processes,
                      cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed,
                      lengths if getattr(cfg, "group_by_length", False) else None)
+    if not plan:
+        raise ValueError("the plan has no optimizer steps (num_epochs too small for the data?); nothing would be trained")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -68,6 +70,9 @@ def step_plan(n_examples: int, micro_batch_size: int, accumulation: int, num_epo
     still seen once per epoch, with much less padding per micro-batch."""
     if n_examples == 0:
         raise ValueError("no training examples")
+    if micro_batch_size < 1 or accumulation < 1 or not num_epochs > 0:  # the configs refuse these first
+        raise ValueError(f"a step plan needs a batch size >= 1, accumulation >= 1 and num_epochs > 0; got "
+                         f"{micro_batch_size}, {accumulation}, {num_epochs}")
     micro: list[list[int]] = []
     n_total = int(math.ceil(num_epochs * n_examples))
     epoch = 0
