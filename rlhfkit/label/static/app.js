@@ -61,7 +61,7 @@ function card(resp, pos) {
   head.append(rank);
   node.append(head, el("pre", { class: "text" }, resp.text));
   const likert = el("div", { class: "likert", role: "group", "aria-label": "quality 1 to 7" });
-  likert.append(el("span", {}, "Quality"));
+  likert.append(el("span", {}, "Quality, 1 (terrible) to 7 (excellent)"));
   const [lo, hi] = state.likertRange;
   for (let v = lo; v <= hi; v++) {
     const b = el("button", { type: "button", "data-value": v, "aria-pressed": "false" }, String(v));
@@ -78,7 +78,12 @@ function card(resp, pos) {
     flags.append(lab);
   }
   node.append(flags);
-  node.addEventListener("click", () => { state.active = i; render(); });
+  node.addEventListener("click", (e) => {
+    // controls handle their own clicks; re-rendering here would undo a checkbox mid-click
+    if (e.target.closest("input, label, button")) return;
+    state.active = i;
+    render();
+  });
   return node;
 }
 
