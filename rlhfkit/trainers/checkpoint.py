@@ -298,14 +298,16 @@ class CheckpointManager:
     def clean_orphans(self) -> list[Path]:
         """Remove what killed saves and deletions left (`.tmp-*` directories); call while
         holding the run's lock."""
-        if not self.is_main or not self.root.exists():
+        if not self.is_main:
             return []
-        orphans = sorted(self.root.glob(".tmp-*"))
+        # .tmp-step-* / .tmp-delete-* checkpoint directories, and the temporary files of
+        # atomic rewrites (rlhfkit.io: .<name>.tmp-<pid>) in the output directory
+        orphans = sorted(self.root.glob(".tmp-*")) + sorted(self.root.parent.glob(".*.tmp-*"))
         for p in orphans:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         if orphans:
-            self.log(f"{self.stage or 'checkpoints'}: removed {len(orphans)} unfinished checkpoint "
-                     f"director{'y' if len(orphans) == 1 else 'ies'} left by an interrupted run")
+            self.log(f"{self.stage or 'checkpoints'}: removed what an interrupted run left unfinished: "
+                     f"{', '.join(p.name for p in orphans)}")
         return orphans
 
     # -- reading

@@ -3,6 +3,7 @@ bars, learning-rate schedules, the options every stage has (validated at
 construction), and (from rlhfkit.trainers.checkpoint) resumable checkpoints."""
 from __future__ import annotations
 
+import difflib
 import math
 import random
 import subprocess
@@ -93,7 +94,9 @@ def _scheduler_problem(name: str) -> str | None:
 
     known = "a transformers schedule rlhfkit does not implement" if name in {t.value for t in SchedulerType} \
         else "not a learning-rate schedule"
-    return f"lr_scheduler {name!r} is {known}; choose one of {', '.join(SCHEDULERS)}"
+    close = difflib.get_close_matches(str(name), SCHEDULERS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"lr_scheduler {name!r} is {known}; choose one of {', '.join(SCHEDULERS)}{hint}"
 
 
 def set_seed(seed: int) -> None:
