@@ -139,7 +139,7 @@ def create_app(store: Store, max_request_bytes: int = 65536):
             return denied()
         item = store.next_item(who)
         body = {"labeler": who, "csrf": store.csrf_token(who), "flags": FLAGS, "likert": LIKERT,
-                "progress": store.progress(who), "item": None}
+                "progress": store.progress(who, full=False), "item": None}
         if item is not None:
             order = display_order(item.id, who, len(item.responses))
             body["item"] = {"id": item.id, "prompt": item.prompt,
@@ -177,7 +177,7 @@ def create_app(store: Store, max_request_bytes: int = 65536):
                                     data.get("flags"), data.get("seconds"))
         except (ValueError, LabelError) as e:  # json.JSONDecodeError is a ValueError
             return JSONResponse({"error": str(e)}, status_code=400)
-        return {"ok": True, "progress": store.progress(who)}
+        return {"ok": True, "progress": store.progress(who, full=False)}
 
     return app
 

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS labels(item_id INTEGER NOT NULL REFERENCES items(id),
                                   seconds REAL, submitted REAL NOT NULL, PRIMARY KEY(item_id, labeler));
 CREATE INDEX IF NOT EXISTS assignments_item ON assignments(item_id);
 CREATE INDEX IF NOT EXISTS labels_item ON labels(item_id);
+CREATE INDEX IF NOT EXISTS labels_labeler ON labels(labeler);
 """
 
 
@@ -115,6 +116,7 @@ class Store:
         self._conn = connect(path)
         self._lock = threading.Lock()
         self._conn.executescript(_SCHEMA)
+        self._floor = 0  # every item below this id has all its labels: searches start here
         with self._tx() as c:
             c.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(32),))
         self._secret = self._one("SELECT value FROM meta WHERE key = 'secret'")[0].encode()
@@ -199,13 +201,20 @@ class Store:
                                      WHERE l.item_id = a.item_id AND l.labeler = a.labeler)
                                ORDER BY a.assigned, a.item_id LIMIT 1""", (labeler,)).fetchone()
             if row is None:
+                floor = c.execute("""SELECT min(id) FROM items WHERE id >= ? AND
+                    (SELECT count(*) FROM labels l WHERE l.item_id = items.id) < ?""",
+                                  (self._floor, self.labels_per_item)).fetchone()[0]
+                if floor is None:
+                    return None
+                self._floor = floor
                 row = c.execute("""SELECT i.* FROM items i
-                    WHERE NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.labeler = ?)
+                    WHERE i.id >= ? AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.labeler = ?)
                       AND (SELECT count(*) FROM labels l WHERE l.item_id = i.id)
                         + (SELECT count(*) FROM assignments a WHERE a.item_id = i.id AND a.assigned > ?
                            AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.item_id = i.id AND l.labeler = a.labeler))
                         < ?
-                    ORDER BY i.id LIMIT 1""", (labeler, time.time() - self.lease_s, self.labels_per_item)).fetchone()
+                    ORDER BY i.id LIMIT 1""", (floor, labeler, time.time() - self.lease_s,
+                                               self.labels_per_item)).fetchone()
                 if row is not None:
                     c.execute("INSERT INTO assignments VALUES (?, ?, ?)", (labeler, row["id"], time.time()))
             return _item(row) if row else None
@@ -233,20 +242,24 @@ class Store:
                       (item_id, labeler, json.dumps(ranking), json.dumps(likert), json.dumps(flags),
                        seconds, time.time()))
 
-    def progress(self, labeler: str | None = None) -> dict:
+    def progress(self, labeler: str | None = None, full: bool = True) -> dict:
+        """Counts of items and labels, this labeler's own (`mine`), and with `full` the
+        per-labeler counts and the items with all their labels (which scan every label)."""
         with self._lock:
             c = self._conn
             items = c.execute("SELECT count(*) FROM items").fetchone()[0]
             labels = c.execute("SELECT count(*) FROM labels").fetchone()[0]
+            out = {"items": items, "labels": labels, "labels_per_item": self.labels_per_item,
+                   "labels_needed": items * self.labels_per_item}
+            if labeler is not None:
+                out["mine"] = c.execute("SELECT count(*) FROM labels WHERE labeler = ?", (labeler,)).fetchone()[0]
+            if not full:
+                return out
             complete = c.execute("SELECT count(*) FROM (SELECT item_id FROM labels GROUP BY item_id "
                                  "HAVING count(*) >= ?)", (self.labels_per_item,)).fetchone()[0]
             per = {r["name"]: r["n"] for r in c.execute(
                 "SELECT name, (SELECT count(*) FROM labels l WHERE l.labeler = name) AS n FROM labelers ORDER BY name")}
-        out = {"items": items, "labels": labels, "labels_per_item": self.labels_per_item,
-               "labels_needed": items * self.labels_per_item, "items_complete": complete, "labelers": per}
-        if labeler is not None:
-            out["mine"] = per.get(labeler, 0)
-        return out
+        return {**out, "items_complete": complete, "labelers": per}
 
 
 def _item(row: sqlite3.Row) -> Item:
