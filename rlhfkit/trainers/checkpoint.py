@@ -263,14 +263,14 @@ class CheckpointManager:
                 save_file({k: v.detach().cpu().clone() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
             fault_point("checkpoint.save")
             torch.save(state, tmp / "state.pt")
-            if self.fingerprint is not None:
-                (tmp / "fingerprint.json").write_text(dumps(self.fingerprint, log=None, indent=1), encoding="utf-8")
             files = sorted(tmp.iterdir())
             for p in files:
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
             manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
             atomic_write_text(tmp / "manifest.json", json.dumps({"step": step, "files": manifest}, indent=1))
+            if self.fingerprint is not None:  # outside the manifest: --resume force rewrites it in place
+                atomic_write_text(tmp / "fingerprint.json", dumps(self.fingerprint, log=None, indent=1))
             fsync_dir(tmp)
             if final.exists():
                 self._remove(final)
@@ -365,6 +365,8 @@ class CheckpointManager:
         if path is None or self.fingerprint is None:
             return path
         stored = _read_json(path / "fingerprint.json")
+        if stored is None and (path / "fingerprint.json").exists():
+            self.log(f"warning: {path / 'fingerprint.json'} is unreadable; the checkpoint's settings cannot be compared")
         changes = fingerprint_changes(stored, self.fingerprint) if stored is not None else []
         if changes and self.resume_mode != "force":
             raise CheckpointError(
@@ -404,6 +406,9 @@ class CheckpointManager:
         scheduler.load_state_dict(state["scheduler"])
         if self.forced:
             _apply_new_hyperparameters(optimizer, scheduler, fresh, fresh_base)
+            accelerator.wait_for_everyone()  # every process has compared fingerprints before this one changes
+            if self.is_main:  # from now on this run's settings are the checkpoint's: a plain rerun resumes
+                atomic_write_text(path / "fingerprint.json", dumps(self.fingerprint, log=None, indent=1))
         set_rng_state(state["rng"])
         step = int(state["step"])
         for log in self.logs:
