@@ -158,3 +158,19 @@ def test_stats_command(tmp_path, capsys):
     assert "agreement 0.0% over 6 response pairs" in capsys.readouterr().out
     assert json.loads((tmp_path / "s.json").read_text())["agreement"] == 0.0
     assert main(["label", "export", "--db", str(tmp_path / "none.sqlite")]) == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["label", "sample", "--k", "1"], "k must be >= 2"),
+    (["label", "sample", "--temperature", "0"], "temperature must be positive"),
+    (["label", "serve", "--labels_per_item", "0"], "labels_per_item must be >= 1"),
+    (["label", "serve", "--port", "70000"], "port must be in 0..65535"),
+    (["label", "export", "--combine", "best"], "combine must be one of all, mean"),
+    (["label", "ai", "--template", "{instruction} {answer_a}"], "template must contain {answer_b}"),
+    (["label", "revise", "--rounds", "0"], "rounds must be >= 1"),
+])
+def test_bad_label_options_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err

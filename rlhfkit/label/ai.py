@@ -36,12 +36,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 from itertools import combinations
 from pathlib import Path
 
 import torch
 
-from rlhfkit.config import option
+from rlhfkit.config import check_options, option
 from rlhfkit.data.formats import Where
 from rlhfkit.data.loading import read_rows
 from rlhfkit.data.records import Prompt
@@ -221,6 +222,12 @@ class AIConfig:
     dtype: str = option("float32", "judge weights dtype: float32, bfloat16 or float16")
     trust_remote_code: bool = option(False, "allow model code from the checkpoint")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
+
+    RULES: ClassVar[dict] = {"batch_size": ">= 1", "num_threads": ">= 0", "dtype": ("float32", "bfloat16", "float16"), "template": lambda t: next(
+        (f"template must contain {f}" for f in ("{instruction}", "{answer_a}", "{answer_b}") if f not in t), None)}
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def label_ai(cfg: AIConfig) -> Path:

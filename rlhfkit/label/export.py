@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import ClassVar
 from itertools import combinations
 from pathlib import Path
 from statistics import mean, median
 
-from rlhfkit.config import option
+from rlhfkit.config import check_options, option
 from rlhfkit.label.store import FLAGS, connect
 
 
@@ -156,6 +157,11 @@ class ExportConfig:
     out: str = option("rankings.jsonl", "K-way rankings: prompt, responses, ranking (0 = best) + labeler metadata")
     pairs_out: str = option("", "also write every (chosen, rejected) pair here, for DPO (empty: no pairs file)")
     combine: str = option("all", "all: a row per label; mean: a row per item, ranked by the mean rank of its labelers")
+
+    RULES: ClassVar[dict] = {"combine": ("all", "mean")}
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def export_labels(cfg: ExportConfig) -> Path:

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
 
-from rlhfkit.config import option
+from rlhfkit.config import check_options, option
 from rlhfkit.data.loading import load_prompts
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.label.ai import read_principles
@@ -106,10 +107,14 @@ class ReviseConfig:
     trust_remote_code: bool = option(False, "allow model code from the checkpoint")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
 
+    RULES: ClassVar[dict] = {"rounds": ">= 1", "max_new_tokens": ">= 1", "temperature": ">= 0", "batch_size": ">= 1",
+                             "num_threads": ">= 0", "dtype": ("float32", "bfloat16", "float16")}
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
 
 def revise(cfg: ReviseConfig) -> Path:
-    if cfg.rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {cfg.rounds}")
     principles = read_principles(cfg.principles)
     records = load_prompts(cfg.data)
     model, tokenizer = load_lm(cfg.model, cfg.dtype, cfg.trust_remote_code, cfg.num_threads)

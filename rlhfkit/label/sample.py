@@ -3,11 +3,12 @@ and `label ai` judges (InstructGPT's labelers ranked K = 4 to 9 samples per prom
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
 
-from rlhfkit.config import option
+from rlhfkit.config import check_options, option
 from rlhfkit.data.loading import load_prompts
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.label.export import write_jsonl
@@ -32,12 +33,15 @@ class SampleConfig:
     trust_remote_code: bool = option(False, "allow model code from the checkpoint")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
 
+    # temperature > 0: greedy decoding would give K copies of one response
+    RULES: ClassVar[dict] = {"k": ">= 2", "max_prompts": ">= 0", "max_new_tokens": ">= 1", "max_prompt_length": ">= 1",
+                             "temperature": "> 0", "batch_size": ">= 1", "num_threads": ">= 0", "dtype": ("float32", "bfloat16", "float16")}
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
 
 def sample_items(cfg: SampleConfig) -> Path:
-    if cfg.k < 2:
-        raise ValueError(f"k must be >= 2 (a ranking compares responses), got {cfg.k}")
-    if cfg.temperature <= 0:
-        raise ValueError("temperature must be > 0: greedy decoding gives K copies of one response")
     records = load_prompts(cfg.prompts)
     if cfg.max_prompts:
         records = records[: cfg.max_prompts]

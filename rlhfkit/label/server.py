@@ -25,10 +25,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from rlhfkit.config import option
+from rlhfkit.config import check_options, option
 from rlhfkit.label.store import FLAGS, LIKERT, LabelError, Store
 
 STATIC = Path(__file__).parent / "static"
@@ -52,6 +53,12 @@ class ServeConfig:
     port: int = option(8000, "port to bind")
     allow_remote: bool = option(False, "allow a non-loopback host (plain HTTP: put a TLS proxy in front)")
     max_request_bytes: int = option(65536, "largest request body accepted (413 above)")
+
+    RULES: ClassVar[dict] = {"labels_per_item": ">= 1", "lease_minutes": "> 0", "max_request_bytes": ">= 1",
+                             "port": lambda p: None if 0 <= p <= 65535 else f"port must be in 0..65535, got {p}"}
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def _is_loopback(host: str) -> bool:
