@@ -244,12 +244,35 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def save_pretrained_dir(model: nn.Module, tokenizer, path: str | Path, *, merge_lora: bool = True) -> None:
-    """A plain Hugging Face directory (safetensors, config, tokenizer + chat template)."""
+    """A plain Hugging Face directory (safetensors, config, tokenizer + chat template).
+    Written into a temporary directory beside the files, each file fsync'd and renamed
+    into place, so a kill never leaves a torn weight file (an earlier file stays whole)."""
+    import os
+    import shutil
+
+    from rlhfkit.io import fsync_dir
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if merge_lora and hasattr(model, "merge_and_unload"):
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    tmp = path / f".{path.name}.tmp-save-{os.getpid()}"  # removed at the next start if a kill leaves it
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        files = sorted((f for f in tmp.rglob("*") if f.is_file()),
+                       key=lambda f: (f.suffix not in (".safetensors", ".bin"), str(f)))
+        for f in files:
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+        for f in files:  # configs last: a directory whose config is new has its new weights
+            target = path / f.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target)
+        fsync_dir(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

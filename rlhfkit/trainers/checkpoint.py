@@ -300,9 +300,10 @@ class CheckpointManager:
         holding the run's lock."""
         if not self.is_main:
             return []
-        # .tmp-step-* / .tmp-delete-* checkpoint directories, and the temporary files of
-        # atomic rewrites (rlhfkit.io: .<name>.tmp-<pid>) in the output directory
-        orphans = sorted(self.root.glob(".tmp-*")) + sorted(self.root.parent.glob(".*.tmp-*"))
+        # .tmp-step-* / .tmp-delete-* checkpoint directories, the temporary files of atomic
+        # rewrites (rlhfkit.io: .<name>.tmp-<pid>) and of model saves (.<dir>.tmp-save-<pid>)
+        out = self.root.parent
+        orphans = sorted(self.root.glob(".tmp-*")) + sorted(out.glob(".*.tmp-*")) + sorted(out.glob("*/.*.tmp-*"))
         for p in orphans:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         if orphans:

@@ -14,7 +14,7 @@ import torch
 from rlhfkit.data.collate import pad_sequences
 from rlhfkit.data.loading import ColumnMap, load_prompts
 from rlhfkit.data.tokenize import encode_prompts
-from rlhfkit.io import write_json
+from rlhfkit.io import atomic_write_bytes, write_json
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES, gae_advantages
 from rlhfkit.losses.common import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
 from rlhfkit.losses.kl import AdaptiveKLController, FixedKLController, kl_penalty
@@ -421,9 +421,9 @@ def _save_models(actor_critic: ActorCritic, tokenizer, out: Path) -> None:
     if not actor_critic.has_critic:
         return
     if actor_critic.shared:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file({k: v.contiguous() for k, v in actor_critic.value_head.state_dict().items()},
-                  str(out / "value_head.safetensors"))
+        atomic_write_bytes(out / "value_head.safetensors",
+                           save({k: v.contiguous() for k, v in actor_critic.value_head.state_dict().items()}))
     else:
         save_pretrained_dir(actor_critic.value_model, tokenizer, out / "value_model")
