@@ -86,6 +86,11 @@ def test_two_labelers_rank_score_flag_and_submit_and_export_reads_back(site, tmp
     cards.nth(2).locator('input[data-flag="made_up"]').check()
     expect(ana.locator("#ranking li")).to_have_text(["D", "B", "A", "C"])
     expect(cards.nth(3).locator(".rank-badge")).to_have_text("#1")
+    chips = ana.locator("#ranking li")
+    chips.nth(3).drag_to(chips.nth(0))  # drag C to the front, then back to the end
+    expect(chips).to_have_text(["C", "D", "B", "A"])
+    chips.nth(0).drag_to(chips.nth(3))
+    expect(chips).to_have_text(["D", "B", "A", "C"])
     ana.locator("#undo").click()  # undo the last rank, then rank it again
     expect(ana.locator("#ranking li")).to_have_count(3)
     expect(ana.locator("#submit")).to_be_disabled()

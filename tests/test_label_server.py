@@ -143,10 +143,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _start(db, port, tmp_path):
+def _start(db, port, tmp_path, *args):
     log = open(tmp_path / "server.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.label.server", "--db", str(db), "--port", str(port),
-                             "--labels_per_item", "1"], stdout=log, stderr=log)
+                             "--labels_per_item", "1", *args], stdout=log, stderr=log)
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -161,13 +161,16 @@ def _start(db, port, tmp_path):
 
 def test_kill_9_loses_no_acknowledged_label_and_each_labeler_resumes(tmp_path):
     db = tmp_path / "l.sqlite"
-    store = Store(db)
-    store.add_items(_items(400))
-    tokens = {who: store.add_labeler(who) for who in ("ana", "ben", "cai")}
-    store.close()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _start(db, port, tmp_path)
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in _items(400)))
+    proc = _start(db, port, tmp_path, "--data", str(data), "--labelers", "ana,ben,cai")
+    links = tmp_path / "l.sqlite.tokens"  # the login links, readable by their owner only
+    assert links.stat().st_mode & 0o777 == 0o600
+    tokens = dict(line.split("\t") for line in links.read_text().splitlines())
+    assert all(url.startswith(f"{base}/login?token=") for url in tokens.values())
+    tokens = {who: url.split("token=")[1] for who, url in tokens.items()}
     acked = {who: [] for who in tokens}  # item ids whose submission got a 200
     opened = {}  # labeler -> the last item the server gave them
     stop = threading.Event()
@@ -199,7 +202,7 @@ def test_kill_9_loses_no_acknowledged_label_and_each_labeler_resumes(tmp_path):
     stored = {(lab["labeler"], lab["item_id"]) for lab in read_labels(db)}
     for who, items in acked.items():
         assert {(who, i) for i in items} <= stored, f"{who} lost an acknowledged label"
-    proc = _start(db, port, tmp_path)
+    proc = _start(db, port, tmp_path, "--data", str(data), "--labelers", "ana,ben,cai")  # adds nothing new
     try:
         for who in tokens:
             resumed = Client(base, tokens[who]).next()["item"]["id"]
@@ -210,3 +213,4 @@ def test_kill_9_loses_no_acknowledged_label_and_each_labeler_resumes(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+    assert len(links.read_text().splitlines()) == 3 and len(Store(db).progress()["labelers"]) == 3
