@@ -63,6 +63,8 @@ def test_both_orders_cancel_position_bias(tok):
     forward = judge_pairs(model, tok, prompts, pairs)
     backward = judge_pairs(model, tok, prompts, [(b, a) for a, b in pairs])
     assert torch.allclose(forward + backward, torch.ones(3), atol=1e-6)
+    # left-padded batches of texts of different lengths read the same as one text at a time
+    assert torch.allclose(judge_pairs(model, tok, prompts, pairs, batch_size=1), forward, atol=1e-5)
 
     class AlwaysA(torch.nn.Module):  # a judge that only ever says "A" learns nothing from the answers
         def __init__(self):
@@ -70,7 +72,7 @@ def test_both_orders_cancel_position_bias(tok):
             self.w = torch.nn.Parameter(torch.zeros(1))
             self.a = tok("x\n(A", add_special_tokens=False)["input_ids"][-1]
 
-        def forward(self, input_ids, attention_mask=None):
+        def forward(self, input_ids, attention_mask=None, **kwargs):
             logits = torch.zeros(*input_ids.shape, len(tok))
             logits[..., self.a] = 10.0
             return type("Out", (), {"logits": logits})()

@@ -47,7 +47,7 @@ from rlhfkit.data.formats import Where
 from rlhfkit.data.loading import read_rows
 from rlhfkit.data.records import Prompt
 from rlhfkit.label.export import pair_rows, write_jsonl
-from rlhfkit.label.lm import instruction_text, load_lm, model_device
+from rlhfkit.label.lm import instruction_text, load_lm, model_device, pad_left
 from rlhfkit.label.store import parse_item
 
 TEMPLATE = "{instruction}\n(A) {answer_a}\n(B) {answer_b}\nBetter: ("
@@ -67,36 +67,27 @@ def _tokens(tokenizer, text: str) -> list[int]:
     return prompt_token_ids(tokenizer, text)  # the BOS rule of training, applied to raw text
 
 
-def _pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[row, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
 @torch.no_grad()
-def _sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad_id: int, batch_size: int,
-                       stats: dict) -> list[torch.Tensor]:
-    """Per sequence: log-probs [len(seq)] where entry t is log p(seq[t] | seq[:t]) for t >= start
-    (entries before start are 0; start >= 1), and the full next-token log-softmax rows at the
-    last position when start == len(seq) (a pure readout of the next token)."""
-    out = []
+def _last_logits(model, seqs: list[list[int]], keep: int, pad_id: int, batch_size: int,
+                 stats: dict) -> list[torch.Tensor]:
+    """Per sequence, the logits [keep, V] of its last `keep` positions. Sequences are batched
+    by length and left-padded (positions from the mask), and only those positions go through
+    the LM head when the model takes `logits_to_keep`."""
+    from rlhfkit.models.forward import forward_accepts, positions_from_mask
+
+    out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    extra = {"logits_to_keep": keep} if forward_accepts(model, "logits_to_keep") else {}
     device = model_device(model)
-    for b in range(0, len(seqs), batch_size):
-        chunk = seqs[b:b + batch_size]
-        ids, mask = _pad_right(chunk, pad_id, device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()  # [B,T,V]
-        logp = torch.log_softmax(logits, dim=-1)
+    for b in range(0, len(order), batch_size):
+        chunk = order[b:b + batch_size]
+        ids, mask = pad_left([seqs[i] for i in chunk], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False,
+                       **extra).logits[:, -keep:].float()  # [B,keep,V]
         stats["forward_sequences"] = stats.get("forward_sequences", 0) + len(chunk)
-        for row, (seq, start) in enumerate(zip(chunk, starts[b:b + batch_size])):
-            if start == len(seq):
-                out.append(logp[row, len(seq) - 1].cpu())  # [V]: the next token's distribution
-            else:
-                picked = logp[row, start - 1: len(seq) - 1].gather(-1, ids[row, start:len(seq), None]).squeeze(-1)
-                out.append(picked.sum().cpu())
+        for row, i in enumerate(chunk):
+            out[i] = logits[row].cpu()
     return out
 
 
@@ -109,23 +100,25 @@ def choice_probabilities(model, tokenizer, texts: Sequence[str], choices: Sequen
     full = [[_tokens(tokenizer, t + c) for c in choices] for t in texts]
     clean = [all(len(f) == len(p) + 1 and f[: len(p)] == p for f in fs) for p, fs in zip(plain, full)]
     result = torch.empty(len(texts), len(choices))
-    # clean split: one pass per text, the letters read from the next-token distribution
+    # clean split: one pass per text, the letters read from the next token's logits
     idx = [i for i, ok in enumerate(clean) if ok]
     if idx:
-        rows = _sequence_logprobs(model, [plain[i] for i in idx], [len(plain[i]) for i in idx], pad, batch_size,
-                                  stats)
-        for i, row in zip(idx, rows):
-            result[i] = torch.stack([row[f[-1]] for f in full[i]])
-    # merged tokens: score each letter's continuation from where the tokenisations part
+        last = _last_logits(model, [plain[i] for i in idx], 1, pad, batch_size, stats)
+        for i, logits in zip(idx, last):
+            result[i] = torch.stack([logits[-1, f[-1]] for f in full[i]])
+    # merged tokens: each letter's continuation scored from where the tokenisations part
     idx = [i for i, ok in enumerate(clean) if not ok]
     if idx:
-        seqs, starts = [], []
+        seqs, tails = [], []
         for i in idx:
-            start = min(_common_prefix(full[i][0], f) for f in full[i][1:])
-            for f in full[i]:
-                seqs.append(f)
-                starts.append(max(1, start))
-        scores = _sequence_logprobs(model, seqs, starts, pad, batch_size, stats)
+            start = max(1, min(_common_prefix(full[i][0], f) for f in full[i][1:]))
+            seqs += full[i]
+            tails += [len(f) - start for f in full[i]]
+        last = _last_logits(model, seqs, max(tails) + 1, pad, batch_size, stats)
+        scores = []
+        for seq, tail, logits in zip(seqs, tails, last):
+            logp = torch.log_softmax(logits[-tail - 1:-1], dim=-1)  # [tail,V]: position t predicts token t + 1
+            scores.append(logp.gather(-1, torch.tensor(seq[-tail:])[:, None]).sum())
         for n, i in enumerate(idx):
             result[i] = torch.stack(scores[n * len(choices):(n + 1) * len(choices)])
     return torch.softmax(result, dim=-1)
