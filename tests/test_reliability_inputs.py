@@ -247,3 +247,36 @@ def test_changed_options_or_data_refuse_to_resume_and_force_applies_them(sft_run
     assert all(r["lr"] == pytest.approx(5 * first[r["step"]]["lr"]) for r in forced)
     assert [r["step"] for r in rows if "loss/train" in r] == sorted({r["step"] for r in rows if "loss/train" in r})
     run(learning_rate=5e-3)  # the forced run's checkpoints carry its own fingerprint: a plain rerun resumes
+
+
+BAD_DATA = [  # (file name, bytes, text of the DataError: always file[:line])
+    ("garbage.jsonl", b"\x92>s\xe4\x00\x01\n", "garbage.jsonl:1: invalid UTF-8"),
+    ("utf16.jsonl", '{"prompt": "a", "completion": "b"}\n'.encode("utf-16"), "utf16.jsonl:1: invalid UTF-8"),
+    ("deep.jsonl", b"[" * 200_000 + b"]" * 200_000 + b"\n", "deep.jsonl:1: JSON nested too deeply"),
+    ("deep.json", b"[" * 200_000 + b"]" * 200_000, "deep.json: JSON nested too deeply"),
+    ("bigint.jsonl", b'{"prompt": 1' + b"0" * 5000 + b', "completion": "x"}\n', "bigint.jsonl:1: unreadable JSON"),
+    ("num.json", b"42", "num.json: expected a list of objects"),
+    ("list.jsonl", b"[1, 2]\n", "list.jsonl:1: expected an object"),
+    ("blank.jsonl", b"  \n\n", "blank.jsonl: no records"),
+    ("nan.jsonl", b'{"prompt": NaN, "completion": "a"}\n', "nan.jsonl:1: field 'prompt'"),
+    ("bad.parquet", b"PAR1 not really", "bad.parquet: cannot read parquet"),
+    ("notes.txt", b"hello", "unsupported file type '.txt'"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BAD_DATA, ids=[n for n, _, _ in BAD_DATA])
+def test_bad_data_file_is_a_file_line_error(tmp_path, name, content, message):
+    from rlhfkit.data.errors import DataError
+    from rlhfkit.data.loading import load_sft
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_sft(str(tmp_path / name))
+    assert message in str(info.value)
+
+
+def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_data_on_purpose(tmp_path):
+    from rlhfkit.data.loading import load_sft
+
+    (tmp_path / "long.csv").write_text("prompt,completion\nSay it.," + "x" * 200_000 + "\n")
+    assert len(load_sft(str(tmp_path / "long.csv"))[0].completion) == 200_000

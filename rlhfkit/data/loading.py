@@ -204,6 +204,10 @@ def _jsonl(p: Path, source: str, split: str | None = None) -> Iterator[_Item]:
                 yield source, lineno, DataError("JSON nested too deeply to read", source=source, line=lineno,
                                                 reason="json")
                 continue
+            except ValueError as e:  # e.g. an integer of more than 4,300 digits
+                yield source, lineno, DataError(f"unreadable JSON value: {str(e)[:120]}", source=source, line=lineno,
+                                                reason="json")
+                continue
             yield source, lineno, row
 
 
@@ -227,6 +231,8 @@ def _json(p: Path, source: str, split: str | None) -> Iterator[_Item]:
                         reason="json") from e
     except RecursionError:
         raise DataError("JSON nested too deeply to read", source=source, reason="json") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise DataError(f"unreadable JSON value: {str(e)[:120]}", source=source, reason="json") from None
     if isinstance(data, dict):
         data = _json_records(data, source, split)
     if not isinstance(data, list):
@@ -266,6 +272,7 @@ def _csv(p: Path, source: str, split: str | None = None) -> Iterator[_Item]:
     """CSV/TSV with a header row. Cells holding JSON lists (messages, responses,
     ranking) are decoded; other cells stay strings (an empty margin cell means no margin)."""
     text = p.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 28))  # long texts are data, not an error (default 128 KB)
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
     if reader.fieldnames is None:
         return
@@ -273,7 +280,13 @@ def _csv(p: Path, source: str, split: str | None = None) -> Iterator[_Item]:
     if bad_header:
         raise DataError(f"invalid UTF-8 in the header ({bad_header})", source=source, line=1, reason="encoding")
     end = reader.line_num
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # e.g. a NUL byte or an unterminated quote the parser cannot read past
+            raise DataError(f"malformed CSV: {e}", source=source, line=end + 1, reason="csv") from None
         line, end = end + 1, reader.line_num
         if None in row:
             yield source, line, DataError(f"row has {len(reader.fieldnames) + len(row[None])} fields, the header "

@@ -263,6 +263,8 @@ def _build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, objec
 def _load_prompts(cfg: PPOConfig, tokenizer, accelerator):
     records = load_records(load_prompts, cfg.prompts, ColumnMap(prompt=cfg.prompt_column), cfg.on_error, accelerator)
     tokens = encode_prompts(tokenizer, records, cfg.max_prompt_length, on_error=cfg.on_error)
+    if not tokens.kept:
+        raise ValueError(f"{cfg.prompts}: no prompts left to train on (every one was skipped; see above)")
     return [records[i] for i in tokens.kept], list(tokens)
 
 
