@@ -79,8 +79,10 @@ def display_order(item_id: int, labeler: str, k: int) -> list[int]:
 
 
 def create_app(store: Store, max_request_bytes: int = 65536):
+    """The FastAPI app: the pages (`_pages`) and the JSON API (`_api`) behind one guard
+    that refuses large bodies and sets the security headers on every response."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+    from fastapi.responses import JSONResponse
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -98,14 +100,24 @@ def create_app(store: Store, max_request_bytes: int = 65536):
         return response
 
     def labeler_of(request: Request) -> str | None:
+        """The labeler whose token the request carries (cookie, or a bearer header), or None."""
         token = request.cookies.get(COOKIE)
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             token = auth[7:].strip()
         return store.labeler_for(token)
 
-    def denied() -> JSONResponse:
-        return JSONResponse({"error": "not logged in: open your labeling link"}, status_code=401)
+    _pages(app, store, labeler_of)
+    _api(app, store, labeler_of, max_request_bytes)
+    return app
+
+
+def _pages(app, store: Store, labeler_of) -> None:
+    from fastapi import Request
+    from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+
+    def page(request: Request, name: str):
+        return FileResponse(STATIC / name) if labeler_of(request) else RedirectResponse("/", status_code=303)
 
     @app.get("/")
     def index(request: Request):
@@ -123,27 +135,32 @@ def create_app(store: Store, max_request_bytes: int = 65536):
 
     @app.get("/label")
     def label_page(request: Request):
-        if not labeler_of(request):
-            return RedirectResponse("/", status_code=303)
-        return FileResponse(STATIC / "label.html")
+        return page(request, "label.html")
 
     @app.get("/progress")
     def progress_page(request: Request):
-        if not labeler_of(request):
-            return RedirectResponse("/", status_code=303)
-        return FileResponse(STATIC / "progress.html")
+        return page(request, "progress.html")
 
     @app.get("/static/{name}")
     def static(name: str):
-        if name not in ("app.js", "style.css"):
-            return Response(status_code=404)
-        return FileResponse(STATIC / name)
+        return FileResponse(STATIC / name) if name in ("app.js", "style.css") else Response(status_code=404)
+
+
+def _api(app, store: Store, labeler_of, max_request_bytes: int) -> None:
+    import json
+
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
 
     @app.get("/api/next")
     def next_item(request: Request):
         who = labeler_of(request)
         if not who:
-            return denied()
+            return error(401, "not logged in: open your labeling link")
         item = store.next_item(who)
         body = {"labeler": who, "csrf": store.csrf_token(who), "flags": FLAGS, "likert": LIKERT,
                 "progress": store.progress(who, full=False), "item": None}
@@ -156,37 +173,32 @@ def create_app(store: Store, max_request_bytes: int = 65536):
     @app.get("/api/progress")
     def progress(request: Request):
         who = labeler_of(request)
-        return store.progress(who) if who else denied()
+        return store.progress(who) if who else error(401, "not logged in: open your labeling link")
 
     @app.post("/api/submit")
     async def submit(request: Request):
-        from starlette.concurrency import run_in_threadpool
-
         who = labeler_of(request)
         if not who:
-            return denied()
+            return error(401, "not logged in: open your labeling link")
         if not store.check_csrf(who, request.headers.get("x-csrf-token")):
-            return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+            return error(403, "missing or wrong CSRF token")
         if not _same_origin(request):
-            return JSONResponse({"error": "cross-origin request"}, status_code=403)
+            return error(403, "cross-origin request")
         body = bytearray()
         async for chunk in request.stream():  # a chunked body has no content-length to check up front
             body += chunk
             if len(body) > max_request_bytes:
-                return JSONResponse({"error": f"request body over {max_request_bytes} bytes"}, status_code=413)
-        import json
-
+                return error(413, f"request body over {max_request_bytes} bytes")
         try:
             data = json.loads(body)
             if not isinstance(data, dict):
                 raise ValueError("expected an object")
+            # committed (and fsynced) before the reply: the page advances only on this 200
             await run_in_threadpool(store.submit, who, data.get("item_id"), data.get("order"), data.get("likert"),
                                     data.get("flags"), data.get("seconds"))
         except (ValueError, LabelError) as e:  # json.JSONDecodeError is a ValueError
-            return JSONResponse({"error": str(e)}, status_code=400)
+            return error(400, str(e))
         return {"ok": True, "progress": store.progress(who, full=False)}
-
-    return app
 
 
 def _same_origin(request) -> bool:
