@@ -133,7 +133,8 @@ def test_cli_bad_model_and_deep_json_are_one_line_errors(tmp_path, tiny_model_di
     assert main(["sft", "--model", str(tmp_path / "nope"), "--data", str(data), "--out", str(tmp_path / "o1"),
                  "--progress", "false"]) == 1
     err = capsys.readouterr().err
-    assert "rlhfkit sft: error: model" in err and "no such directory" in err and "Traceback" not in err
+    assert "rlhfkit sft: error: --model: model" in err and "no such directory" in err and "Traceback" not in err
+    assert not (tmp_path / "o1").exists(), "nothing written before the model path is checked"
     assert main(["sft", "--model", tiny_model_dir, "--data", str(data), "--out", str(tmp_path / "o2"),
                  "--progress", "false"]) == 1
     err = capsys.readouterr().err

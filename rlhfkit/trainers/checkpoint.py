@@ -472,6 +472,15 @@ def open_stage(cfg, stage: str, accelerator) -> CheckpointManager:
     resolved config and run info. Returns the stage's CheckpointManager."""
     from rlhfkit.trainers.common import write_run_info
 
+    from rlhfkit.models.loading import check_model_path
+
+    for name in MODEL_OPTIONS:  # before anything is written: a wrong path fails at once, naming its option
+        value = getattr(cfg, name, None)
+        if isinstance(value, str) and value:
+            try:
+                check_model_path(value)
+            except ValueError as e:
+                raise ValueError(f"--{name}: {e}") from None
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--output_dir {out} is a file, not a directory")
