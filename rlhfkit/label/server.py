@@ -214,6 +214,7 @@ def _same_origin(request) -> bool:
 
 def _write_tokens(path: Path, links: dict[str, str]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, stat.S_IRUSR | stat.S_IWUSR)
+    os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # also when the file was there before
     with os.fdopen(fd, "a", encoding="utf-8") as f:
         for name, url in links.items():
             f.write(f"{name}\t{url}\n")

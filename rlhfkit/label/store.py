@@ -20,6 +20,7 @@ An item is shown to `labels_per_item` labelers; an assignment not submitted with
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -123,23 +124,17 @@ class Store:
 
     # ------------------------------------------------------------------ plumbing
 
-    class _Tx:
-        def __init__(self, store):
-            self.store = store
-
-        def __enter__(self):
-            self.store._lock.acquire()
-            self.store._conn.execute("BEGIN IMMEDIATE")
-            return self.store._conn
-
-        def __exit__(self, kind, value, tb):
+    @contextlib.contextmanager
+    def _tx(self):
+        """One write transaction under the lock: committed at the end, rolled back on an error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self.store._conn.execute("ROLLBACK" if kind else "COMMIT")
-            finally:
-                self.store._lock.release()
-
-    def _tx(self) -> "Store._Tx":
-        return Store._Tx(self)
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def _one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
         with self._lock:
