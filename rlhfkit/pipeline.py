@@ -1,4 +1,4 @@
-"""SFT -> reward model -> PPO in one run directory (DESIGN.md):
+"""SFT -> reward model -> PPO in one run directory (docs/architecture.md):
 
     <output_dir>/config.yaml  sft/  rm/  ppo/  (each a Hugging Face directory
     with its own metrics.jsonl and checkpoints/)

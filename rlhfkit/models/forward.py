@@ -3,7 +3,7 @@ scalar outputs of a reward/value model, and the score at a chosen token.
 
 Padding may be on either side: position ids are always derived from the attention
 mask, so a left-padded row gets the same positions, and the same log-probs, as
-the unpadded sequence (ANCHORS.md).
+the unpadded sequence (docs/ppo.md, "Sampling").
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def response_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     input_ids, attention_mask: [B,T] with T = prompt_length + A.
     Returns logprobs [B,A] (and entropy [B,A]) for tokens input_ids[:, prompt_length:],
     computed from logits / temperature: the same temperature the sampler used, or
-    the KL estimate is biased (ANCHORS.md).
+    the KL estimate is biased (docs/ppo.md).
     """
     logits, _ = response_logits(model, input_ids, attention_mask, prompt_length)
     logits = scale_logits(logits, temperature)  # [B,A,V] predicts tokens prompt_length..T-1

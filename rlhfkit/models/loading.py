@@ -85,7 +85,7 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat_template:
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """Dropout off in policy, reference, value and reward models (ANCHORS.md): with
+    """Dropout off in policy, reference, value and reward models (docs/ppo.md): with
     it on, PPO's first ratio is not 1 and the KL estimate is biased."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # Used when a tokenizer has no chat template of its own. Each assistant turn ends
-# with the EOS token, so a model trained on it learns to stop (ANCHORS.md).
+# with the EOS token, so a model trained on it learns to stop (docs/ppo.md).
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\n' + message['content'] }}"
@@ -26,7 +26,7 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, *, chat_template: str 
 
     - An EOS token is required: without it a policy cannot learn to stop.
     - The pad token must differ from EOS: padding with EOS masks the real EOS out
-      of the loss and the model never learns to stop (ANCHORS.md).
+      of the loss and the model never learns to stop (docs/ppo.md).
     - A chat template is set when missing (DEFAULT_CHAT_TEMPLATE, or `chat_template`).
     """
     if tokenizer.eos_token is None:

@@ -1,9 +1,9 @@
-"""Generation backends behind one small interface (DESIGN.md principle 8):
+"""Generation backends behind one small interface (docs/architecture.md, principle 8):
 
     backend.generate(prompt_ids [B,P] left-padded, prompt_mask [B,P]) -> Generation
 
 Both backends sample with top-k 0 and top-p 1 at the configured temperature, stop
-a row at its first EOS, and pad everything after it (ANCHORS.md). `hf` calls
+a row at its first EOS, and pad everything after it (docs/ppo.md, "Sampling"). `hf` calls
 `model.generate`; `local` is a tight KV-cache loop that also returns the
 sampler's log-probs and skips HF's per-token logits-processor machinery.
 """

@@ -1,5 +1,5 @@
 """PPO with a per-token KL penalty to the SFT policy (Ouyang et al. 2022, eq. 2;
-Ziegler et al. 2019; the details of ANCHORS.md).
+Ziegler et al. 2019; the details in docs/ppo.md).
 
 One PPO step is five named phases over a typed Rollout:
 
@@ -110,7 +110,7 @@ def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokeniz
                              responses=tokenizer.batch_decode(ro.response_ids, skip_special_tokens=True),
                              eos=ro.eos, metadata=[prompt_records[i].metadata for i in idx])
         scores, parts = reward(batch)
-    # A response that never emitted EOS is penalised (ANCHORS.md: -1 in both references).
+    # A response that never emitted EOS is penalised (-1 in lm-human-preferences and the N+ details; docs/ppo.md).
     ro.scores = scores - cfg.missing_eos_penalty * (~ro.eos).float()
     return parts, first_pass
 

@@ -1,4 +1,4 @@
-"""PPO options, with the paper defaults of ANCHORS.md, and the derived batch sizes
+"""PPO options, with the paper defaults (docs/ppo.md), and the derived batch sizes
 computed and checked in one place (lm-human-preferences' HParams.validate)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rlhfkit.trainers.common import TrainConfig
 class PPOConfig(TrainConfig):
     """PPO with a per-token KL penalty to the SFT policy (InstructGPT stage 3)."""
 
-    # PPO's own defaults for shared options (ANCHORS.md: Adam eps 1e-5)
+    # PPO's own defaults for shared options (Adam eps 1e-5, as lm-human-preferences; docs/ppo.md)
     learning_rate: float = option(1e-5, "peak learning rate (Adam), decayed linearly to 0")
     critic_learning_rate: float = option(0.0, "peak learning rate of the value function (0: learning_rate). A new "
                                          "value head starts at zero and must catch up with the returns: OpenRLHF's "
