@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input is reported in one line naming the file, line and field; no traceback.
         print(f"rlhfkit {name}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"rlhfkit {name}: interrupted; rerun the same command to resume from the last checkpoint saved",
+              file=sys.stderr)
+        return 130
     except (MemoryError, RuntimeError) as e:
         import torch
 

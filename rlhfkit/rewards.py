@@ -118,7 +118,8 @@ def check_scores(scores, n: int, who: str, device=None) -> torch.Tensor:
         raise RewardFunctionError(f"{who} returned a {type(scores).__name__}; expected a list of {n} numbers, "
                                   "one per response")
     if isinstance(scores, (list, tuple)):
-        bad = next(((i, v) for i, v in enumerate(scores) if not isinstance(v, numbers.Real)), None)  # bools: 0/1
+        bad = next(((i, v) for i, v in enumerate(scores)  # bools count as 0/1; 0-d tensors and arrays as numbers
+                    if not isinstance(v, numbers.Real) and getattr(v, "ndim", None) != 0), None)
         if bad is not None:
             raise RewardFunctionError(f"{who} returned {type(bad[1]).__name__} {_short(bad[1])} at position "
                                       f"{bad[0]}; expected a number per response")

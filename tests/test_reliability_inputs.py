@@ -281,3 +281,28 @@ def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_data_on_purpose
 
     (tmp_path / "long.csv").write_text("prompt,completion\nSay it.," + "x" * 200_000 + "\n")
     assert len(load_sft(str(tmp_path / "long.csv"))[0].completion) == 200_000
+
+
+def test_checkpoints_are_due_by_steps_and_by_time_never_after_the_last_step(tmp_path, monkeypatch):
+    import rlhfkit.trainers.checkpoint as ckpt
+
+    clock = [100.0]
+    monkeypatch.setattr(ckpt.time, "monotonic", lambda: clock[0])
+    manager = CheckpointManager(tmp_path, every_steps=0, every_seconds=300.0)
+    assert not manager.due(1, 10)
+    clock[0] += 301
+    assert manager.due(2, 10) and not manager.due(10, 10)
+    manager.save(2, {"model": {"w": torch.ones(1)}}, {"step": 2})
+    assert not manager.due(3, 10)  # the clock restarts at each save
+    assert CheckpointManager(tmp_path, every_steps=4).due(8, 10)
+
+
+@pytest.mark.parametrize("marker", ["{", "[]", '{"options": 3}', ""])
+def test_a_malformed_stage_marker_reruns_the_stage_instead_of_crashing(tmp_path, marker):
+    from rlhfkit.pipeline import DONE, run_stage
+
+    (tmp_path / DONE).write_text(marker)
+    ran, messages = [], []
+    run_stage("sft", tmp_path, lambda cfg: ran.append(cfg), SFTConfig(), log=messages.append)
+    assert ran and ("malformed" in messages[0] or "unreadable" in messages[0])
+    assert json.loads((tmp_path / DONE).read_text())["options"]["learning_rate"] == SFTConfig().learning_rate

@@ -41,7 +41,8 @@ class CheckpointError(RuntimeError):
 # Options that do not change what a stage computes: a rerun that differs only in these
 # resumes (and a finished pipeline stage counts as the same run).
 NOT_RESULT_OPTIONS = frozenset({"output_dir", "progress", "num_threads", "log_every", "report_to", "checkpoint_every",
-                                "checkpoint_minutes", "keep_checkpoints", "resume"})
+                                "checkpoint_minutes", "keep_checkpoints", "resume", "eval_every",
+                                "num_samples_logged"})
 # Options naming data files (hashed: size and SHA-256) and models (config.json hashed, weight sizes).
 DATA_OPTIONS = ("data", "eval_data", "prompts", "ptx_data", "normalize_on")
 MODEL_OPTIONS = ("model", "ref_model", "reward_model", "value_model")
