@@ -87,6 +87,20 @@ def grpo_advantages(
     return ((R - R.mean(1, keepdim=True)) / (R.std(1, keepdim=True) + eps)).reshape(-1)
 
 
+def dr_grpo_advantages(
+    rewards: torch.Tensor,  # [B] as above
+    group_size: int,  # K >= 2
+) -> torch.Tensor:
+    """Dr. GRPO's advantage (Liu et al. 2025, eq. 3): [B]
+
+        A_i = R_i - mean(R_group)
+
+    without GRPO's division by the group's std, which up-weights prompts that are too easy
+    or too hard (a question-level difficulty bias)."""
+    R = _groups(rewards, group_size)
+    return (R - R.mean(1, keepdim=True)).reshape(-1)
+
+
 def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     if group_size < 2:
         raise ValueError(f"a group baseline needs at least 2 samples per prompt, got {group_size}")
@@ -95,4 +109,4 @@ def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return rewards.detach().view(-1, group_size)
 
 
-GROUP_ADVANTAGES = {"rloo": rloo_advantages, "grpo": grpo_advantages}
+GROUP_ADVANTAGES = {"rloo": rloo_advantages, "grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages}
