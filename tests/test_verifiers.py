@@ -1,0 +1,69 @@
+"""Tier 1: answer extraction, matching and the verifier reward functions, through
+Python and through the same route the CLI's --reward_functions takes."""
+import pytest
+import torch
+
+from rlhfkit import verifiers as v
+from rlhfkit.rewards import FunctionScorer, ScoringBatch, WeightedReward, import_function
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("7+6+0=13\nAnswer: 933", "933"),
+    ("Answer: 1\nthen more\nFinal answer: 42.", "42."),
+    ("answer = 7", "7"),
+    ("no final line", None),
+])
+def test_answer_line_takes_the_last(text, expected):
+    assert v.answer_line(text) == expected
+
+
+def test_boxed_keeps_nested_braces_and_takes_the_last():
+    assert v.boxed(r"first \boxed{1} then \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
+    assert v.boxed(r"\boxed{12") is None
+    assert v.boxed("nothing") is None
+
+
+def test_last_number_and_auto_fall_back_in_order():
+    assert v.last_number("from 3 to 1,234.5 then -7") == "-7"
+    assert v.last_number("a ratio of 3/4") == "3/4"
+    assert v.auto("x \\boxed{5} and 9") == "5"
+    assert v.auto("Answer: 12\n\\boxed{5}") == "12"
+    assert v.auto("so it is 9") == "9"
+    assert v.auto("no digits") is None
+
+
+def test_matching():
+    assert v.exact_match(" $933$. ", "933") and not v.exact_match("933", "932")
+    assert v.exact_match(r"\text{Paris}", "paris")
+    assert v.numeric_match("1,234", "1234") and v.numeric_match("0.50", "1/2") and v.numeric_match("50%", "0.5")
+    assert not v.numeric_match("1235", "1234") and not v.numeric_match(None, "1")
+    assert v.numeric_match("blue", "Blue")  # not numbers: exact match
+    assert v.parse_number("abc") is None and v.parse_number("1/0") is None
+
+
+def test_reward_functions_score_a_batch():
+    responses = ["4+8=12\nAnswer: 12", "Answer: 13", "it is \\boxed{12}", "12", "Answer: 12\nAnswer: 12"]
+    meta = [{"answer": "12"}] * 5
+    assert v.answer_reward([""] * 5, responses, meta) == [1.0, 0.0, 1.0, 1.0, 1.0]
+    assert v.boxed_answer_reward([""] * 5, responses, meta) == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert v.format_reward([""] * 5, responses) == [1.0, 0.0, 0.0, 0.0, 0.0]
+    strict = v.make_answer_reward("answer_line", "exact", answer_key="gold")
+    assert strict.__name__ == "exact_answer_line_reward"
+    assert strict([""], ["Answer: 12"], [{"gold": "12"}]) == [1.0]
+    with pytest.raises(ValueError, match="no 'answer' column"):
+        v.answer_reward([""], ["Answer: 1"], [{}])
+    with pytest.raises(ValueError):
+        v.make_answer_reward("guess")
+
+
+def test_verifiers_resolve_like_any_cli_reward_function_and_report_each_score():
+    fns = [import_function("rlhfkit.verifiers:answer_reward"), import_function("rlhfkit.verifiers:format_reward")]
+    reward = WeightedReward([FunctionScorer(f) for f in fns], [1.0, 0.5], [f.__name__ for f in fns])
+    responses = ["1+1=2\nAnswer: 2", "Answer: 3"]
+    batch = ScoringBatch(prompt_ids=torch.zeros(2, 1, dtype=torch.long), prompt_mask=torch.ones(2, 1),
+                         response_ids=torch.zeros(2, 1, dtype=torch.long), response_mask=torch.ones(2, 1),
+                         prompts=["1+1", "1+1"], responses=responses, eos=torch.ones(2, dtype=torch.bool),
+                         metadata=[{"answer": "2"}, {"answer": "2"}])
+    total, parts = reward(batch)
+    assert total.tolist() == [1.5, 0.0]
+    assert parts == {"objective/scores_answer_reward": 0.5, "objective/scores_format_reward": 0.5}
