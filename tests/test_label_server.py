@@ -1,6 +1,7 @@
 """The labeling server over HTTP: who gets in, what gets written, and that a server
 killed with kill -9 loses no acknowledged label and gives each labeler back their item."""
 import http.client
+import importlib.util
 import json
 import os
 import signal
@@ -13,11 +14,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-if importlib_missing := [m for m in ("fastapi", "uvicorn") if __import__("importlib").util.find_spec(m) is None]:
+_missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+if _missing:
     if os.environ.get("CI"):
-        pytest.fail(f"CI must install the label extra (missing {importlib_missing}): pip install -e '.[label]'",
-                    pytrace=False)
-    pytest.skip(f"the label extra is not installed ({importlib_missing})", allow_module_level=True)
+        pytest.fail(f"CI must install the label extra (missing {_missing}): pip install -e '.[label]'", pytrace=False)
+    pytest.skip(f"the label extra is not installed ({_missing})", allow_module_level=True)
 
 from rlhfkit.label.export import read_labels  # noqa: E402
 from rlhfkit.label.server import ServeConfig, background_server, serve  # noqa: E402
