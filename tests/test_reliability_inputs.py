@@ -17,7 +17,8 @@ from rlhfkit.cli import main
 from rlhfkit.io import JsonlFile, dumps
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rewards import FunctionScorer, RewardFunctionError, import_function
-from rlhfkit.trainers.checkpoint import CheckpointError, CheckpointManager, acquire_lock, open_stage, release_lock
+from rlhfkit.trainers.checkpoint import CheckpointError, CheckpointManager, open_stage
+from rlhfkit.trainers.runlock import acquire_lock, release_lock
 from rlhfkit.trainers.common import MetricsLogger
 from rlhfkit.trainers.sft import SFTConfig, train_sft
 

@@ -17,9 +17,6 @@ verifies the manifest and falls back to the newest intact one.
 """
 from __future__ import annotations
 
-import atexit
-import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -32,95 +29,11 @@ import numpy as np
 import torch
 
 from rlhfkit.io import atomic_write_text, dumps, fault_point, fsync_dir
+from rlhfkit.trainers.errors import CheckpointError
+from rlhfkit.trainers.fingerprint import MODEL_OPTIONS, _sha256, fingerprint, fingerprint_changes
+from rlhfkit.trainers.runlock import acquire_lock, release_lock
 
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-# Options that do not change what a stage computes: a rerun that differs only in these
-# resumes (and a finished pipeline stage counts as the same run).
-NOT_RESULT_OPTIONS = frozenset({"output_dir", "progress", "num_threads", "log_every", "report_to", "checkpoint_every",
-                                "checkpoint_minutes", "keep_checkpoints", "resume", "eval_every",
-                                "num_samples_logged"})
-# Options naming data files (hashed: size and SHA-256) and models (config.json hashed, weight sizes).
-DATA_OPTIONS = ("data", "eval_data", "prompts", "ptx_data", "normalize_on")
-MODEL_OPTIONS = ("model", "ref_model", "reward_model", "value_model")
 RESUME_MODES = ("auto", "force")
-
-
-# ----------------------------------------------------------------------------- fingerprint
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def options_of(cfg) -> dict[str, Any]:
-    """A config's options as plain JSON values."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str)) if dataclasses.is_dataclass(cfg) else {}
-
-
-def _file_digest(value: str, model: bool = False) -> dict[str, Any] | None:
-    p = Path(value)
-    if p.is_file():
-        return {"path": value, "bytes": p.stat().st_size, "sha256": _sha256(p)}
-    if not p.is_dir():
-        return None  # a hub id or a name the loader resolves: the option's value stands for it
-    if model:  # a model directory's own weights (their sizes: they are large) and config (its hash)
-        files = sorted(f for f in p.iterdir() if f.is_file() and (f.suffix in (".safetensors", ".bin")
-                                                                    or f.name == "config.json"))
-    else:  # a saved dataset: every file
-        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-    h = hashlib.sha256()
-    size = 0
-    for f in files:
-        rel = str(f.relative_to(p))
-        digest = str(f.stat().st_size) if model and f.name != "config.json" else _sha256(f)
-        h.update(f"{rel}\0{digest}\0".encode())
-        size += f.stat().st_size
-    return {"path": value, "bytes": size, "sha256": h.hexdigest()}
-
-
-def fingerprint(cfg) -> dict[str, Any]:
-    """The options that change a stage's result and digests of the files it reads."""
-    options = {k: v for k, v in options_of(cfg).items() if k not in NOT_RESULT_OPTIONS}
-    files: dict[str, Any] = {}
-    for name in DATA_OPTIONS + MODEL_OPTIONS:
-        value = getattr(cfg, name, None)
-        if isinstance(value, str) and value:
-            digest = _file_digest(value, model=name in MODEL_OPTIONS)
-            if digest is not None:
-                files[name] = digest
-    for spec in getattr(cfg, "reward_functions", None) or []:
-        module = str(spec).rsplit(":", 1)[0]
-        if module.endswith(".py") and Path(module).is_file():
-            files[f"reward_functions {spec}"] = _file_digest(module)
-    return {"options": options, "files": files}
-
-
-def fingerprint_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'name old -> new' for each changed option; 'name file changed (...)' for each file."""
-    changes = []
-    old_opts, new_opts = stored.get("options") or {}, current.get("options") or {}
-    for k, v in new_opts.items():
-        if k in old_opts and old_opts[k] != v:
-            changes.append(f"{k} {old_opts[k]!r} -> {v!r}")
-    old_files, new_files = stored.get("files") or {}, current.get("files") or {}
-    for k in sorted(set(old_files) | set(new_files)):
-        a, b = old_files.get(k), new_files.get(k)
-        if a == b or (a and b and a.get("sha256") == b.get("sha256")):
-            continue
-        if a is None or b is None:
-            changes.append(f"{k} {'appeared' if a is None else 'is gone'} ({(a or b).get('path')})")
-        elif a.get("bytes") != b.get("bytes"):
-            changes.append(f"{k} file {b.get('path')} changed ({a.get('bytes')} -> {b.get('bytes')} bytes)")
-        else:
-            changes.append(f"{k} file {b.get('path')} changed (same size, other content)")
-    return changes
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -143,64 +56,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _as_python_rng(state):
     # torch.load(weights_only=True) returns lists where random.setstate needs tuples
     return (state[0], tuple(state[1]), state[2])
-
-
-# ----------------------------------------------------------------------------- the run lock
-
-_HELD: dict[str, int] = {}  # resolved lock path -> file descriptor, for locks this process holds
-
-
-def acquire_lock(directory: str | Path) -> Path | None:
-    """Lock `<directory>/.lock` for this process (flock: released by the kernel when the
-    process dies, so a killed run's lock is taken over at once). The file holds the
-    owner's pid, which a second run names when it refuses to start. Re-entrant within
-    a process. Returns the lock path (None where flock is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return None
-    path = Path(directory) / ".lock"
-    key = str(path.resolve())
-    if key in _HELD:
-        return path
-    for _ in range(10):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise CheckpointError(f"{directory} is in use by another run (pid {owner}); wait for it to finish or "
-                                  "stop it, or choose another --output_dir") from None
-        try:  # the file may have been removed by the owner that just released it: lock the new one
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:
-            os.close(fd)
-            continue
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.fsync(fd)
-        _HELD[key] = fd
-        return path
-    raise CheckpointError(f"could not lock {path}")
-
-
-def release_lock(path: Path | None) -> None:
-    if path is None:
-        return
-    fd = _HELD.pop(str(path.resolve()), None)
-    if fd is None:
-        return
-    path.unlink(missing_ok=True)  # while still locked, so nobody locks the removed file for long
-    os.close(fd)
-
-
-@atexit.register
-def _release_all() -> None:
-    for key in list(_HELD):
-        release_lock(Path(key))
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -1,0 +1,5 @@
+"""Errors the trainers raise for the CLI to report in one line."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or resumed, or the output directory is in use."""
