@@ -21,12 +21,12 @@ from pathlib import Path
 
 from rlhfkit.config import ConfigError, nested, option, save_yaml
 from rlhfkit.io import write_json
-from rlhfkit.trainers.fingerprint import NOT_RESULT_OPTIONS, options_of
-from rlhfkit.trainers.runlock import acquire_lock, release_lock
 from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, for_method, train_dpo
+from rlhfkit.trainers.fingerprint import NOT_RESULT_OPTIONS, options_of
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.reward import RewardConfig, train_reward_model
+from rlhfkit.trainers.runlock import acquire_lock, release_lock
 from rlhfkit.trainers.sft import SFTConfig, train_sft
 
 DONE = ".done"
