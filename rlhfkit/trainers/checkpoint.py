@@ -11,9 +11,11 @@ moments).
 
 A checkpoint is `<output_dir>/checkpoints/step-N`: safetensors per model,
 `state.pt` (optimizer, scheduler, RNG, data position, row counts of the stage's
-logs), `fingerprint.json` and a manifest of sizes and SHA-256 sums. It is written
+logs) and a manifest of their sizes and SHA-256 sums, plus `fingerprint.json`
+(outside the manifest: `--resume force` rewrites it, atomically). It is written
 into a temporary directory, every file fsync'd, and renamed into place; loading
-verifies the manifest and falls back to the newest intact one.
+verifies the manifest and falls back to the newest intact one. Temporary
+directories and files a kill leaves are removed by the next open_stage.
 """
 from __future__ import annotations
 
@@ -241,7 +243,8 @@ class CheckpointManager:
         tracked logs, and `extra` state."""
         return self.save(step, {name: accelerator.get_state_dict(m) for name, m in models.items()},
                          {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "rng": rng_state(), "logs": {log.name: log.rows for log in self.logs}, **extra})
+                          "rng": _process_rng_states(accelerator), "logs": {log.name: log.rows for log in self.logs},
+                          **extra})
 
     def resume_training(self, accelerator, models: dict[str, torch.nn.Module], optimizer, scheduler,
                         stage: str = "", logs=()) -> tuple[int, dict[str, Any]]:
@@ -266,7 +269,8 @@ class CheckpointManager:
             accelerator.wait_for_everyone()  # every process has compared fingerprints before this one changes
             if self.is_main:  # from now on this run's settings are the checkpoint's: a plain rerun resumes
                 atomic_write_text(path / "fingerprint.json", dumps(self.fingerprint, log=None, indent=1))
-        set_rng_state(state["rng"])
+        rng = state["rng"]  # a list, one per process, from a multi-process run
+        set_rng_state(rng[accelerator.process_index % len(rng)] if isinstance(rng, list) else rng)
         step = int(state["step"])
         for log in self.logs:
             if "logs" in state:
@@ -303,6 +307,15 @@ def _apply_new_hyperparameters(optimizer, scheduler, fresh_groups: list[dict], f
         for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, lambdas):
             group["lr"] = base * fn(scheduler.last_epoch)
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def _process_rng_states(accelerator):
+    """This process's RNG states; under several processes, every process's (each samples its own)."""
+    if accelerator.num_processes == 1:
+        return rng_state()
+    from accelerate.utils import gather_object
+
+    return gather_object([rng_state()])
 
 
 def _read_json(path: Path) -> Any:
@@ -351,5 +364,6 @@ def open_stage(cfg, stage: str, accelerator) -> CheckpointManager:
         manager.clean_orphans()
     accelerator.wait_for_everyone()
     manager.check_resume()
-    write_run_info(out, cfg)
+    if is_main:  # one writer: processes writing the same files at once could tear them
+        write_run_info(out, cfg)
     return manager
