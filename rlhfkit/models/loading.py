@@ -54,7 +54,7 @@ def check_model_path(path: str, *, tokenizer: bool = False) -> None:
         raise ValueError(f"model {path}: is a file; expected a Hugging Face model directory (config.json, "
                          "*.safetensors, tokenizer) or a hub id")
     if p.is_dir():
-        wanted = ("config.json", "tokenizer.json", "tokenizer_config.json") if tokenizer else ("config.json",)
+        wanted = ("config.json", "adapter_config.json") + (("tokenizer.json", "tokenizer_config.json") if tokenizer else ())
         if not any((p / name).is_file() for name in wanted):
             raise ValueError(f"model {path}: the directory has no config.json, so it is not a Hugging Face model "
                              "directory (a finished rlhfkit stage writes one; an interrupted one does not)")
