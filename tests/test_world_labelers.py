@@ -1,4 +1,4 @@
-"""Simulated labelers: agreement in WORLD.md's band, mild length bias, determinism."""
+"""Simulated labelers: agreement in docs/world.md's band, mild length bias, determinism."""
 import random
 
 import pytest

@@ -1,5 +1,5 @@
 """The instruction world: rlhfkit's offline reproduction of the InstructGPT setting
-(shared/WORLD.md). Pure Python, no torch, so any user can call the gold judge.
+(docs/world.md). Pure Python, no torch, so any user can call the gold judge.
 
 - tasks: the eight task families, `Task`, `sample_task`, `parse_instruction`
 - judge: the gold judge `gold_score` / `judge`, Likert, `win_rate`

@@ -1,4 +1,4 @@
-"""Simulated demonstrators (WORLD.md, "Simulated demonstrators").
+"""Simulated demonstrators (docs/world.md, "Simulated demonstrators").
 
 Real demonstrations are uneven, and that is what comparisons later repair. Each
 demonstration is drawn from a documented, configurable mix (DemonstratorMix):
@@ -48,7 +48,7 @@ KINDS_OF_DEMONSTRATION: tuple[str, ...] = ("canonical", "verbose", "near_miss")
 class DemonstratorMix:
     """Probabilities of each kind of demonstration (normalised to sum to 1).
 
-    Defaults from WORLD.md: about 70% canonical, 15% correct-plus-chatter, 15%
+    Defaults from docs/world.md: about 70% canonical, 15% correct-plus-chatter, 15%
     near misses.
     """
 

@@ -1,4 +1,4 @@
-"""Simulated labelers (WORLD.md, "Simulated labelers").
+"""Simulated labelers (docs/world.md, "Simulated labelers").
 
 A labeler ranking K responses to one prompt perceives each response y as
 
@@ -27,7 +27,7 @@ Determinism: the noise of labeler `labeler_id` on prompt `prompt_index` under
 `seed` comes from its own random stream, so any ranking can be recomputed from
 the (seed, labeler id, prompt index) that every comparison row records.
 
-How `DEFAULT_NOISE_STD` was set. WORLD.md asks that two independent labelers
+How `DEFAULT_NOISE_STD` was set. docs/world.md asks that two independent labelers
 agree on 70-76% of pairs drawn from SFT samples (InstructGPT: 72.6 +- 1.5%). SFT
 samples do not exist when the world is built, so the default was calibrated
 with `calibrate_noise(proxy_samples(1000, 4, seed=0), target=0.73)` (labelers 0

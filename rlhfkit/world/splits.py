@@ -1,4 +1,4 @@
-"""Disjoint, seeded splits of task instances (WORLD.md, "Splits and sizes").
+"""Disjoint, seeded splits of task instances (docs/world.md, "Splits and sizes").
 
 Demonstrations, comparison prompts, PPO prompts, evaluation prompts and the
 web-text corpus must not share instances, or the evaluation would measure
@@ -20,7 +20,7 @@ evenly: the k-th task drawn is of family FAMILIES[k mod 8] (so `eval` of size
 Within a split, instances are unique while the split's share of a family lasts;
 small families run out at paper sizes (count has 5,000 instances, 15% of them
 750, for 13,000 / 8 = 1,625 demonstrations) and then repeat. The family `name`
-has only three instructions and is shared by every split (WORLD.md's exception).
+has only three instructions and is shared by every split (docs/world.md's exception).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Task families of the instruction world (WORLD.md, "Task families").
+"""Task families of the instruction world (docs/world.md, "Task families").
 
 Every task is one instruction line and a set of accepted answers, each a single
 line ending with a period. The word lists, ranges and answer formats follow
-WORLD.md to the letter: the gold judge compares strings, so a changed comma
+docs/world.md to the letter: the gold judge compares strings, so a changed comma
 changes every score.
 
 A task is built in one place per family (`build_task`), from its arguments.
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------------------
-# Word lists (WORLD.md). The order is part of the spec: `name` tasks list their
+# Word lists (docs/world.md). The order is part of the spec: `name` tasks list their
 # accepted answers in this order, and accepted[0] is the list's first member.
 # ---------------------------------------------------------------------------
 FRUITS: tuple[str, ...] = (
@@ -87,7 +87,7 @@ def apply_format(answer: str, fmt: str | None) -> str:
 
 
 def pseudo_word(rng: random.Random) -> str:
-    """A pronounceable non-word such as `tavo` or `mireka` (WORLD.md).
+    """A pronounceable non-word such as `tavo` or `mireka` (docs/world.md).
 
     Consonant-vowel syllables mean a pseudo-word is never a palindrome, so its
     reversal is always a different string (the `reverse` family relies on it).
@@ -199,7 +199,7 @@ def _repeat(w: str, n: int) -> Task:
 def _name(kind: str) -> Task:
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(KINDS)}")
-    # Written "Name a animal." on purpose: WORLD.md's template is `Name a {kind}.`.
+    # Written "Name a animal." on purpose: docs/world.md's template is `Name a {kind}.`.
     return Task("name", f"Name a {kind}.", tuple(f"{x}." for x in KINDS[kind]), (kind,))
 
 
@@ -229,7 +229,7 @@ def build_task(family: str, *args) -> Task:
 
 
 # ---------------------------------------------------------------------------
-# Generators: rng -> Task, with WORLD.md's ranges.
+# Generators: rng -> Task, with docs/world.md's ranges.
 # ---------------------------------------------------------------------------
 def _gen_add(rng: random.Random) -> Task:
     return _add(rng.randint(0, 99), rng.randint(0, 99))

@@ -1,4 +1,4 @@
-"""Generated "web text": the pretraining corpus of the base models (WORLD.md, "Web text").
+"""Generated "web text": the pretraining corpus of the base models (docs/world.md, "Web text").
 
 GPT-3 learned from the internet to add and spell, and also that a question is
 often followed by another question, a digression, an insult, or a reply that
