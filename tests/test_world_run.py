@@ -5,6 +5,7 @@ stage skipped) with the same report."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,15 @@ from rlhfkit.world.report import FIGURE_KEYS, RM_KEYS
 from rlhfkit.world.run import RunConfig, run_world
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("data", "sft", "sft_large", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "eval/sft", "eval/base_small",
-          "eval/base_large", "eval/ppo", "eval/rloo", "eval/dpo", "eval/orpo")
-WIN_RATES = ("ppo_vs_base_large", "ppo_vs_sft", "sft_vs_base_small", "ppo_vs_sft_best_temperature",
-             "ppo_vs_sft_greedy", "dpo_vs_base_large", "dpo_vs_sft", "dpo_vs_sft_best_temperature",
-             "dpo_vs_sft_greedy", "orpo_vs_base_large", "orpo_vs_sft", "orpo_vs_sft_best_temperature",
-             "orpo_vs_sft_greedy", "rloo_vs_base_large", "rloo_vs_sft", "rloo_vs_sft_best_temperature",
-             "rloo_vs_sft_greedy")
+STAGES = ("data", "sft", "sft_large", "comparisons", "rm", "comparisons_ai", "rm_ai", "ppo_ai", "ppo", "rloo", "dpo", "orpo", "ppo_gold", "eval/sft",
+          "eval/base_small", "eval/base_large", "eval/ppo", "eval/rloo", "eval/dpo", "eval/orpo", "eval/ppo_gold",
+          "eval/bon", "eval/ppo_ai")
+METHODS = ("ppo", "ppo_ai", "rloo", "dpo", "orpo", "ppo_gold", "bon4", "bon16")
+# every method against SFT (T = 1, greedy, best against best, T = 1 against SFT's best) and base-large
+WIN_RATES = ("sft_vs_base_small", "sft_vs_base_small_greedy", "ppo_gold_vs_ppo",
+             *[f"{m}_{k}" for m in METHODS for k in ("vs_base_large", "vs_sft", "vs_sft_best_temperature",
+                                                     "best_vs_sft_best", "vs_sft_greedy")
+               if not (m.startswith("bon") and k == "vs_sft_greedy")])  # best-of-n has no greedy decoding
 
 
 def make_standins(directory: Path) -> dict[str, str]:
@@ -63,26 +66,52 @@ def micro_run(tmp_path_factory):
 def test_report_has_every_key(micro_run):
     _, out = micro_run
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"models", "win_rates", "reward_model", "eval", "seconds"}
-    assert set(report["models"]) == {"base_small", "base_large", "sft", "ppo", "rloo", "dpo", "orpo"}
+    assert set(report) == {"world_version", "models", "win_rates", "method_table", "likert_ratio_vs_base_large",
+                           "paper_likert_ratio", "training", "reward_model", "eval", "seconds", "ai_labeler"}
+    assert report["world_version"] == 2
+    assert set(report["models"]) == {"base_small", "base_large", "sft", *METHODS}
     for name, figures in report["models"].items():
         assert set(figures) == set(FIGURE_KEYS), name
         assert figures["params"] > 0 and 0 <= figures["gold"] <= 1
         assert figures["likert"] == pytest.approx(1 + 6 * figures["gold"])
         assert set(figures["per_family"]) == {"add", "compare", "count", "reverse", "sort", "repeat", "name", "greet"}
+        assert set(figures["per_constraint"]) == {"none", "caps", "brackets", "prefix", "no_period"}
+        assert 0 <= figures["follows_constrained"] <= 1 and 0 <= figures["follows"] <= 1
+        assert figures["best_temperature"] in (0.5, 0.7, 1.0)
         assert figures["webtext_loss"] > 0
+    # the method table: SFT, then each method in the documented order, every row filled
+    table = report["method_table"]
+    assert [r["method"] for r in table] == ["sft", "bon4", "bon16", "ppo", "ppo_ai", "rloo", "dpo", "orpo", "ppo_gold"]
+    for row in table:
+        assert all(row[k] is not None for k in ("gold", "follows_constrained", "exact", "kl_to_sft", "vs_sft",
+                                                "best_vs_sft_best")), row
+        assert row["vs_sft_greedy"] is not None or row["method"].startswith("bon")
+    assert [r["oracle"] for r in table] == [False] * 8 + [True]
+    # --feedback ai: the AI labeler measured on the held-out pairs, its RM and PPO beside RLHF's
+    ai = report["ai_labeler"]
+    assert ai["pairs"] == report["reward_model"]["pairs"] if "pairs" in report["reward_model"] else ai["pairs"] > 0
+    assert 0 <= ai["agreement_gold"] <= 1 and 0 <= ai["agreement_labeler"] <= 1 and ai["forward_passes"] > 0
+    assert load_yaml(out / "ppo_ai" / "config.yaml")["reward_model"] == str(out / "rm_ai")
+    bon = {n: report["models"][f"bon{n}"] for n in (4, 16)}
+    assert bon[4]["kl_to_sft"] == pytest.approx(math.log(4) - 3 / 4) and bon[16]["kl_to_sft"] > bon[4]["kl_to_sft"]
+    assert report["likert_ratio_vs_base_large"]["base_large"] == pytest.approx(1.0)
+    assert set(report["training"]) == {"ppo", "ppo_ai", "rloo", "ppo_gold"} and report["training"]["ppo"]["steps"] == 4
+    assert "proxy_first" in report["training"]["ppo"] and "proxy_first" not in report["training"]["ppo_gold"]
     assert report["models"]["sft"]["kl_to_sft"] == 0.0
     assert report["models"]["ppo"]["kl_to_sft"] > -0.5  # a Monte-Carlo KL: about zero or positive
     assert set(report["win_rates"]) == set(WIN_RATES)
     assert all(0 <= v <= 1 for v in report["win_rates"].values())
     assert set(report["reward_model"]) == set(RM_KEYS)
-    assert report["eval"] == {"prompts": 128, "temperature": 1.0, "seed": 0}
-    assert {"data", "sft", "sft_large", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "eval"} <= set(report["seconds"])
+    assert report["eval"] == {"prompts": 128, "validation_prompts": 32, "temperature": 1.0, "seed": 0}
+    assert {"data", "sft", "sft_large", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "ppo_gold",
+            "comparisons_ai", "rm_ai", "ppo_ai", "eval"} <= set(report["seconds"])
     for png in ("likert.png", "training.png", "overoptimisation.png", "frontier.png"):
         assert (out / png).stat().st_size > 0
     markdown = (out / "report.md").read_text()
     assert "| model | size (params) | Likert" in markdown
     assert "| DPO |" in markdown and "| PPO (RLHF) |" in markdown  # the method comparison table
+    assert "| best-of-16 (RM) |" in markdown and "| PPO on the gold judge (oracle, upper bound) |" in markdown
+    assert "Per constraint (follows / gold" in markdown
     assert "| RLOO (no critic) |" in markdown and "- RLOO / GRPO: the PPO settings above with 4" in markdown
     assert (out / "ppo" / "value_model").is_dir() and not (out / "rloo" / "value_model").exists()
     rloo = [json.loads(line) for line in (out / "rloo" / "metrics.jsonl").read_text().splitlines()]
@@ -120,8 +149,14 @@ def test_orpo_learns_from_base_small_in_one_stage(micro_run):
 
 def test_datasets_written_and_gold_logged(micro_run):
     _, out = micro_run
-    for name in ("demonstrations", "comparison_prompts", "ppo_prompts", "eval_prompts"):
+    for name in ("demonstrations", "comparison_prompts", "ppo_prompts", "eval_prompts", "validation_prompts"):
         assert (out / "data" / f"{name}.jsonl").exists()
+    evals = {r["instruction"] for r in map(json.loads, (out / "data" / "eval_prompts.jsonl").read_text().splitlines())}
+    vals = [json.loads(line) for line in (out / "data" / "validation_prompts.jsonl").read_text().splitlines()]
+    assert len(vals) == 32 and not {r["instruction"] for r in vals if r["family"] != "name"} & evals
+    # the oracle trains on the gold judge alone, scaled like the RM (1 / gold's std on the SFT samples)
+    oracle = load_yaml(out / "ppo_gold" / "config.yaml")
+    assert oracle["reward_model"] == "" and len(oracle["reward_weights"]) == 1 and oracle["reward_weights"][0] > 1
     rows = [json.loads(line) for line in (out / "comparisons" / "comparisons.jsonl").read_text().splitlines()]
     assert rows and all(len(r["responses"]) >= 2 and len(r["terminated"]) == len(r["responses"]) for r in rows)
     ppo = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
@@ -241,3 +276,31 @@ def test_unknown_rm_init_is_an_error_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="rm_init: unknown starting point 'sft'"):
         run_world(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_algo_all_expands_to_the_method_table_and_unknown_names_fail():
+    from rlhfkit.world.run import ALL_METHODS, expand_algo
+
+    assert expand_algo(["all"]) == list(ALL_METHODS)
+    assert {"ppo", "rloo", "grpo", "bon", "dpo", "ipo", "orpo", "kto", "ppo_gold"} == set(ALL_METHODS)
+    assert expand_algo(["ppo", "all", "simpo"]) == [*ALL_METHODS, "simpo"]  # duplicates dropped, order kept
+    with pytest.raises(ValueError, match="unknown method 'bonn'"):
+        expand_algo(["ppo", "bonn"])
+
+
+def test_pairwise_agreement_counts_gold_ties_and_judge_ties_one_half():
+    from rlhfkit.world.feedback import pairwise_agreement
+
+    row = {"prompt": [{"role": "user", "content": "What is 2 plus 3?"}],
+           # best first in the labeler's order: exact, near miss, exact again with chatter, wrong
+           "responses": ["2 plus 3 is 5.", "2 plus 3 is 6.", "2 plus 3 is 5.\nHappy to help!", "7 is larger."],
+           "terminated": [True, True, True, True]}
+    # pairs (0,1) (0,2) (0,3) (1,2) (1,3) (2,3); gold: 1.0, ~0.28, 0.9, ~0.1
+    probs = [0.9, 0.5, 0.2, 0.1, 0.6, 0.7]
+    fig = pairwise_agreement([row], probs)
+    assert fig["pairs"] == 6
+    assert fig["agreement_labeler"] == pytest.approx((1 + 0.5 + 0 + 0 + 1 + 1) / 6)
+    assert fig["agreement_gold"] == pytest.approx((1 + 0.5 + 0 + 1 + 1 + 1) / 6)
+    assert fig["labeler_agreement_gold"] == pytest.approx((1 + 1 + 1 + 0 + 1 + 1) / 6)
+    with pytest.raises(ValueError, match="5 judgements for 6 pairs"):
+        pairwise_agreement([row], probs[:5])

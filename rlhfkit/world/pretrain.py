@@ -1,4 +1,4 @@
-"""Pretraining of the instruction world's base models (WORLD.md, "Web text").
+"""Pretraining of the instruction world's base models (docs/world.md, "Web text").
 
 `rlhfkit world pretrain` (`pretrain_world`) trains, from random initialisation
 and on the generated web text (`make_webtext`), two Llama-style base models:
@@ -195,6 +195,39 @@ def judge_base_model(model_dir: str | Path, n_prompts: int = 200, seed: int = 0,
     return out
 
 
+@torch.no_grad()
+def format_imitation(model_dir: str | Path, n_prompts: int = 100, seed: int = 0, *, max_new_tokens: int = 48,
+                     batch_size: int = 100) -> dict:
+    """Can a base model write each format when shown an example of it? For each
+    format (plain and the four of the constraints) the chat prompt holds one
+    example exchange answered correctly in that format, then a new plain
+    instruction; the figure is the share of sampled answers (T = 1) whose first
+    line carries exactly that format. World version 2 asks that a base model
+    can (the web text shows every format) but does not match formats to
+    requests (`judge_base_model`'s follows_constrained)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhfkit.world.judge import read_formats
+    from rlhfkit.world.splits import make_split
+    from rlhfkit.world.stages import sample_responses
+    from rlhfkit.world.tasks import CONSTRAINTS, apply_format, constrain
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    tasks = [constrain(t, None) for t in make_split("eval", 2 * n_prompts, seed) if t.family != "count"]
+    examples, questions = tasks[:n_prompts], tasks[n_prompts:2 * n_prompts]
+    rates = {}
+    for fmt in (None, *CONSTRAINTS):
+        prompts = [[{"role": "user", "content": ex.instruction},
+                    {"role": "assistant", "content": apply_format(ex.answer, fmt)},
+                    {"role": "user", "content": q.instruction}] for ex, q in zip(examples, questions)]
+        s = sample_responses(model, tok, prompts, temperature=1.0, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, seed=seed)
+        want = () if fmt is None else (fmt,)
+        rates[fmt or "plain"] = sum(read_formats(y)[0] == want for y in s.texts) / len(s.texts)
+    return {"prompts": len(examples), "seed": seed, "rate": rates}
+
+
 # ----------------------------------------------------------------------------- pretraining
 
 
@@ -321,6 +354,7 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
         }
         if cfg.judge_prompts > 0:
             figures["judge"] = judge_base_model(final, cfg.judge_prompts, cfg.judge_seed)
+            figures["format_imitation"] = format_imitation(final, min(cfg.judge_prompts, 100), cfg.judge_seed)
         if inits[kind] and (Path(inits[kind]) / "pretrain.json").exists():  # the lineage of continued pretraining
             figures["previous"] = json.loads((Path(inits[kind]) / "pretrain.json").read_text())
         (final / "pretrain.json").write_text(json.dumps(figures, indent=2) + "\n")

@@ -2,13 +2,20 @@
 files the stages stored, so a resumed run writes the same report.
 
 report.json:
-    models       base_small | base_large | sft | ppo (| ppo_ptx): path, params, gold, likert,
-                 exact, terminated, polite, length, kl_to_sft, webtext_loss, per_family
-    win_rates    ppo_vs_base_large, ppo_vs_sft, sft_vs_base_small,
-                 ppo_vs_sft_best_temperature, ppo_vs_sft_greedy (the same four for every
-                 trained method: ppo_ptx, dpo, ...)
-    reward_model val_accuracy, labeler_agreement, val_accuracy_vs_gold, oracle_agreement
-    eval         prompts, temperature, seed
+    world_version  2
+    models       base_small | base_large | sft | ppo (| rloo | dpo | bon4 | ppo_gold | ...): path,
+                 params, gold, likert, exact, follows, follows_constrained, terminated, polite,
+                 length, kl_to_sft, webtext_loss, per_family, per_constraint, best_temperature
+    win_rates    sft_vs_base_small, and for every method M (ppo, rloo, dpo, bon4, ...):
+                 M_vs_sft (T = 1 both), M_vs_sft_greedy (greedy both), M_best_vs_sft_best
+                 (each at its best temperature, chosen on the validation prompts),
+                 M_vs_sft_best_temperature (M at T = 1 against SFT at its best), M_vs_base_large
+    method_table one row per method: gold, follows_constrained, exact, kl_to_sft and the
+                 three win rates against SFT
+    likert_ratio_vs_base_large  every model's Likert over base-large's (paper: 2.94x)
+    training     per RL run: the proxy (RM) and gold reward over the first and last steps
+    reward_model val_accuracy, labeler_agreement, val_accuracy_vs_gold, oracle_agreement, ...
+    eval         prompts, validation prompts, temperature, seed
     seconds      per stage
 
 report.md adds, for people: the InstructGPT-style table, a Likert bar chart,
@@ -24,16 +31,24 @@ from pathlib import Path
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.world.judge import win_rate
 
-FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "terminated", "polite", "length", "kl_to_sft",
-               "webtext_loss", "per_family")
+WORLD_VERSION = 2
+FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "follows", "follows_constrained", "terminated", "polite",
+               "length", "kl_to_sft", "webtext_loss", "per_family", "per_constraint", "best_temperature")
 RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement", "exact_pairs",
-           "exact_pair_accuracy", "exact_pair_accuracy_per_family", "score_correlation", "reward_form",
-           "reward_scale", "init")
-RM_INIT_LABELS = {"sft_large": "base-large fine-tuned on the demonstrations (sft_large)", "base_large": "base-large"}
+           "exact_pair_accuracy", "exact_pair_accuracy_per_family", "follows_pairs", "follows_pair_accuracy",
+           "score_correlation", "reward_form", "reward_scale", "init")
+# The method table's rows, in order (those a run trained): SFT, then every method.
+METHOD_ORDER = ("sft", "bon4", "bon16", "ppo", "ppo_ai", "rloo", "grpo", "dpo", "ipo", "orpo", "kto", "ppo_gold")
+TRAINED = ("base_small", "base_large", "sft")  # models that are not an alignment method
+PAPER_LIKERT_RATIO = 2.94  # InstructGPT 1.3B over GPT-3 175B (Figure 1)
+RM_INIT_LABELS = {"sft_large": "base-large fine-tuned on the demonstrations (sft_large)", "base_large": "base-large",
+                  "sft": "the SFT policy (base-small fine-tuned on the demonstrations)"}
 LABELS = {"base_small": "base-small", "base_large": "base-large (\"GPT-3\")", "sft": "SFT", "ppo": "PPO (RLHF)",
           "ppo_ptx": "PPO-ptx", "rloo": "RLOO (no critic)", "grpo": "GRPO (no critic)", "dpo": "DPO", "ipo": "IPO",
           "cdpo": "cDPO", "robust": "robust DPO", "hinge": "SLiC hinge", "simpo": "SimPO", "kto": "KTO",
-          "orpo": "ORPO (from base-small)"}
+          "orpo": "ORPO (from base-small)", "ppo_gold": "PPO on the gold judge (oracle, upper bound)",
+          "bon4": "best-of-4 (RM)", "bon16": "best-of-16 (RM)",
+          "ppo_ai": "PPO on AI feedback (RLAIF)"}
 
 
 def _json_safe(x):
@@ -57,24 +72,63 @@ def load_eval(out: Path, name: str) -> dict:
     return json.loads((out / "eval" / f"{name}.json").read_text())
 
 
-def win_rates(evals: dict[str, dict], temperatures) -> tuple[dict, dict]:
-    """The five win rates (and which SFT temperature was best)."""
+def win_rates(evals: dict[str, dict]) -> tuple[dict, dict]:
+    """Every method against SFT (T = 1, greedy, best temperature against best) and
+    base-large, and SFT against base-small. Win rates are on the same prompts."""
     def scores(name, key="t1"):
         return evals[name]["decodings"][key]["scores"]
 
-    sft_keys = [f"t{t:g}" for t in temperatures if f"t{t:g}" in evals["sft"]["decodings"]] or ["t1"]
-    best = max(sft_keys, key=lambda k: evals["sft"]["decodings"][k]["gold"])
+    sft_best = "best" if "best" in evals["sft"]["decodings"] else "t1"
     rates = {"sft_vs_base_small": win_rate(scores("sft"), scores("base_small"))}
-    # every trained method (ppo, ppo_ptx, dpo, ...) against base-large and SFT, as the paper's Figure 1
-    for name in [n for n in evals if n not in ("base_small", "base_large", "sft")]:
+    if "greedy" in evals["sft"]["decodings"] and "greedy" in evals["base_small"]["decodings"]:
+        rates["sft_vs_base_small_greedy"] = win_rate(scores("sft", "greedy"), scores("base_small", "greedy"))
+    # every method (ppo, ppo_ptx, dpo, bon4, ...) against base-large and SFT, as the paper's Figure 1
+    for name in [n for n in evals if n not in TRAINED]:
+        decodings = evals[name]["decodings"]
         rates[f"{name}_vs_base_large"] = win_rate(scores(name), scores("base_large"))
         rates[f"{name}_vs_sft"] = win_rate(scores(name), scores("sft"))
-        rates[f"{name}_vs_sft_best_temperature"] = win_rate(scores(name), scores("sft", best))
-        if "greedy" in evals[name]["decodings"]:
+        rates[f"{name}_vs_sft_best_temperature"] = win_rate(scores(name), scores("sft", sft_best))
+        if "best" in decodings:
+            rates[f"{name}_best_vs_sft_best"] = win_rate(scores(name, "best"), scores("sft", sft_best))
+        if "greedy" in decodings:
             rates[f"{name}_vs_sft_greedy"] = win_rate(scores(name, "greedy"), scores("sft", "greedy"))
     if "ppo_ptx" in evals and "ppo" in evals:
         rates["ppo_ptx_vs_ppo"] = win_rate(scores("ppo_ptx"), scores("ppo"))
-    return rates, {"sft_best_temperature": float(best[1:])}
+    if "ppo_gold" in evals and "ppo" in evals:
+        rates["ppo_gold_vs_ppo"] = win_rate(scores("ppo_gold"), scores("ppo"))
+    best = evals["sft"]["decodings"].get("best", {}).get("temperature", 1.0)
+    return rates, {"sft_best_temperature": best}
+
+
+def method_table(models: dict, rates: dict) -> list[dict]:
+    """The method table's rows: SFT and every method the run has, in METHOD_ORDER
+    (others after), with gold, follows, exact, KL and the win rates against SFT."""
+    names = [n for n in METHOD_ORDER if n in models] + [n for n in models if n not in METHOD_ORDER and n not in TRAINED]
+    rows = []
+    for name in names:
+        fig = models[name]
+        rows.append({"method": name, "gold": fig["gold"], "follows": fig.get("follows"),
+                     "follows_constrained": fig.get("follows_constrained"), "exact": fig["exact"],
+                     "kl_to_sft": fig["kl_to_sft"], "length": fig["length"],
+                     "vs_sft": 0.5 if name == "sft" else rates.get(f"{name}_vs_sft"),
+                     "vs_sft_greedy": 0.5 if name == "sft" else rates.get(f"{name}_vs_sft_greedy"),
+                     "best_vs_sft_best": 0.5 if name == "sft" else rates.get(f"{name}_best_vs_sft_best"),
+                     "best_temperature": fig.get("best_temperature"),
+                     "oracle": name == "ppo_gold"})
+    return rows
+
+
+def training_curve(metrics_path: Path, window: int = 3) -> dict:
+    """Proxy (RM) and gold reward of an RL run's rollouts: the mean over the first
+    and the last `window` logged steps, and the number of steps."""
+    rows = [r for r in read_metrics(metrics_path) if "objective/kl" in r and not r.get("final")]
+    out: dict = {"steps": len(rows)}
+    for key, name in (("objective/scores_rm", "proxy"), ("objective/scores_gold", "gold"), ("objective/kl", "kl")):
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if values:
+            out[f"{name}_first"] = sum(values[:window]) / len(values[:window])
+            out[f"{name}_last"] = sum(values[-window:]) / len(values[-window:])
+    return out
 
 
 def _rm_form_line(rm: dict) -> list[str]:
@@ -99,22 +153,55 @@ def _rm_learned_rows(rm: dict) -> list[str]:
     return [f"| RM prefers the exactly-right response ({rm['exact_pairs']} pairs where only one is) | "
             f"{_f(rm['exact_pair_accuracy'], '.1%')} |",
             f"| correlation of the RM score with gold / with length in characters | "
-            f"{_f(corr['gold'], '.2f')} / {_f(corr['length'], '.2f')} |", "",
+            f"{_f(corr['gold'], '.2f')} / {_f(corr['length'], '.2f')} |",
+            f"| RM prefers the response in the asked format ({rm.get('follows_pairs')} pairs where only one is) | "
+            f"{_f(rm.get('follows_pair_accuracy'), '.1%')} |", "",
             f"Per family, the RM prefers the exactly-right response of such pairs: {per_family}."]
 
 
-def build_report(out: Path, models: dict[str, str], seconds: dict[str, float], seed: int,
-                 temperatures=(0.5, 0.7, 1.0)) -> tuple[dict, dict]:
+def _ai_labeler_lines(report: dict) -> list[str]:
+    ai = report.get("ai_labeler")
+    if not ai:
+        return []
+    return ["## AI feedback (RLAIF)", "",
+            f"The AI labeler ({ai['judge']}, Constitutional AI's multiple choice after the web text's review "
+            f"template, both orders averaged) ranked the {ai['train_rankings']} training rankings' responses for "
+            f"{ai['forward_passes']:,} judge forward passes ({_f(ai['seconds'], '.0f')} s).", "",
+            "| on the held-out pairs | agreement |", "|---|---:|",
+            f"| AI labeler vs gold | {_f(ai['agreement_gold'], '.1%')} |",
+            f"| AI labeler vs the simulated labeler | {_f(ai['agreement_labeler'], '.1%')} |",
+            f"| simulated labeler vs gold | {_f(ai['labeler_agreement_gold'], '.1%')} |",
+            f"| reward model on AI labels vs the labeler / vs gold | {_f(ai['rm_val_accuracy'], '.1%')} / "
+            f"{_f(ai['rm_val_accuracy_vs_gold'], '.1%')} |", ""]
+
+
+def build_report(out: Path, models: dict[str, str], seconds: dict[str, float], seed: int) -> tuple[dict, dict]:
     evals = {name: load_eval(out, name) for name in models}
-    rates, extra = win_rates(evals, temperatures)
+    rates, extra = win_rates(evals)
     rm = json.loads((out / "rm" / "heldout.json").read_text())
+    figures = {name: {k: evals[name]["figures"].get(k) for k in FIGURE_KEYS} for name in models}
+    large_likert = figures["base_large"]["likert"]
+    counts = json.loads((out / "data" / "counts.json").read_text()) if (out / "data" / "counts.json").exists() else {}
     report = {
-        "models": {name: {k: evals[name]["figures"][k] for k in FIGURE_KEYS} for name in models},
+        "world_version": WORLD_VERSION,
+        "models": figures,
         "win_rates": rates,
+        "method_table": method_table(figures, rates),
+        "likert_ratio_vs_base_large": {name: f["likert"] / large_likert for name, f in figures.items()},
+        "paper_likert_ratio": PAPER_LIKERT_RATIO,
+        "training": {name: training_curve(out / name / "metrics.jsonl") for name in models
+                     if (out / name / "metrics.jsonl").exists() and (name.startswith("ppo") or name in GROUP_ADVANTAGES)},
         "reward_model": {k: rm[k] for k in RM_KEYS if k in rm},
-        "eval": {"prompts": len(evals["sft"]["decodings"]["t1"]["scores"]), "temperature": 1.0, "seed": seed},
+        "eval": {"prompts": len(evals["sft"]["decodings"]["t1"]["scores"]),
+                 "validation_prompts": counts.get("validation_prompts"), "temperature": 1.0, "seed": seed},
         "seconds": {k: round(float(v), 3) for k, v in seconds.items()},
     }
+    ai = out / "comparisons_ai" / "ai_labeler.json"
+    if ai.exists():  # --feedback ai: the AI labeler beside the simulated ones, and the RM trained on it
+        rm_ai = json.loads((out / "rm_ai" / "heldout.json").read_text())
+        report["ai_labeler"] = {**json.loads(ai.read_text()),
+                                "rm_val_accuracy": rm_ai["val_accuracy"],
+                                "rm_val_accuracy_vs_gold": rm_ai["val_accuracy_vs_gold"]}
     details = {"evals": evals, "rm": rm, **extra}
     return _json_safe(report), details
 
@@ -223,8 +310,6 @@ def plot_overoptimisation(runs: dict[str, Path], path: Path, title: str = "Over-
     plt.close(fig)
 
 
-TRAINED = ("base_small", "base_large", "sft")  # models that are not an alignment method
-
 
 def plot_frontier(report: dict, ppo_metrics: dict[str, Path], path: Path) -> None:
     """Gold score against sqrt(KL to SFT) for SFT and every trained method, evaluated
@@ -251,16 +336,14 @@ def plot_frontier(report: dict, ppo_metrics: dict[str, Path], path: Path) -> Non
 
 
 def method_comparison(report: dict) -> list[str]:
-    """Markdown table: every alignment method at the same data budget."""
-    m, w = report["models"], report["win_rates"]
-    lines = ["| method | gold | Likert | exact | length | KL to SFT | vs SFT | vs base-large |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, fig in m.items():
-        if name in TRAINED:
-            continue
-        lines.append(f"| {LABELS.get(name, name)} | {_f(fig['gold'])} | {_f(fig['likert'], '.2f')} | "
-                     f"{_f(fig['exact'], '.1%')} | {_f(fig['length'], '.1f')} | {_f(fig['kl_to_sft'], '.2f')} | "
-                     f"{_f(w.get(f'{name}_vs_sft'), '.1%')} | {_f(w.get(f'{name}_vs_base_large'), '.1%')} |")
+    """Markdown: the method table (every method on the same data, against SFT)."""
+    lines = ["| method | gold | follows (constrained) | exact | KL to SFT | vs SFT (T = 1) | vs SFT greedy | "
+             "best vs SFT best |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in report["method_table"]:
+        lines.append(f"| {LABELS.get(row['method'], row['method'])} | {_f(row['gold'])} | "
+                     f"{_f(row['follows_constrained'], '.1%')} | {_f(row['exact'], '.1%')} | "
+                     f"{_f(row['kl_to_sft'], '.2f')} | {_f(row['vs_sft'], '.1%')} | {_f(row['vs_sft_greedy'], '.1%')} | "
+                     f"{_f(row['best_vs_sft_best'], '.1%')} |")
     return lines
 
 
@@ -289,18 +372,32 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
                             details["evals"]["base_large"]["decodings"]["t1"]["scores"])
         lines.append(f"| {LABELS.get(name, name)} | {fig['params']:,} | {_f(fig['likert'], '.2f')} | {_f(pref, '.1%')} |")
     lines += ["", "![Likert per model](likert.png)", "", "## All figures (samples at T = 1)", "",
-              "| model | gold | Likert | exact | terminated | polite | length (tok) | KL to SFT (nats) | web-text loss |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| model | gold | Likert | exact | follows | follows (constrained) | terminated | polite | length (tok) | "
+              "KL to SFT (nats) | web-text loss |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, fig in m.items():
         lines.append(f"| {LABELS.get(name, name)} | {_f(fig['gold'])} | {_f(fig['likert'], '.2f')} | "
-                     f"{_f(fig['exact'], '.1%')} | {_f(fig['terminated'], '.1%')} | {_f(fig['polite'], '.1%')} | "
+                     f"{_f(fig['exact'], '.1%')} | {_f(fig['follows'], '.1%')} | {_f(fig['follows_constrained'], '.1%')} | "
+                     f"{_f(fig['terminated'], '.1%')} | {_f(fig['polite'], '.1%')} | "
                      f"{_f(fig['length'], '.1f')} | {_f(fig['kl_to_sft'], '.2f')} | {_f(fig['webtext_loss'])} |")
-    lines += ["", "Greedy decoding and other temperatures:", "", "| model | decoding | gold | exact | terminated | length |",
-              "|---|---|---:|---:|---:|---:|"]
+    constraints = list(next(iter(m.values()))["per_constraint"])
+    lines += ["", "Per constraint (follows / gold at T = 1; `none`: prompts without a constraint):", "",
+              "| model | " + " | ".join(constraints) + " |", "|---|" + "---:|" * len(constraints)]
+    for name, fig in m.items():
+        cells = [f"{_f(fig['per_constraint'][c]['follows'], '.0%')} / {_f(fig['per_constraint'][c]['gold'], '.2f')}"
+                 for c in constraints]
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    lines += ["", "Likert over base-large's: " + ", ".join(
+        f"{LABELS.get(n, n)} {_f(r, '.2f')}x" for n, r in report["likert_ratio_vs_base_large"].items())
+        + f" (InstructGPT: {PAPER_LIKERT_RATIO}x; this world's base-large scores higher than GPT-3 did)."]
+    lines += ["", "Greedy decoding and each model's best temperature (chosen on the validation prompts):", "",
+              "| model | decoding | gold | exact | follows (constrained) | terminated | length |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for name, ev in details["evals"].items():
         for key, d in ev["decodings"].items():
-            lines.append(f"| {LABELS.get(name, name)} | {'T = ' + key[1:] if key.startswith('t') else key} | "
-                         f"{_f(d['gold'])} | {_f(d['exact'], '.1%')} | {_f(d['terminated'], '.1%')} | {_f(d['length'], '.1f')} |")
+            label = f"best (T = {d['temperature']:g})" if key == "best" else "T = " + key[1:] if key.startswith("t") else key
+            lines.append(f"| {LABELS.get(name, name)} | {label} | {_f(d['gold'])} | {_f(d['exact'], '.1%')} | "
+                         f"{_f(d.get('follows_constrained'), '.1%')} | {_f(d['terminated'], '.1%')} | {_f(d['length'], '.1f')} |")
     families = list(next(iter(m.values()))["per_family"])
     lines += ["", "Per family (gold / exact at T = 1):", "", "| model | " + " | ".join(families) + " |",
               "|---|" + "---:|" * len(families)]
@@ -311,8 +408,13 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
     lines += ["", "## Win rates (gold judge; ties count one half)", "", "| comparison | win rate |", "|---|---:|"]
     for k, v in w.items():
         lines.append(f"| {k.replace('_', ' ')} | {_f(v, '.1%')} |")
-    lines += ["", f"SFT's best sampling temperature among {list(cfg.eval_temperatures)}: "
+    lines += ["", f"SFT's best sampling temperature among {list(cfg.eval_temperatures)} on the validation prompts: "
               f"{details.get('sft_best_temperature')}.", "",
+              "RL training (rollout means over the first and last 3 steps):", "",
+              "| run | steps | proxy (RM) first -> last | gold first -> last | KL last |", "|---|---:|---:|---:|---:|",
+              *[f"| {LABELS.get(n, n)} | {c['steps']} | {_f(c.get('proxy_first'))} -> {_f(c.get('proxy_last'))} | "
+                f"{_f(c.get('gold_first'))} -> {_f(c.get('gold_last'))} | {_f(c.get('kl_last'), '.2f')} |"
+                for n, c in report["training"].items()], "",
               "## Labelers and reward model", "",
               f"- Comparison prompts: {lab['prompts']}, K = {lab['k']} SFT samples each at temperature "
               f"{cfg.comparison_temperature}; {lab['responses_unterminated']} of {lab['responses_sampled']} responses "
@@ -335,6 +437,7 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
               f"| RM accuracy vs gold (gold ties one half) | {_f(rm['val_accuracy_vs_gold'], '.1%')} |",
               f"| labeler vs gold (oracle ceiling) | {_f(rm['oracle_agreement'], '.1%')} |",
               *_rm_learned_rows(rm), "",
+              *_ai_labeler_lines(report),
               "## Alignment methods on the same comparisons", "",
               *method_comparison(report), "",
               "![gold vs KL for every method](frontier.png)", "",
@@ -369,7 +472,7 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
 
 
 def write_report(out: Path, cfg, models: dict[str, str], seconds: dict[str, float]) -> dict:
-    report, details = build_report(out, models, seconds, cfg.seed, cfg.eval_temperatures)
+    report, details = build_report(out, models, seconds, cfg.seed)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     ppo_dirs = {name: out / name for name in models if name.startswith("ppo") or name in GROUP_ADVANTAGES}
     try:

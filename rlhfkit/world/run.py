@@ -1,5 +1,5 @@
 """`rlhfkit run`: the InstructGPT recipe end to end in the instruction world
-(WORLD.md), evaluated by the gold judge, with report.json and report.md.
+(docs/world.md), evaluated by the gold judge, with report.json and report.md.
 
     <output_dir>/
       config.yaml
@@ -72,7 +72,12 @@ DEFAULT_BASE_SMALL = "rlhfkit/world/checkpoints/base-small"
 DEFAULT_BASE_LARGE = "rlhfkit/world/checkpoints/base-large"
 MODELS = ("base_small", "base_large", "sft", "ppo")
 RL_METHODS = ("ppo", *GROUP_ADVANTAGES)  # the PPO stage; rloo and grpo with a group baseline, no critic
-RM_INITS = ("sft_large", "base_large")
+ORACLE = "ppo_gold"  # PPO with the gold judge as its reward: an upper bound no real run has
+BEST_OF_N = "bon"  # best-of-n samples of SFT by the reward model, reported as bon<n> for each of bon_n
+# `--algo all`: the method table (SFT and the bases are always there)
+ALL_METHODS = ("ppo", *GROUP_ADVANTAGES, BEST_OF_N, "dpo", "ipo", "orpo", "kto", ORACLE)
+RM_INITS = ("sft_large", "base_large", "sft")
+FEEDBACK = ("labelers", "ai")
 
 
 # ----------------------------------------------------------------------------- stage options with world defaults
@@ -200,6 +205,8 @@ class RunConfig:
     comparison_temperature: float = option(1.0, "sampling temperature of the comparison responses")
     ppo_prompts: int = option(2048, "PPO prompts (the episode budget cycles through them)")
     eval_prompts: int = option(1000, "evaluation prompts, even over the families")
+    validation_prompts: int = option(256, "validation prompts (disjoint from the evaluation prompts) on which each "
+                                     "model's best sampling temperature is chosen")
     max_new_tokens: int = option(48, "most tokens per sampled response (comparisons and evaluation)")
     labeler_target_agreement: float = option(0.73, "recalibrate labeler noise on the SFT samples to this agreement")
     calibrate_labelers: bool = option(True, "recalibrate the labelers' noise on the real SFT samples")
@@ -208,11 +215,19 @@ class RunConfig:
     rm_heldout_fraction: float = option(0.1, "comparison prompts held out for the reward model's accuracy")
     webtext_eval_docs: int = option(100, "held-out web-text documents for the alignment tax")
     eval_batch_size: int = option(256, "prompts generated at once in evaluation")
-    eval_temperatures: list[float] = option([0.5, 0.7, 1.0], "SFT temperatures for ppo_vs_sft_best_temperature")
-    algo: list[str] = option(["ppo"], "methods trained on the same comparisons, comma-separated: ppo, rloo, grpo "
-                             "(RL against the reward model: the PPO stage, critic-free for rloo and grpo) and any "
-                             "of dpo, ipo, cdpo, robust, hinge, simpo, kto (from SFT), orpo (from base-small: "
-                             "demonstrations and comparisons in one stage)")
+    eval_temperatures: list[float] = option([0.5, 0.7, 1.0], "sampling temperatures each model's best is chosen from "
+                                            "(on the validation prompts)")
+    algo: list[str] = option(["ppo"], "methods on the same comparisons, comma-separated: ppo, rloo, grpo (RL against "
+                             "the reward model), bon (best-of-n of SFT by the RM), any of dpo, ipo, cdpo, robust, "
+                             "hinge, simpo, kto (from SFT), orpo (from base-small), ppo_gold (PPO against the gold "
+                             "judge: an upper bound); all: the method table's " + ", ".join(ALL_METHODS))
+    bon_n: list[int] = option([4, 16], "best-of-n sizes (--algo bon), each reported as bon<n>")
+    feedback: str = option("labelers", "labelers: RLHF from the simulated labelers; ai: also RLAIF, the same SFT "
+                           "samples ranked by an AI judge (base-large reading its web text's review template), a "
+                           "reward model and PPO on those rankings (rm_ai/, ppo_ai/)")
+    ai_judge: str = option("", "the AI labeler's model (default: base_large)")
+    ai_principles: str = option("", "a file of Constitutional-AI principles, one a line (default none: the world's "
+                                "review documents carry no principle line)")
     rl_group_size: int = option(4, "rloo and grpo: responses sampled per prompt, each prompt's baseline (same "
                                 "episode budget as PPO: ppo.total_episodes responses)")
     ptx: bool = option(False, "also train and evaluate a PPO-ptx policy")
@@ -307,7 +322,8 @@ def _data_stage(cfg: RunConfig, out: Path) -> None:
 
     counts = make_world_data(out / "data", n_demonstrations=cfg.demonstrations,
                              n_comparison_prompts=cfg.comparison_prompts, n_ppo_prompts=cfg.ppo_prompts,
-                             n_eval_prompts=cfg.eval_prompts, seed=cfg.seed)
+                             n_eval_prompts=cfg.eval_prompts, n_validation_prompts=cfg.validation_prompts,
+                             seed=cfg.seed)
     if cfg.ptx:
         _ptx_data(cfg, out)
     (out / "data" / "counts.json").write_text(json.dumps(counts, indent=2))
@@ -349,28 +365,87 @@ def _train_ppo_with_gold(ppo_cfg: PPOConfig) -> Path:
     return train_ppo(ppo_cfg, reward_fns=(gold,))
 
 
+def oracle_stage_config(cfg: RunConfig, out: Path) -> PPOConfig:
+    """PPO with the gold judge as its only reward (no reward model), scaled like the
+    RM: 1 / the std of gold over the K SFT samples of the comparison prompts, so
+    that beta and the learning rate mean the same as in PPO against the RM."""
+    from rlhfkit.world.stages import read_jsonl, tasks_of
+    from rlhfkit.world.judge import judge_task
+
+    rows = read_jsonl(out / "comparisons" / "samples.jsonl")
+    golds = [judge_task(t, y, e).gold for t, r in zip(tasks_of(rows), rows)
+             for y, e in zip(r["responses"], r["terminated"])]
+    mean = sum(golds) / len(golds)
+    std = (sum((g - mean) ** 2 for g in golds) / max(len(golds) - 1, 1)) ** 0.5
+    weights = [*[1.0] * len(cfg.ppo.reward_functions), 1.0 / max(std, 1e-3)]
+    return ppo_stage_config(cfg, out, out / ORACLE, reward_model="", reward_weights=weights)
+
+
+def expand_algo(algo: list[str]) -> list[str]:
+    """`--algo` with `all` expanded, duplicates dropped, unknown names refused."""
+    names = [m for a in algo for m in (ALL_METHODS if a == "all" else (a,))]
+    known = (*RL_METHODS, BEST_OF_N, ORACLE, *DIRECT_METHODS)
+    unknown = [a for a in names if a not in known]
+    if unknown:
+        raise ValueError(f"--algo: unknown method {unknown[0]!r}; choose any of {', '.join(RL_METHODS)}, "
+                         f"{BEST_OF_N}, {', '.join(sorted(DIRECT_METHODS))}, {ORACLE} or all")
+    return list(dict.fromkeys(names))
+
+
 def _eval_stage(cfg: RunConfig, out: Path, name: str, path: str, sft_holder: dict) -> None:
     from rlhfkit.world.evaluate import evaluate_policy, heldout_webtext
     from rlhfkit.world.stages import read_jsonl, tasks_of
 
     rows = read_jsonl(out / "data" / "eval_prompts.jsonl")
     tasks = tasks_of(rows)
+    val_rows = read_jsonl(out / "data" / "validation_prompts.jsonl")
     is_sft = name == "sft"
-    temps = sorted(set(cfg.eval_temperatures) | {1.0}) if is_sft else [1.0]
     if not is_sft and "model" not in sft_holder:
         from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
         sft_holder["model"] = load_causal_lm(str(out / "sft"), load_tokenizer(str(out / "sft"))).eval()
     result = evaluate_policy(path, tasks, [r["prompt"] for r in rows], sft_model=None if is_sft else sft_holder["model"],
-                             webtext=heldout_webtext(cfg.webtext_eval_docs), temperatures=temps,
-                             greedy=name not in ("base_small", "base_large"), max_new_tokens=cfg.max_new_tokens,
-                             batch_size=cfg.eval_batch_size, seed=cfg.seed + 7,
+                             webtext=heldout_webtext(cfg.webtext_eval_docs), temperatures=cfg.eval_temperatures,
+                             validation=(tasks_of(val_rows), [r["prompt"] for r in val_rows]), greedy=True,
+                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, seed=cfg.seed + 7,
                              samples_out=out / "eval" / f"{name}.samples.jsonl")
     if is_sft:  # the SFT model is its own reference: keep it loaded for the others
         sft_holder["model"] = result["model"]
         result["figures"]["kl_to_sft"] = 0.0  # log pi - log pi_sft is identically 0 on every sample
     (out / "eval" / f"{name}.json").write_text(json.dumps(
         {"figures": result["figures"], "decodings": result["decodings"]}, indent=1))
+
+
+def _ai_feedback_stages(cfg: RunConfig, out: Path, rm_cfg: RewardConfig, base_large: str) -> dict[str, float]:
+    """RLAIF beside RLHF: AI rankings of the same samples, a reward model and PPO on them."""
+    from rlhfkit.label.ai import read_principles
+    from rlhfkit.world.feedback import ai_comparisons_stage
+
+    judge = resolve_model_path(cfg.ai_judge) if cfg.ai_judge else base_large
+    principles = read_principles(cfg.ai_principles) if cfg.ai_principles else None
+    seconds = {"comparisons_ai": _timed("comparisons_ai", out / "comparisons_ai", lambda: ai_comparisons_stage(
+        out, judge, principles=principles, seed=cfg.seed, batch_size=cfg.eval_batch_size // 4))}
+    rm_ai = dataclasses.replace(rm_cfg, output_dir=str(out / "rm_ai"),
+                                data=str(out / "comparisons_ai" / "comparisons.jsonl"))
+    seconds["rm_ai"] = run_stage("rm_ai", out / "rm_ai", lambda c: _rm_stage(cfg, out, c), rm_ai, log=_log)
+    ppo_ai = ppo_stage_config(cfg, out, out / "ppo_ai", reward_model=str(out / "rm_ai"))
+    seconds["ppo_ai"] = run_stage("ppo_ai", out / "ppo_ai", _train_ppo_with_gold, ppo_ai, log=_log)
+    return seconds
+
+
+def _best_of_n_stage(cfg: RunConfig, out: Path) -> None:
+    """eval/bon<n>.json for each n of bon_n: SFT samples re-ranked by the reward model."""
+    from rlhfkit.world.evaluate import evaluate_best_of_n
+    from rlhfkit.world.stages import read_jsonl, tasks_of
+
+    rows = read_jsonl(out / "data" / "eval_prompts.jsonl")
+    sft_figures = json.loads((out / "eval" / "sft.json").read_text())["figures"]
+    results = evaluate_best_of_n(str(out / "sft"), str(out / "rm"), tasks_of(rows), [r["prompt"] for r in rows],
+                                 cfg.bon_n, sft_figures=sft_figures, max_new_tokens=cfg.max_new_tokens,
+                                 batch_size=cfg.eval_batch_size, seed=cfg.seed + 13,
+                                 samples_out=out / "eval" / "bon.samples.jsonl")
+    for n, result in results.items():
+        (out / "eval" / f"bon{n}.json").write_text(json.dumps(result, indent=1))
 
 
 def _direct_stage(cfg: RunConfig, out: Path, name: str, base_small: str) -> tuple[float, str]:
@@ -434,10 +509,9 @@ def run_world(cfg: RunConfig) -> Path:
 
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    unknown = [a for a in cfg.algo if a not in RL_METHODS and a not in DIRECT_METHODS]
-    if unknown:
-        raise ValueError(f"--algo: unknown method {unknown[0]!r}; choose any of {', '.join(RL_METHODS)}, "
-                         f"{', '.join(sorted(DIRECT_METHODS))}")
+    algo = expand_algo(cfg.algo)
+    if cfg.feedback not in FEEDBACK:
+        raise ValueError(f"--feedback: unknown source {cfg.feedback!r}; choose {' or '.join(FEEDBACK)}")
     if cfg.rm_init not in RM_INITS:
         raise ValueError(f"--rm_init: unknown starting point {cfg.rm_init!r}; choose {' or '.join(RM_INITS)}")
     out = Path(cfg.output_dir)
@@ -452,7 +526,7 @@ def run_world(cfg: RunConfig) -> Path:
     sft_cfg = _stage_config(SFTConfig, cfg.sft, cfg, model=base_small, data=demonstrations, output_dir=str(out / "sft"))
     seconds["sft"] = run_stage("sft", out / "sft", train_sft, sft_cfg, log=_log)
 
-    rm_init = base_large
+    rm_init = {"base_large": base_large, "sft": str(out / "sft")}.get(cfg.rm_init)
     if cfg.rm_init == "sft_large":
         large_cfg = _stage_config(SFTConfig, cfg.sft_large, cfg, model=base_large, data=demonstrations,
                                   output_dir=str(out / "sft_large"))
@@ -467,13 +541,19 @@ def run_world(cfg: RunConfig) -> Path:
     seconds["rm"] = run_stage("rm", out / "rm", lambda c: _rm_stage(cfg, out, c), rm_cfg, log=_log)
 
     models = {"base_small": base_small, "base_large": base_large, "sft": str(out / "sft")}
-    for name in [a for a in RL_METHODS if a in cfg.algo]:
+    if cfg.feedback == "ai":
+        seconds.update(_ai_feedback_stages(cfg, out, rm_cfg, base_large))
+        models["ppo_ai"] = str(out / "ppo_ai")
+    for name in [a for a in RL_METHODS if a in algo]:
         critic_free = {} if name == "ppo" else {"advantage_estimator": name, "samples_per_prompt": cfg.rl_group_size}
         seconds[name] = run_stage(name, out / name, _train_ppo_with_gold,
                                   ppo_stage_config(cfg, out, out / name, **critic_free), log=_log)
         models[name] = str(out / name)
-    for name in [a for a in cfg.algo if a not in RL_METHODS]:
+    for name in [a for a in algo if a in DIRECT_METHODS]:
         seconds[name], models[name] = _direct_stage(cfg, out, name, base_small)
+    if ORACLE in algo:
+        seconds[ORACLE] = run_stage(ORACLE, out / ORACLE, _train_ppo_with_gold, oracle_stage_config(cfg, out), log=_log)
+        models[ORACLE] = str(out / ORACLE)
     if cfg.ptx:
         ptx_cfg = ppo_stage_config(cfg, out, out / "ppo_ptx", ptx_data=_ptx_data(cfg, out), ptx_coef=cfg.ptx_coef)
         seconds["ppo_ptx"] = run_stage("ppo_ptx", out / "ppo_ptx", _train_ppo_with_gold, ptx_cfg, log=_log)
@@ -486,6 +566,11 @@ def run_world(cfg: RunConfig) -> Path:
             (out / "eval" / name / DONE).unlink(missing_ok=True)
         eval_seconds += _timed(f"eval {name}", out / "eval" / name,
                                lambda name=name: _eval_stage(cfg, out, name, models[name], sft_holder))
+    if BEST_OF_N in algo:
+        if not all((out / "eval" / f"bon{n}.json").exists() for n in cfg.bon_n):
+            (out / "eval" / BEST_OF_N / DONE).unlink(missing_ok=True)
+        eval_seconds += _timed(f"eval {BEST_OF_N}", out / "eval" / BEST_OF_N, lambda: _best_of_n_stage(cfg, out))
+        models.update({f"bon{n}": f"bon{n}" for n in cfg.bon_n})
     seconds["eval"] = eval_seconds
     start = time.perf_counter()
     write_report(out, cfg, models, seconds)

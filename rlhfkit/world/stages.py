@@ -18,7 +18,7 @@ import torch
 from rlhfkit.data.collate import pad_prompt_response, pad_sequences
 from rlhfkit.data.tokenize import prompt_token_ids
 from rlhfkit.world.demonstrators import make_demonstrations
-from rlhfkit.world.judge import gold_rewards, gold_score
+from rlhfkit.world.judge import gold_rewards, judge_task
 from rlhfkit.world.labelers import (
     LabelerConfig,
     calibrate_noise,
@@ -27,7 +27,7 @@ from rlhfkit.world.labelers import (
     oracle_agreement,
     rank,
 )
-from rlhfkit.world.splits import make_split
+from rlhfkit.world.splits import iter_split, make_split
 from rlhfkit.world.tasks import Task, parse_instruction
 
 # Offset of the second, independent labeler (never in the pool) used for the
@@ -62,21 +62,33 @@ def tasks_of(rows: Sequence[dict]) -> list[Task]:
 
 # ----------------------------------------------------------------------------- stage 1: data
 
+def validation_tasks(n_eval: int, n_validation: int, seed: int) -> list[Task]:
+    """Validation prompts for choosing a sampling temperature: the eval split's
+    stream after its first `n_eval` tasks, so none is an evaluation prompt (the
+    split's instances are unique; only the three `name` instructions recur)."""
+    stream = iter_split("eval", seed)
+    tasks = [next(stream) for _ in range(n_eval + n_validation)]
+    return tasks[n_eval:]
+
+
 def make_world_data(data_dir: Path, *, n_demonstrations: int, n_comparison_prompts: int, n_ppo_prompts: int,
-                    n_eval_prompts: int, seed: int) -> dict[str, int]:
+                    n_eval_prompts: int, n_validation_prompts: int = 0, seed: int) -> dict[str, int]:
     """demonstrations.jsonl (prompt messages + completion), comparison_prompts,
-    ppo_prompts and eval_prompts (prompt messages + instruction + family) from
-    the world's disjoint splits."""
+    ppo_prompts, eval_prompts and validation_prompts (prompt messages +
+    instruction + family + constraint) from the world's disjoint splits."""
     demos = make_demonstrations(n_demonstrations, seed)
     write_jsonl(data_dir / "demonstrations.jsonl",
                 [{"prompt": chat(d["prompt"]), "completion": d["completion"], "family": d["family"],
-                  "kind": d["kind"]} for d in demos])
+                  "kind": d["kind"], "constraint": d["constraint"], "formatted": d["formatted"]} for d in demos])
     counts = {"demonstrations": len(demos)}
-    for name, split, n in (("comparison_prompts", "comparisons", n_comparison_prompts),
-                           ("ppo_prompts", "ppo", n_ppo_prompts), ("eval_prompts", "eval", n_eval_prompts)):
-        tasks = make_split(split, n, seed)
+    splits = {"comparison_prompts": make_split("comparisons", n_comparison_prompts, seed),
+              "ppo_prompts": make_split("ppo", n_ppo_prompts, seed),
+              "eval_prompts": make_split("eval", n_eval_prompts, seed),
+              "validation_prompts": validation_tasks(n_eval_prompts, n_validation_prompts, seed)}
+    for name, tasks in splits.items():
         write_jsonl(data_dir / f"{name}.jsonl",
-                    [{"prompt": chat(t.instruction), "instruction": t.instruction, "family": t.family} for t in tasks])
+                    [{"prompt": chat(t.instruction), "instruction": t.instruction, "family": t.family,
+                      "constraint": t.constraint} for t in tasks])
         counts[name] = len(tasks)
     return counts
 
@@ -248,22 +260,36 @@ def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConf
     the gold judge, gold ties count one half), labeler_agreement (a second,
     independent labeler vs the first), oracle_agreement (gold vs the first labeler:
     the ceiling a reward model that learned the labeler could reach against gold)."""
-    from rlhfkit.models.forward import reward_scores
     from rlhfkit.models.loading import load_reward_model, load_tokenizer
 
     tokenizer = load_tokenizer(rm_dir)
     model = load_reward_model(rm_dir, tokenizer).eval()
-    pairs = []
-    for row in rows:
-        p = prompt_token_ids(tokenizer, row["prompt"])
-        for y, ended in zip(row["responses"], row["terminated"]):
-            eos = [tokenizer.eos_token_id] if ended else []
-            pairs.append((p, tokenizer(y, add_special_tokens=False)["input_ids"] + eos))
-    scores: list[float] = []
-    for start in range(0, len(pairs), batch_size):
-        ids, mask, target = pad_prompt_response(pairs[start:start + batch_size], tokenizer.pad_token_id)
-        scores += reward_scores(model, ids, mask, target).tolist()
+    prompts = [row["prompt"] for row in rows for _ in row["responses"]]
+    responses = [y for row in rows for y in row["responses"]]
+    terminated = [t for row in rows for t in row["terminated"]]
+    scores = reward_model_scores(model, tokenizer, prompts, responses, terminated, batch_size=batch_size)
     return heldout_pair_figures(rows, scores, labeler)
+
+
+@torch.no_grad()
+def reward_model_scores(model, tokenizer, prompts: Sequence, responses: Sequence[str], terminated: Sequence[bool],
+                        *, batch_size: int = 64) -> list[float]:
+    """The reward model's (normalised) score of each response to its prompt; a
+    response that ran out of tokens is encoded without EOS, as PPO scores it."""
+    from rlhfkit.models.forward import reward_scores
+
+    pairs = []
+    for p, y, ended in zip(prompts, responses, terminated):
+        eos = [tokenizer.eos_token_id] if ended else []
+        pairs.append((prompt_token_ids(tokenizer, p), tokenizer(y, add_special_tokens=False)["input_ids"] + eos))
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))  # less padding
+    scores = [0.0] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask, target = pad_prompt_response([pairs[i] for i in idx], tokenizer.pad_token_id)
+        for i, v in zip(idx, reward_scores(model, ids, mask, target).tolist()):
+            scores[i] = v
+    return scores
 
 
 def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler: LabelerConfig) -> dict:
@@ -273,6 +299,7 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
     pairs = 0
     pos = 0
     exact_pairs: dict[str, list[float]] = {}  # family -> [pairs differing in exactness, RM prefers the exact one]
+    follows_pairs = [0, 0.0]  # [pairs where only one response follows the asked format, RM prefers that one]
     all_scores, all_gold, all_length = [], [], []
     for row in rows:
         ys = row["responses"]
@@ -281,7 +308,7 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
         pos += k
         task = parse_instruction(row["prompt"][-1]["content"])
         ended = row["terminated"]
-        judged = [gold_score(y, task.accepted, t) for y, t in zip(ys, ended)]
+        judged = [judge_task(task, y, t) for y, t in zip(ys, ended)]
         g = [j.gold for j in judged]
         all_scores += s
         all_gold += g
@@ -292,6 +319,9 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
                 if judged[i].exact != judged[j].exact:  # score ties count one half
                     fam[0] += 1
                     fam[1] += 0.5 if s[i] == s[j] else float((s[i] > s[j]) == judged[i].exact)
+                if judged[i].follows != judged[j].follows:
+                    follows_pairs[0] += 1
+                    follows_pairs[1] += 0.5 if s[i] == s[j] else float((s[i] > s[j]) == judged[i].follows)
         other = rank(task, ys, ended, row["labeler"] + SECOND_LABELER_OFFSET, row["seed"],
                      prompt_index=row["index"], config=labeler)
         other_pos = {idx: r for r, idx in enumerate(other)}
@@ -318,6 +348,8 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
             "exact_pairs": n_exact,
             "exact_pair_accuracy": sum(r for _, r in exact_pairs.values()) / n_exact if n_exact else float("nan"),
             "exact_pair_accuracy_per_family": {f: r / n for f, (n, r) in sorted(exact_pairs.items()) if n},
+            "follows_pairs": follows_pairs[0],
+            "follows_pair_accuracy": follows_pairs[1] / follows_pairs[0] if follows_pairs[0] else float("nan"),
             "score_correlation": {"gold": _pearson(all_scores, all_gold), "length": _pearson(all_scores, all_length)}}
 
 

@@ -87,7 +87,8 @@ def sweep_kl(cfg: SweepConfig) -> Path:
                                  max_new_tokens=run_cfg.max_new_tokens, batch_size=run_cfg.eval_batch_size,
                                  seed=run_cfg.seed + 7)
             f = ev["figures"]
-            eval_file.write_text(json.dumps({k: f[k] for k in ("gold", "likert", "exact", "terminated", "length",
+            eval_file.write_text(json.dumps({k: f[k] for k in ("gold", "likert", "exact", "follows",
+                                                                "follows_constrained", "terminated", "length",
                                                                 "kl_to_sft")}, indent=2))
         if eval_file.exists():
             result["eval"] = json.loads(eval_file.read_text())
