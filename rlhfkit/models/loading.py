@@ -230,8 +230,34 @@ def load_reward_model(path: str, tokenizer, *, dtype: str = "float32",
 
 def reward_normalisation(model: nn.Module) -> tuple[float, float]:
     """(mean, std) stored with a reward model; (0, 1) when none was stored."""
-    config = model.config
+    config = model_config(model)
     return float(getattr(config, REWARD_MEAN_KEY, 0.0) or 0.0), float(getattr(config, REWARD_STD_KEY, 1.0) or 1.0)
+
+
+@torch.no_grad()
+def fold_reward_normalisation(model: nn.Module) -> bool:
+    """Fold the (mean, std) stored with a head-form reward model into its scalar head,
+    so that plain transformers (AutoModelForSequenceClassification) reads the scores
+    rlhfkit uses: w <- w / std, b <- (b - mean) / std, then the stored std is 1 and the
+    stored mean 0. rlhfkit reads the folded model exactly as before ((raw - mean) / std).
+
+    A head without a bias (every decoder-only classifier in transformers: Llama,
+    GPT-2, Qwen, ...) cannot hold the mean: the std is folded, the mean kept as mean
+    / std in config.json, and plain transformers' scores are rlhfkit's plus that
+    constant (same order, same differences). Returns whether the whole normalisation
+    now sits in the head; a mean_logprob reward model has no head and is left as it is."""
+    if reward_form(model)[0] != "head":
+        return False
+    config = model_config(model)
+    mean, std = reward_normalisation(model)
+    head = scalar_head(model)
+    head.weight.div_(std)
+    if head.bias is not None:
+        head.bias.sub_(mean).div_(std)
+        mean = 0.0
+    setattr(config, REWARD_MEAN_KEY, mean / std)
+    setattr(config, REWARD_STD_KEY, 1.0)
+    return mean == 0.0
 
 
 def count_parameters(model: nn.Module) -> int:
