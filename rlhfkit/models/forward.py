@@ -64,23 +64,17 @@ def scale_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def response_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      prompt_length: int, temperature: float = 1.0,
-                      return_entropy: bool = False):
+                      prompt_length: int, temperature: float = 1.0) -> torch.Tensor:
     """Log-probs of the response tokens of [left-padded prompt | response] rows.
 
     input_ids, attention_mask: [B,T] with T = prompt_length + A.
-    Returns logprobs [B,A] (and entropy [B,A]) for tokens input_ids[:, prompt_length:],
-    computed from logits / temperature: the same temperature the sampler used, or
-    the KL estimate is biased (docs/ppo.md).
+    Returns logprobs [B,A] for tokens input_ids[:, prompt_length:], computed from
+    logits / temperature: the same temperature the sampler used, or the KL estimate
+    is biased (docs/ppo.md).
     """
     logits, _ = response_logits(model, input_ids, attention_mask, prompt_length)
     logits = scale_logits(logits, temperature)  # [B,A,V] predicts tokens prompt_length..T-1
-    logprobs = gather_logprobs(logits, input_ids[:, prompt_length:])
-    if not return_entropy:
-        return logprobs
-    from rlhfkit.losses.common import entropy_from_logits
-
-    return logprobs, entropy_from_logits(logits)
+    return gather_logprobs(logits, input_ids[:, prompt_length:])
 
 
 def _trunk(model: nn.Module) -> nn.Module:
