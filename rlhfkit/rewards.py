@@ -8,9 +8,12 @@ device.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import math
 import numbers
+import pkgutil
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,8 +106,9 @@ class RewardFunctionError(ValueError):
 
 
 def _user_frame(e: BaseException) -> str:
+    ours = {Path(__file__).resolve(), Path(pkgutil.__file__).resolve()}
     frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if not f.filename.startswith("<") and Path(f.filename).resolve() != Path(__file__).resolve()]
+              if not f.filename.startswith("<") and Path(f.filename).resolve() not in ours]
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
@@ -173,27 +177,30 @@ class WeightedReward:
 
 
 def import_function(spec: str) -> Callable:
-    """'package.module:function' (or a path 'file.py:function') -> the callable."""
+    """'package.module:function' (pkgutil.resolve_name; also 'module:Class.method') or a
+    path 'file.py:function' -> the callable."""
     if ":" not in spec:
         raise ValueError(f"reward function {spec!r}: write it as module:function or path/to/file.py:function")
     module_name, attr = spec.rsplit(":", 1)
+    from_file = module_name.endswith(".py")
+    if from_file and not Path(module_name).is_file():
+        raise ValueError(f"reward function {spec!r}: no such file {module_name}")
     try:
-        if module_name.endswith(".py"):
-            if not Path(module_name).is_file():
-                raise ValueError(f"reward function {spec!r}: no such file {module_name}")
-            spec_obj = importlib.util.spec_from_file_location("rlhfkit_user_reward", module_name)
-            if spec_obj is None or spec_obj.loader is None:
-                raise ValueError(f"reward function {spec!r}: cannot load {module_name}")
-            module = importlib.util.module_from_spec(spec_obj)
-            spec_obj.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ValueError:
-        raise
-    except Exception as e:  # ModuleNotFoundError, SyntaxError, an error at the module's top level
-        raise RewardFunctionError(f"reward function {spec!r}: cannot import {module_name}: "
-                                  f"{type(e).__name__}: {e}{'' if isinstance(e, ImportError) else _user_frame(e)}") from e
-    fn = getattr(module, attr, None)
+        fn = getattr(_import_file(module_name), attr, None) if from_file else pkgutil.resolve_name(spec)
+    except Exception as e:  # ModuleNotFoundError, SyntaxError, an error at the module's top level, a bad name
+        if not (isinstance(e, AttributeError) and module_name in sys.modules):
+            raise RewardFunctionError(f"reward function {spec!r}: cannot import {module_name}: {type(e).__name__}: "
+                                      f"{e}{'' if isinstance(e, ImportError) else _user_frame(e)}") from e
+        fn = None  # the module was imported and has no such attribute
     if not callable(fn):
         raise ValueError(f"reward function {spec!r}: {module_name} has no callable {attr!r}")
     return fn
+
+
+def _import_file(path: str):
+    spec = importlib.util.spec_from_file_location("rlhfkit_user_reward", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no module loader for {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
