@@ -161,15 +161,15 @@ def test_critic_free_estimators_learn_without_a_value_model(setup, estimator):
 
 
 def test_episode_prompts_repeat_each_prompt_k_times_and_resume_in_place():
-    from rlhfkit.trainers.ppo import _episode_prompts
+    from rlhfkit.trainers.data_plan import episode_prompts
 
-    steps = [_episode_prompts(10, step, 8, 0, 0, k=4) for step in range(5)]
+    steps = [episode_prompts(10, step, 8, 0, 0, k=4) for step in range(5)]
     for index in steps:
         assert [index[i] for i in range(0, 8, 4)] == [index[i + 3] for i in range(0, 8, 4)]
         assert len(set(index[:4])) == 1 and len(set(index[4:])) == 1
     firsts = [i for index in steps for i in index[::4]]
     assert sorted(firsts[:10]) == list(range(10))  # 2 prompts per step: one pass over 10 prompts in 5 steps
-    assert _episode_prompts(10, 3, 8, 0, 0, k=1) == _episode_prompts(10, 3, 8, 0, 0)
+    assert episode_prompts(10, 3, 8, 0, 0, k=1) == episode_prompts(10, 3, 8, 0, 0)
 
 
 @pytest.mark.parametrize("options,message", [

@@ -310,10 +310,10 @@ def test_a_malformed_stage_marker_reruns_the_stage_instead_of_crashing(tmp_path,
 
 
 def test_ppo_with_every_prompt_skipped_is_an_error_not_a_division_by_zero(tmp_path, tiny_model_dir):
-    from rlhfkit.trainers.ppo import _load_prompts
+    from rlhfkit.trainers.ppo_setup import load_prompt_set
     from rlhfkit.trainers.ppo_config import PPOConfig
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say a rather long prompt, please."}] * 3)
     cfg = PPOConfig(model=tiny_model_dir, prompts=prompts, max_prompt_length=2, on_error="skip")
     with pytest.raises(ValueError, match="no prompts left to train on"):
-        _load_prompts(cfg, load_tokenizer(tiny_model_dir), None)
+        load_prompt_set(cfg, load_tokenizer(tiny_model_dir), None)

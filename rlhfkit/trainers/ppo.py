@@ -1,9 +1,12 @@
 """PPO with a per-token KL penalty to the SFT policy (Ouyang et al. 2022, eq. 2;
-Ziegler et al. 2019; the details in docs/ppo.md).
+Ziegler et al. 2019; the details in docs/ppo.md), and its critic-free variants
+(RLOO, GRPO, Dr. GRPO, DAPO, GSPO: --advantage_estimator, --loss_type).
 
-One PPO step is five named phases over a typed Rollout:
+One step is five named phases over a typed Rollout, in the order this file reads:
 
-    rollout -> score -> shape_rewards -> advantages -> update
+    rollout -> score -> shape_rewards -> advantages -> update (clipped losses)
+
+Set-up and output live in ppo_setup.py, the critic-free extras in critic_free.py.
 """
 from __future__ import annotations
 
@@ -12,24 +15,15 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.collate import pad_sequences
-from rlhfkit.data.loading import ColumnMap, load_prompts
-from rlhfkit.data.tokenize import encode_prompts
-from rlhfkit.io import atomic_write_bytes, write_json
-from rlhfkit.losses.advantages import GROUP_ADVANTAGES, gae_advantages
+from rlhfkit.io import write_json
+from rlhfkit.losses.advantages import gae_advantages
 from rlhfkit.losses.common import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
+from rlhfkit.losses.grpo import micro_batch_weight
 from rlhfkit.losses.kl import AdaptiveKLController, FixedKLController, kl_penalty
-from rlhfkit.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
-from rlhfkit.models.actor_critic import ActorCritic
+from rlhfkit.losses.ppo import explained_variance, ppo_value_loss
 from rlhfkit.models.forward import response_logprobs
-from rlhfkit.models.loading import (
-    LoraOptions,
-    load_causal_lm,
-    load_reward_model,
-    load_scalar_model,
-    load_tokenizer,
-    save_pretrained_dir,
-)
-from rlhfkit.rewards import FunctionScorer, RewardModelScorer, ScoringBatch, WeightedReward, import_function
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.rewards import ScoringBatch, WeightedReward
 from rlhfkit.rollout.generate import make_generator
 from rlhfkit.rollout.rollout import Rollout, concat_rollouts
 from rlhfkit.trainers.checkpoint import open_stage
@@ -45,8 +39,16 @@ from rlhfkit.trainers.common import (
     progress_bar,
     timer,
 )
-from rlhfkit.trainers.data_plan import load_records
+from rlhfkit.trainers.critic_free import (
+    group_advantages,
+    keep_rows,
+    penalise_overlong,
+    policy_loss,
+    reward_beta,
+)
+from rlhfkit.trainers.data_plan import episode_prompts
 from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo_setup import build_models, build_reward, load_prompt_set, log_samples, save_models
 from rlhfkit.trainers.ptx import PretrainingBatches
 
 
@@ -139,22 +141,41 @@ def shape_rewards(ro: Rollout, beta: float, estimator: str) -> None:
     ro.rewards[torch.arange(ro.rewards.shape[0], device=last.device), last] += ro.scores
 
 
-def advantages(ro: Rollout, cfg: PPOConfig) -> None:
+def advantages(ro: Rollout, cfg: PPOConfig, whiten=masked_whiten) -> None:
     """GAE over the shaped per-token rewards, or a critic-free group baseline over each
     response's return sum_t r_t = score - beta * sum_t KL_t (gamma 1), the same number
     on every token of the response (Ahmadian et al. 2024 treat the response as one action)."""
     mask = ro.response_mask.float()
-    rewards = masked_whiten(ro.rewards, mask, shift_mean=False) if cfg.whiten_rewards else ro.rewards
+    rewards = whiten(ro.rewards, mask, shift_mean=False) if cfg.whiten_rewards else ro.rewards
     if cfg.advantage_estimator == "gae":
         ro.advantages, ro.returns = gae_advantages(rewards, ro.values, mask, cfg.gamma, cfg.lam)
     else:
-        groups = ro.prompt_index.view(-1, cfg.samples_per_prompt)
-        if not (groups == groups[:, :1]).all():  # the baseline would mix prompts
-            raise RuntimeError("critic-free advantages need each prompt's samples in adjacent rows")
-        per_response = GROUP_ADVANTAGES[cfg.advantage_estimator](rewards.sum(1), cfg.samples_per_prompt)
-        ro.advantages, ro.returns = per_response[:, None] * mask, None
+        ro.advantages, ro.returns = group_advantages(ro, rewards, cfg), None
     if cfg.whiten_advantages == "batch":
-        ro.advantages = masked_whiten(ro.advantages, mask)
+        ro.advantages = whiten(ro.advantages, mask)
+
+
+def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig, outputs=None,
+                entropy_metric: bool = True):
+    """Clipped policy and value losses of one micro-batch. The entropy is a loss term when
+    entropy_coef != 0; otherwise a metric, computed only where entropy_metric (the first
+    epoch: the rollout policy's entropy), since on [b,A,V] logits it costs several full
+    passes (log-softmax, exp, product, sum) that later epochs would repeat."""
+    rmask = part.response_mask.float()
+    logits, values = outputs if outputs is not None else \
+        actor_critic(part.sequences, part.attention_mask, part.prompt_length, cfg.temperature)
+    logprobs = gather_logprobs(logits, part.response_ids)  # [b,A]
+    loss, metrics = policy_loss(cfg, logprobs, part.logprobs, adv, rmask, part.ref_logprobs)
+    if values is not None:
+        vf_loss, vf_metrics = ppo_value_loss(values, part.values, part.returns, rmask, cfg.clip_range_value)
+        loss = loss + cfg.vf_coef * vf_loss
+        metrics = {**metrics, **vf_metrics}
+    if cfg.entropy_coef != 0 or entropy_metric:
+        with torch.set_grad_enabled(cfg.entropy_coef != 0 and torch.is_grad_enabled()):
+            entropy = masked_mean(entropy_from_logits(logits), rmask)
+        loss = loss - cfg.entropy_coef * entropy
+        metrics["objective/entropy"] = entropy.detach()
+    return loss, metrics
 
 
 def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, sizes: dict, accelerator,
@@ -171,7 +192,6 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
             mb = ro.select(order[mb_start:mb_start + sizes["minibatch"]])
             adv = masked_whiten(mb.advantages, mb.response_mask.float()) \
                 if cfg.whiten_advantages == "minibatch" else mb.advantages
-            tokens = mb.response_mask.sum().clamp(min=1)
             metrics = []
             with timer(timings, "update"):
                 for s in range(0, mb.prompt_ids.shape[0], sizes["micro"]):
@@ -181,7 +201,8 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
                     if first_pass is not None and epoch == 0:  # one minibatch, one micro-batch: rows = order
                         outputs = tuple(x[order] if x is not None else None for x in first_pass)
                     loss, m = _micro_loss(part, adv[idx], actor_critic, cfg, outputs, entropy_metric=epoch == 0)
-                    accelerator.backward(loss * part.response_mask.sum() / tokens)
+                    weight = micro_batch_weight(cfg.loss_type, part.response_mask, mb.response_mask)
+                    accelerator.backward(loss * weight)
                     metrics.append(m)
                 if ptx is not None:
                     ptx_loss = ptx.loss(_unwrap(actor_critic).policy)
@@ -195,95 +216,7 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
     return rows
 
 
-def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig, outputs=None,
-                entropy_metric: bool = True):
-    """Clipped policy and value losses of one micro-batch. The entropy is a loss term when
-    entropy_coef != 0; otherwise a metric, computed only where entropy_metric (the first
-    epoch: the rollout policy's entropy), since on [b,A,V] logits it costs several full
-    passes (log-softmax, exp, product, sum) that later epochs would repeat."""
-    rmask = part.response_mask.float()
-    logits, values = outputs if outputs is not None else \
-        actor_critic(part.sequences, part.attention_mask, part.prompt_length, cfg.temperature)
-    logprobs = gather_logprobs(logits, part.response_ids)  # [b,A]
-    loss, metrics = ppo_policy_loss(logprobs, part.logprobs, adv, rmask, cfg.clip_range)
-    if values is not None:
-        vf_loss, vf_metrics = ppo_value_loss(values, part.values, part.returns, rmask, cfg.clip_range_value)
-        loss = loss + cfg.vf_coef * vf_loss
-        metrics = {**metrics, **vf_metrics}
-    if cfg.entropy_coef != 0 or entropy_metric:
-        with torch.set_grad_enabled(cfg.entropy_coef != 0 and torch.is_grad_enabled()):
-            entropy = masked_mean(entropy_from_logits(logits), rmask)
-        loss = loss - cfg.entropy_coef * entropy
-        metrics["objective/entropy"] = entropy.detach()
-    return loss, metrics
-
-
-# ----------------------------------------------------------------------------- set-up
-
-def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> WeightedReward:
-    """The reward model (if any) and the Python reward functions, weighted."""
-    scorers, names = [], []
-    if cfg.reward_model:
-        rm_tokenizer = load_tokenizer(cfg.reward_model, trust_remote_code=cfg.trust_remote_code)
-        rm = load_reward_model(cfg.reward_model, rm_tokenizer, dtype=cfg.dtype,
-                               trust_remote_code=cfg.trust_remote_code).to(device).eval()
-        rm.requires_grad_(False)
-        scorers.append(RewardModelScorer(rm, tokenizer, rm_tokenizer, normalise=cfg.normalize_reward))
-        names.append("rm")
-    for fn in [*(import_function(s) for s in cfg.reward_functions), *reward_fns]:
-        scorer = FunctionScorer(fn)
-        scorers.append(scorer)
-        names.append(scorer.name)
-    return WeightedReward(scorers, cfg.reward_weights or None, names)
-
-
-def _build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, object | None]:
-    """Policy (+LoRA), value function (separate or on the policy trunk), frozen reference.
-    With LoRA and no separate ref_model the reference is the adapter-disabled policy."""
-    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
-    policy = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
-                            lora=lora, trust_remote_code=cfg.trust_remote_code)
-    ref_policy = None
-    if not cfg.use_lora or cfg.ref_model:
-        ref_policy = load_causal_lm(cfg.ref_model or cfg.model, tokenizer, dtype=cfg.dtype,
-                                    trust_remote_code=cfg.trust_remote_code).to(device).eval()
-        ref_policy.requires_grad_(False)
-    if cfg.advantage_estimator != "gae":
-        return ActorCritic(policy, critic=False), ref_policy
-    if cfg.value_head_on_policy:
-        return ActorCritic(policy), ref_policy
-    value_init = cfg.value_model or cfg.reward_model or cfg.model
-    value_model = load_scalar_model(value_init, tokenizer, dtype=cfg.dtype,
-                                    new_head="zero",
-                                    gradient_checkpointing=cfg.gradient_checkpointing,
-                                    trust_remote_code=cfg.trust_remote_code)
-    return ActorCritic(policy, value_model), ref_policy
-
-
-def _load_prompts(cfg: PPOConfig, tokenizer, accelerator):
-    records = load_records(load_prompts, cfg.prompts, ColumnMap(prompt=cfg.prompt_column), cfg.on_error, accelerator)
-    tokens = encode_prompts(tokenizer, records, cfg.max_prompt_length, on_error=cfg.on_error)
-    if not tokens.kept:
-        raise ValueError(f"{cfg.prompts}: no prompts left to train on (every one was skipped; see above)")
-    return [records[i] for i in tokens.kept], list(tokens)
-
-
-def _episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int, k: int = 1) -> list[int]:
-    """Prompt indices of one process at one step, each repeated k times in a row (the
-    `local` // k prompts of the step): a seeded permutation per pass over the prompts,
-    so a resumed run sees exactly the prompts it would have."""
-    local //= k
-    start = step * local  # prompts this process consumed before `step`
-    perms: dict[int, list[int]] = {}
-    out = []
-    for e in range(start, start + local):
-        cycle, pos = divmod(e, n_prompts)
-        if cycle not in perms:
-            gen = torch.Generator().manual_seed(seed * 7919 + cycle * 31 + rank)
-            perms[cycle] = torch.randperm(n_prompts, generator=gen).tolist()
-        out.extend([perms[cycle][pos]] * k)
-    return out
-
+# ----------------------------------------------------------------------------- the loop
 
 def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     """Train a policy with PPO; `reward_fns` adds Python reward functions."""
@@ -296,8 +229,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer.padding_side = "left"
-    prompt_records, prompt_tokens = _load_prompts(cfg, tokenizer, accelerator)
-    actor_critic, ref_policy = _build_models(cfg, tokenizer, device)
+    prompt_records, prompt_tokens = load_prompt_set(cfg, tokenizer, accelerator)
+    actor_critic, ref_policy = build_models(cfg, tokenizer, device)
     reward = build_reward(cfg, tokenizer, device, reward_fns)
     groups = [{"params": actor_critic.policy.parameters()},
               {"params": actor_critic.critic_parameters(), "lr": cfg.critic_learning_rate or cfg.learning_rate}]
@@ -330,8 +263,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     bar.update(start)
     for step in range(start, sizes["ppo_steps"]):
         timings: dict[str, float] = {}
-        index = _episode_prompts(len(prompt_tokens), step, sizes["local_rollout"], accelerator.process_index, cfg.seed,
-                                 cfg.samples_per_prompt)
+        index = episode_prompts(len(prompt_tokens), step, sizes["local_rollout"], accelerator.process_index, cfg.seed,
+                                cfg.samples_per_prompt)
         # Sampling uses the unwrapped policy and scoring the reference and reward models, none of
         # which Accelerate's prepare() wrapped in autocast: under --mixed_precision they join it here.
         with timer(timings, "generate"), accelerator.autocast():
@@ -342,23 +275,26 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         with accelerator.autocast():
             reward_parts, first_pass = score(ro, actor_critic, ref_policy, reward, tokenizer, prompt_records, cfg,
                                              sizes["micro"], timings, fused=bool(sizes["fused_first_forward"]))
-        shape_rewards(ro, kl_ctl.value, cfg.kl_estimator)
+        filtered = penalise_overlong(ro, cfg)
+        shape_rewards(ro, reward_beta(cfg, kl_ctl.value), cfg.kl_estimator)
         advantages(ro, cfg)
         if not (torch.isfinite(ro.kl).all() and (ro.values is None or torch.isfinite(ro.values).all())):
             raise DivergenceError(f"ppo diverged at step {step + 1}: non-finite "
                                   f"{'KL to the reference' if not torch.isfinite(ro.kl).all() else 'values'} "
                                   "in the rollout; no checkpoint was written from it")
-        update_rows = update(ro, actor_critic, optimizer, scheduler, cfg, sizes, accelerator, shuffle, ptx,
+        train_ro, first_pass, kept = keep_rows(ro, first_pass, cfg)
+        update_rows = update(train_ro, actor_critic, optimizer, scheduler, cfg, sizes, accelerator, shuffle, ptx,
                              timings, guard, step + 1, first_pass)
         del first_pass
-        metrics = _step_metrics(ro, kl_ctl.value, update_rows, reward_parts, timings, scheduler, step, sizes, cfg)
+        metrics = _step_metrics(ro, reward_beta(cfg, kl_ctl.value), update_rows, {**reward_parts, **filtered, **kept},
+                                timings, scheduler, step, sizes, cfg)
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
         done = step + 1
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
         if done % cfg.log_every == 0 or done == sizes["ppo_steps"] or done == 1:
             logger.log(done, metrics)
-            _log_samples(samples, done, ro, tokenizer, prompt_records, cfg.num_samples_logged, accelerator)
+            log_samples(samples, done, ro, tokenizer, prompt_records, cfg.num_samples_logged, accelerator)
         if checkpoints.due(done, sizes["ppo_steps"], accelerator):
             checkpoints.save_training(done, accelerator, {"actor_critic": actor_critic}, optimizer, scheduler,
                                       kl_controller=kl_ctl.state_dict(), shuffle=shuffle.get_state(),
@@ -366,7 +302,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _save_models(accelerator.unwrap_model(actor_critic), tokenizer, out)
+        save_models(accelerator.unwrap_model(actor_critic), tokenizer, out)
         write_json(out / "kl_controller.json", kl_ctl.state_dict())
     accelerator.end_training()
     checkpoints.close()
@@ -402,30 +338,3 @@ def _step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, schedul
     metrics.pop("epoch", None)
     metrics["timing/step"] = sum(v for k, v in timings.items())
     return metrics
-
-
-def _log_samples(samples: MetricsLogger, step: int, ro: Rollout, tokenizer, prompt_records, n: int,
-                 accelerator) -> None:
-    """n sample responses into samples.jsonl (its rows are counted into checkpoints, like metrics.jsonl's)."""
-    if not accelerator.is_main_process or n <= 0:
-        return
-    for i in range(min(n, ro.prompt_ids.shape[0])):
-        prompt = prompt_records[int(ro.prompt_index[i])].prompt
-        samples.file.append({"step": step, "prompt": prompt, "response": tokenizer.decode(
-            ro.response_ids[i][ro.response_mask[i].bool()], skip_special_tokens=True),
-            "score": float(ro.scores[i]), "kl": float(ro.kl[i].sum()), "eos": bool(ro.eos[i])})
-
-
-def _save_models(actor_critic: ActorCritic, tokenizer, out: Path) -> None:
-    """The policy as a plain HF directory (LoRA merged); the value model beside it
-    (value_model/, or value_head.safetensors for a head on the policy trunk)."""
-    save_pretrained_dir(actor_critic.policy, tokenizer, out)
-    if not actor_critic.has_critic:
-        return
-    if actor_critic.shared:
-        from safetensors.torch import save
-
-        atomic_write_bytes(out / "value_head.safetensors",
-                           save({k: v.contiguous() for k, v in actor_critic.value_head.state_dict().items()}))
-    else:
-        save_pretrained_dir(actor_critic.value_model, tokenizer, out / "value_model")

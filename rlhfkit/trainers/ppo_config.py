@@ -71,6 +71,23 @@ class PPOConfig(TrainConfig):
     clip_range_value: float = option(0.2, "value clip around the rollout's values")
     vf_coef: float = option(0.1, "value loss coefficient")
     entropy_coef: float = option(0.0, "entropy bonus coefficient")
+    loss_type: str = option("ppo", "how the clipped per-token terms are averaged (rlhfkit.losses.grpo): ppo and "
+                            "dapo (token mean over the batch; DAPO), bnpo (token mean per micro-batch, as TRL's), "
+                            "grpo (mean per response, then over responses), dr_grpo (token sum / (responses x "
+                            "response_length); pair with --advantage_estimator dr_grpo), gspo (one sequence-level "
+                            "ratio per response; clip about 3e-4 / 4e-4)")
+    clip_range_high: float = option(0.0, "upper ratio clip epsilon, 1 + eps_high (DAPO clip-higher: 0.28); "
+                                    "0: clip_range (symmetric)")
+    kl_placement: str = option("reward", "where the KL to the reference enters: reward (-kl_coef x kl_t in each "
+                               "token's reward; InstructGPT, RLOO), loss (kl_coef x kl_t added to the policy loss; "
+                               "GRPO, with --kl_estimator k3), or none (still measured)")
+    dynamic_sampling: bool = option(False, "DAPO dynamic sampling: drop from the update the groups whose scores "
+                                    "are all equal (advantage 0); the batch shrinks instead of being refilled")
+    overlong: str = option("none", "responses cut at response_length: none, filter (DAPO: left out of the "
+                           "update), or penalty (DAPO's soft penalty over the last overlong_buffer tokens); with "
+                           "either, set missing_eos_penalty 0")
+    overlong_buffer: int = option(0, "L_cache of --overlong penalty: the penalty falls from 0 to -1 over the last "
+                                  "this many tokens before response_length")
     ptx_data: str = option("", "pretraining texts for PPO-ptx (text or prompt/completion records)")
     ptx_coef: float = option(0.0, "gamma of PPO-ptx: weight of the pretraining log-likelihood (InstructGPT 27.8)")
     ptx_batch_size: int = option(8, "pretraining sequences per optimizer step")
@@ -114,6 +131,7 @@ class PPOConfig(TrainConfig):
         if self.advantage_estimator != "gae" and (self.value_head_on_policy or self.value_model):
             raise ConfigError(f"advantage_estimator {self.advantage_estimator} trains no value function: "
                               "drop value_head_on_policy and value_model")
+        self._check_critic_free_options()
         local_rollout = check_divisible("rollout_batch_size", self.rollout_batch_size, "number of processes",
                                         num_processes)
         check_divisible("per-process rollout batch", local_rollout, "samples_per_prompt", self.samples_per_prompt)
@@ -128,3 +146,23 @@ class PPOConfig(TrainConfig):
         return {"local_rollout": local_rollout, "minibatch": minibatch, "micro": micro,
                 "accumulation": accumulation, "ppo_steps": steps, "fused_first_forward": int(fused),
                 "optimizer_steps": steps * self.ppo_epochs * self.num_minibatches}
+
+    def _check_critic_free_options(self) -> None:
+        from rlhfkit.losses.grpo import POLICY_LOSSES
+
+        if self.loss_type not in POLICY_LOSSES:
+            raise ConfigError(f"loss_type must be one of {', '.join(POLICY_LOSSES)}, got {self.loss_type!r}")
+        if self.kl_placement not in ("reward", "loss", "none"):
+            raise ConfigError(f"kl_placement must be reward, loss or none, got {self.kl_placement!r}")
+        if self.kl_placement == "loss" and self.adaptive_kl:
+            raise ConfigError("adaptive_kl adapts the KL coefficient of the reward: use kl_placement reward")
+        if self.overlong not in ("none", "filter", "penalty"):
+            raise ConfigError(f"overlong must be none, filter or penalty, got {self.overlong!r}")
+        if self.overlong == "penalty" and not 0 < self.overlong_buffer <= self.response_length:
+            raise ConfigError(f"overlong penalty needs 0 < overlong_buffer <= response_length ({self.response_length})"
+                              f", got {self.overlong_buffer}")
+        if self.clip_range_high < 0:
+            raise ConfigError("clip_range_high must be >= 0 (0: clip_range)")
+        if self.advantage_estimator == "gae" and (self.dynamic_sampling or self.loss_type == "gspo"):
+            raise ConfigError("dynamic_sampling and loss_type gspo need one advantage per response from a group: "
+                              "--advantage_estimator rloo, grpo or dr_grpo")

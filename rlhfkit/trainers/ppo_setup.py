@@ -1,0 +1,98 @@
+"""PPO's set-up and output, kept out of the step (rlhfkit/trainers/ppo.py): the reward
+(a reward model and Python functions, weighted), the policy with its value function and
+the frozen reference, the prompts, the sample responses logged, and the saved models."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhfkit.data.loading import ColumnMap, load_prompts
+from rlhfkit.data.tokenize import encode_prompts
+from rlhfkit.io import atomic_write_bytes
+from rlhfkit.models.actor_critic import ActorCritic
+from rlhfkit.models.loading import (
+    LoraOptions,
+    load_causal_lm,
+    load_reward_model,
+    load_scalar_model,
+    load_tokenizer,
+    save_pretrained_dir,
+)
+from rlhfkit.rewards import FunctionScorer, RewardModelScorer, WeightedReward, import_function
+from rlhfkit.rollout.rollout import Rollout
+from rlhfkit.trainers.data_plan import load_records
+from rlhfkit.trainers.ppo_config import PPOConfig
+
+
+def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> WeightedReward:
+    """The reward model (if any) and the Python reward functions, weighted."""
+    scorers, names = [], []
+    if cfg.reward_model:
+        rm_tokenizer = load_tokenizer(cfg.reward_model, trust_remote_code=cfg.trust_remote_code)
+        rm = load_reward_model(cfg.reward_model, rm_tokenizer, dtype=cfg.dtype,
+                               trust_remote_code=cfg.trust_remote_code).to(device).eval()
+        rm.requires_grad_(False)
+        scorers.append(RewardModelScorer(rm, tokenizer, rm_tokenizer, normalise=cfg.normalize_reward))
+        names.append("rm")
+    for fn in [*(import_function(s) for s in cfg.reward_functions), *reward_fns]:
+        scorer = FunctionScorer(fn)
+        scorers.append(scorer)
+        names.append(scorer.name)
+    return WeightedReward(scorers, cfg.reward_weights or None, names)
+
+
+def build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, object | None]:
+    """Policy (+LoRA), value function (separate or on the policy trunk), frozen reference.
+    With LoRA and no separate ref_model the reference is the adapter-disabled policy."""
+    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
+    policy = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
+                            lora=lora, trust_remote_code=cfg.trust_remote_code)
+    ref_policy = None
+    if not cfg.use_lora or cfg.ref_model:
+        ref_policy = load_causal_lm(cfg.ref_model or cfg.model, tokenizer, dtype=cfg.dtype,
+                                    trust_remote_code=cfg.trust_remote_code).to(device).eval()
+        ref_policy.requires_grad_(False)
+    if cfg.advantage_estimator != "gae":
+        return ActorCritic(policy, critic=False), ref_policy
+    if cfg.value_head_on_policy:
+        return ActorCritic(policy), ref_policy
+    value_init = cfg.value_model or cfg.reward_model or cfg.model
+    value_model = load_scalar_model(value_init, tokenizer, dtype=cfg.dtype,
+                                    new_head="zero",
+                                    gradient_checkpointing=cfg.gradient_checkpointing,
+                                    trust_remote_code=cfg.trust_remote_code)
+    return ActorCritic(policy, value_model), ref_policy
+
+
+def load_prompt_set(cfg: PPOConfig, tokenizer, accelerator):
+    """The prompt records and their token ids; an error when every prompt was skipped."""
+    records = load_records(load_prompts, cfg.prompts, ColumnMap(prompt=cfg.prompt_column), cfg.on_error, accelerator)
+    tokens = encode_prompts(tokenizer, records, cfg.max_prompt_length, on_error=cfg.on_error)
+    if not tokens.kept:
+        raise ValueError(f"{cfg.prompts}: no prompts left to train on (every one was skipped; see above)")
+    return [records[i] for i in tokens.kept], list(tokens)
+
+
+def log_samples(samples, step: int, ro: Rollout, tokenizer, prompt_records, n: int, accelerator) -> None:
+    """n sample responses into samples.jsonl (its rows are counted into checkpoints, like metrics.jsonl's)."""
+    if not accelerator.is_main_process or n <= 0:
+        return
+    for i in range(min(n, ro.prompt_ids.shape[0])):
+        prompt = prompt_records[int(ro.prompt_index[i])].prompt
+        samples.file.append({"step": step, "prompt": prompt, "response": tokenizer.decode(
+            ro.response_ids[i][ro.response_mask[i].bool()], skip_special_tokens=True),
+            "score": float(ro.scores[i]), "kl": float(ro.kl[i].sum()), "eos": bool(ro.eos[i])})
+
+
+def save_models(actor_critic: ActorCritic, tokenizer, out: Path) -> None:
+    """The policy as a plain HF directory (LoRA merged); the value model beside it
+    (value_model/, or value_head.safetensors for a head on the policy trunk)."""
+    save_pretrained_dir(actor_critic.policy, tokenizer, out)
+    if not actor_critic.has_critic:
+        return
+    if actor_critic.shared:
+        from safetensors.torch import save
+
+        atomic_write_bytes(out / "value_head.safetensors",
+                           save({k: v.contiguous() for k, v in actor_critic.value_head.state_dict().items()}))
+    else:
+        save_pretrained_dir(actor_critic.value_model, tokenizer, out / "value_model")
