@@ -28,6 +28,7 @@ from rlhfkit.trainers.checkpoint import (  # noqa: F401  (re-exported: trainers 
     rng_state,
     set_rng_state,
 )
+from rlhfkit.trainers.distributed import cpu_only_launch, mean_over_processes
 
 # Schedules after warmup. transformers.get_scheduler knows more names; these are the ones
 # lr_schedule implements ("constant" keeps the warmup, as constant_with_warmup does).
@@ -124,6 +125,7 @@ def make_accelerator(cfg: TrainConfig, project_dir: str | Path) -> Accelerator:
     _allow_new_mixed_precision(cfg.mixed_precision)
     accelerator = Accelerator(
         gradient_accumulation_steps=1,  # trainers accumulate explicitly, normalising by token counts
+        cpu=cpu_only_launch(),
         mixed_precision=cfg.mixed_precision,
         log_with=cfg.report_to or None,
         project_dir=str(project_dir),
@@ -189,6 +191,8 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Append one row; a non-finite value is written as null (strict JSON) and said so."""
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            metrics = mean_over_processes(metrics, _to_float)
         row = {"stage": self.stage, "step": step, **{k: _to_float(v) for k, v in metrics.items()}}
         if self.is_main:
             self.file.append(row)

@@ -94,20 +94,24 @@ def step_plan(n_examples: int, micro_batch_size: int, accumulation: int, num_epo
     return [micro[i:i + accumulation] for i in range(0, len(micro), accumulation)]
 
 
-def episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int, k: int = 1) -> list[int]:
+def episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int, k: int = 1,
+                    world: int = 1) -> list[int]:
     """PPO's prompt indices for one process at one step, each repeated k times in a row
     (the `local` // k prompts of the step): a seeded permutation per pass over the
-    prompts, so a resumed run sees exactly the prompts it would have."""
+    prompts, so a resumed run sees exactly the prompts it would have. Under `world`
+    processes the step's prompts are one sequence cut into contiguous shards, shard
+    `rank` to this process: no two processes draw the same prompt, and together they draw
+    what one process would (the same global batch)."""
     import torch
 
     local //= k
-    start = step * local  # prompts this process consumed before `step`
+    start = (step * world + rank) * local  # prompts every process consumed before this shard
     perms: dict[int, list[int]] = {}
     out = []
     for e in range(start, start + local):
         cycle, pos = divmod(e, n_prompts)
         if cycle not in perms:
-            gen = torch.Generator().manual_seed(seed * 7919 + cycle * 31 + rank)
+            gen = torch.Generator().manual_seed(seed * 7919 + cycle * 31)
             perms[cycle] = torch.randperm(n_prompts, generator=gen).tolist()
         out.extend([perms[cycle][pos]] * k)
     return out

@@ -35,6 +35,7 @@ from rlhfkit.trainers.common import (
     progress_bar,
 )
 from rlhfkit.trainers.data_plan import optimization, split_holdout
+from rlhfkit.trainers.distributed import end_stage
 from rlhfkit.trainers.dpo_data import (
     PreferenceItems,
     encode_items,
@@ -276,7 +277,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
-    accelerator.end_training()
+    end_stage(accelerator)
     checkpoints.close()
     return out
 

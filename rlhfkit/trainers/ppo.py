@@ -6,7 +6,8 @@ One step is five named phases over a typed Rollout, in the order this file reads
 
     rollout -> score -> shape_rewards -> advantages -> update (clipped losses)
 
-Set-up and output live in ppo_setup.py, the critic-free extras in critic_free.py.
+Set-up and output live in ppo_setup.py, the critic-free extras in critic_free.py, and
+what several processes need to match one in distributed.py.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from rlhfkit.trainers.critic_free import (
     reward_beta,
 )
 from rlhfkit.trainers.data_plan import episode_prompts
+from rlhfkit.trainers.distributed import end_stage, global_mean, global_whiten, process_share, seed_per_process
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.ppo_setup import build_models, build_reward, load_prompt_set, log_samples, save_models
 from rlhfkit.trainers.ptx import PretrainingBatches
@@ -185,13 +187,15 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
     first_pass: (logits, values) of the whole rollout from score(fused=True), used
     by the first epoch in place of its forward (same weights, same numbers)."""
     B = ro.prompt_ids.shape[0]
+    whiten = global_whiten(accelerator)  # the global minibatch's statistics under several processes
     rows = []
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator).to(ro.prompt_ids.device)
         for mb_start in range(0, B, sizes["minibatch"]):
             mb = ro.select(order[mb_start:mb_start + sizes["minibatch"]])
-            adv = masked_whiten(mb.advantages, mb.response_mask.float()) \
+            adv = whiten(mb.advantages, mb.response_mask.float()) \
                 if cfg.whiten_advantages == "minibatch" else mb.advantages
+            share = process_share(accelerator, cfg.loss_type, mb.response_mask)
             metrics = []
             with timer(timings, "update"):
                 for s in range(0, mb.prompt_ids.shape[0], sizes["micro"]):
@@ -201,7 +205,7 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
                     if first_pass is not None and epoch == 0:  # one minibatch, one micro-batch: rows = order
                         outputs = tuple(x[order] if x is not None else None for x in first_pass)
                     loss, m = _micro_loss(part, adv[idx], actor_critic, cfg, outputs, entropy_metric=epoch == 0)
-                    weight = micro_batch_weight(cfg.loss_type, part.response_mask, mb.response_mask)
+                    weight = micro_batch_weight(cfg.loss_type, part.response_mask, mb.response_mask) * share
                     accelerator.backward(loss * weight)
                     metrics.append(m)
                 if ptx is not None:
@@ -259,12 +263,14 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
                                pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
                                temperature=cfg.temperature)
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "ppo", accelerator.print)
+    if not state:  # several processes: each samples its own responses (a resume restores each one's RNG)
+        seed_per_process(accelerator, cfg.seed)
     bar = progress_bar(sizes["ppo_steps"], "ppo", cfg.progress and accelerator.is_local_main_process)
     bar.update(start)
     for step in range(start, sizes["ppo_steps"]):
         timings: dict[str, float] = {}
         index = episode_prompts(len(prompt_tokens), step, sizes["local_rollout"], accelerator.process_index, cfg.seed,
-                                cfg.samples_per_prompt)
+                                cfg.samples_per_prompt, accelerator.num_processes)
         # Sampling uses the unwrapped policy and scoring the reference and reward models, none of
         # which Accelerate's prepare() wrapped in autocast: under --mixed_precision they join it here.
         with timer(timings, "generate"), accelerator.autocast():
@@ -277,7 +283,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
                                              sizes["micro"], timings, fused=bool(sizes["fused_first_forward"]))
         filtered = penalise_overlong(ro, cfg)
         shape_rewards(ro, reward_beta(cfg, kl_ctl.value), cfg.kl_estimator)
-        advantages(ro, cfg)
+        advantages(ro, cfg, global_whiten(accelerator))
         if not (torch.isfinite(ro.kl).all() and (ro.values is None or torch.isfinite(ro.values).all())):
             raise DivergenceError(f"ppo diverged at step {step + 1}: non-finite "
                                   f"{'KL to the reference' if not torch.isfinite(ro.kl).all() else 'values'} "
@@ -288,6 +294,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         del first_pass
         metrics = _step_metrics(ro, reward_beta(cfg, kl_ctl.value), update_rows, {**reward_parts, **filtered, **kept},
                                 timings, scheduler, step, sizes, cfg)
+        metrics["objective/kl"] = global_mean(accelerator, metrics["objective/kl"])  # beta adapts to the global KL
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
         done = step + 1
         bar.update(1)
@@ -304,7 +311,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     if accelerator.is_main_process:
         save_models(accelerator.unwrap_model(actor_critic), tokenizer, out)
         write_json(out / "kl_controller.json", kl_ctl.state_dict())
-    accelerator.end_training()
+    end_stage(accelerator)
     checkpoints.close()
     return out
 

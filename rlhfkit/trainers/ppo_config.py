@@ -132,6 +132,10 @@ class PPOConfig(TrainConfig):
             raise ConfigError(f"advantage_estimator {self.advantage_estimator} trains no value function: "
                               "drop value_head_on_policy and value_model")
         self._check_critic_free_options()
+        if num_processes > 1 and (self.dynamic_sampling or self.overlong == "filter"):
+            # each process would keep a different number of rows, and so take a different number
+            # of micro-batch backward passes: the processes' gradient all-reduces would not pair up
+            raise ConfigError("dynamic_sampling and overlong filter run on one process only for now")
         local_rollout = check_divisible("rollout_batch_size", self.rollout_batch_size, "number of processes",
                                         num_processes)
         check_divisible("per-process rollout batch", local_rollout, "samples_per_prompt", self.samples_per_prompt)

@@ -55,6 +55,7 @@ from rlhfkit.trainers.common import (
     progress_bar,
 )
 from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
+from rlhfkit.trainers.distributed import end_stage
 
 
 @dataclass
@@ -102,9 +103,24 @@ def _bins_problem(edges: list[float]) -> str | None:
     return None
 
 
+class ScoreForward(torch.nn.Module):
+    """reward_scores as a module's forward, so the module Accelerate prepares is the one
+    called in training: calling a DDP-wrapped model's trunk and head directly would skip
+    the wrapper, and the processes' gradients would never be averaged."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, target_mask) -> torch.Tensor:  # [B,T] x3 -> [B]
+        return reward_scores(self.model, input_ids, attention_mask, target_mask)
+
+
 def _scores(model, batch, device) -> torch.Tensor:
-    return reward_scores(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                         batch["loss_mask"].to(device))
+    args = (batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["loss_mask"].to(device))
+    if isinstance(getattr(model, "module", model), ScoreForward):  # the training module, maybe wrapped
+        return model(*args)
+    return reward_scores(model, *args)
 
 
 def _load_model(cfg: RewardConfig, tokenizer):
@@ -207,11 +223,12 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     eval_enc = _encode(tokenizer, eval_records, cfg)
     collator = RankingCollator(tokenizer.pad_token_id)
 
-    model = _load_model(cfg, tokenizer)
+    model = ScoreForward(_load_model(cfg, tokenizer))
     model, optimizer, scheduler, plan = optimization(cfg, model, len(train_enc), accelerator,
                                                      [sum(len(e) for e in group) for group, _ in train_enc])
+    saved = {"model": accelerator.unwrap_model(model).model}  # checkpoints hold the reward model's own keys
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="rm")
-    start, _ = checkpoints.resume_training(accelerator, {"model": model}, optimizer, scheduler, logs=[logger])
+    start, _ = checkpoints.resume_training(accelerator, saved, optimizer, scheduler, logs=[logger])
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "rm", accelerator.print)
     bar = progress_bar(len(plan), "reward model", cfg.progress and accelerator.is_local_main_process)
     bar.update(start)
@@ -245,14 +262,14 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         if evaluated or done % cfg.log_every == 0 or done == len(plan):  # an evaluation is never dropped
             logger.log(done, metrics)
         if checkpoints.due(done, len(plan), accelerator):
-            checkpoints.save_training(done, accelerator, {"model": model}, optimizer, scheduler)
+            checkpoints.save_training(done, accelerator, saved, optimizer, scheduler)
     bar.close()
     final = {"final": True}
     if eval_enc:
         with accelerator.autocast():
             final.update(evaluate_rankings(model, eval_enc, collator, cfg.per_device_batch_size, device,
                                            cfg.calibration_bins))
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model).model
     norm_examples = _normalisation_examples(cfg, tokenizer, train_enc, accelerator)
     if norm_examples:
         with accelerator.autocast():
@@ -266,6 +283,6 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_pretrained_dir(unwrapped, tokenizer, out)
-    accelerator.end_training()
+    end_stage(accelerator)
     checkpoints.close()
     return out

@@ -28,6 +28,7 @@ from rlhfkit.trainers.common import (
     progress_bar,
 )
 from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
+from rlhfkit.trainers.distributed import end_stage
 
 
 @dataclass
@@ -133,7 +134,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
-    accelerator.end_training()
+    end_stage(accelerator)
     checkpoints.close()
     return out
 
@@ -156,6 +157,9 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collato
         weight = float(metrics["tokens"]) * world / max(global_tokens, 1.0)
         accelerator.backward(loss * weight)
         total_loss += loss.item() * float(metrics["tokens"])
+    if world > 1:  # the step's loss over every process's tokens, as one process would log it
+        total_loss = accelerator.reduce(torch.tensor(total_loss, device=accelerator.device), "sum").item()
+        local_tokens = global_tokens
     out = {"loss/train": total_loss / max(local_tokens, 1), "tokens": global_tokens}
     return {**out, **apply_step(accelerator, model, optimizer, scheduler, guard, step, {"loss": out["loss/train"]},
                                 cfg.max_grad_norm)}
