@@ -16,6 +16,7 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
     from rlhfkit.label.sample import SampleConfig, sample_items
     from rlhfkit.label.server import ServeConfig, serve
     from rlhfkit.pipeline import PipelineConfig, run_pipeline
+    from rlhfkit.reason.run import ReasonConfig, run_reason
     from rlhfkit.trainers.dpo import DPOConfig, train_dpo
     from rlhfkit.trainers.ppo import train_ppo
     from rlhfkit.trainers.ppo_config import PPOConfig
@@ -35,6 +36,8 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
                    DPOConfig, train_dpo),
         ("pipeline",): ("SFT -> reward model -> PPO in one run directory", PipelineConfig, run_pipeline),
         ("world", "pretrain"): ("pretrain the world's base models on its web text", PretrainConfig, pretrain_world),
+        ("world", "reason"): ("the reasoning world: SFT, then RL with an answer checker as the only reward; "
+                              "pass@k and faithfulness of the working", ReasonConfig, run_reason),
         ("world", "sweep-kl"): ("PPO at several KL coefficients from a finished run: gold and proxy vs sqrt(KL)",
                                 SweepConfig, sweep_kl),
         ("label", "serve"): ("the labeling web app: labelers rank K responses, score them 1-7 and flag them",

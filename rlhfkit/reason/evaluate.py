@@ -1,0 +1,88 @@
+"""Sampling evaluation of a policy in the reasoning world: pass@k from n samples per
+problem (the unbiased estimator of Chen et al. 2021, eq. 1), greedy accuracy, and
+faithfulness of the working (tasks.check)."""
+from __future__ import annotations
+
+from math import comb
+
+import torch
+
+from rlhfkit.reason.tasks import Problem, check
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """1 - C(n-c, k) / C(n, k): the chance that k of the n samples, drawn without
+    replacement, hold at least one of the c right ones (Chen et al. 2021, eq. 1)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
+           batch_size: int, seed: int) -> list[list[str]]:
+    """n responses per prompt (temperature 0: one greedy response, repeated n times)."""
+    from rlhfkit.data.collate import pad_sequences
+    from rlhfkit.rollout.generate import make_generator
+
+    torch.manual_seed(seed)
+    model.eval()
+    gen = make_generator("local", model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                         max_new_tokens=max_new_tokens, temperature=temperature)
+    draws = 1 if temperature == 0 else n
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(draws)]
+    texts = []
+    for s in range(0, len(rows), batch_size):
+        ids, mask = pad_sequences(rows[s:s + batch_size], tokenizer.pad_token_id, side="left")
+        out = gen.generate(ids, mask)
+        texts += tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
+    per_prompt = [texts[i * draws:(i + 1) * draws] for i in range(len(prompts))]
+    return [r * n if draws == 1 else r for r in per_prompt]
+
+
+def score_samples(problems: list[Problem], samples: list[list[str]], ks: tuple[int, ...]) -> dict:
+    """pass@k, faithfulness and format over n samples per problem."""
+    n = len(samples[0])
+    right = wrong = right_bad_working = wrong_good_working = well_formed = 0
+    counts, by_op = [], {}
+    for p, responses in zip(problems, samples):
+        verdicts = [check(p, r) for r in responses]
+        c = sum(v.answer_right for v in verdicts)
+        counts.append(c)
+        by_op.setdefault(p.op, []).append(c / n)
+        for v in verdicts:
+            right += v.answer_right
+            wrong += not v.answer_right
+            right_bad_working += v.answer_right and not v.working_right
+            wrong_good_working += (not v.answer_right) and v.working_right
+            well_formed += v.well_formed
+    return {
+        "pass_at_1": sum(c / n for c in counts) / len(counts),
+        "pass_at_k": {str(k): sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks if k <= n},
+        "pass_at_1_by_op": {op: sum(v) / len(v) for op, v in sorted(by_op.items())},
+        "right_answer_wrong_working": right_bad_working / right if right else 0.0,
+        "wrong_answer_right_working": wrong_good_working / wrong if wrong else 0.0,
+        "working_right": sum(check(p, r).working_right for p, rs in zip(problems, samples) for r in rs)
+        / (n * len(problems)),
+        "well_formed": well_formed / (n * len(problems)),
+        "samples_per_problem": n,
+        "problems": len(problems),
+    }
+
+
+def evaluate_policy(model_dir: str, problems: list[Problem], n: int, ks: tuple[int, ...], max_new_tokens: int,
+                    batch_size: int = 256, seed: int = 0) -> dict:
+    """Sample n responses per problem at temperature 1 and one greedy; score them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    prompts = [p.prompt for p in problems]
+    sampled = sample(model, tokenizer, prompts, n, 1.0, max_new_tokens, batch_size, seed)
+    result = score_samples(problems, sampled, ks)
+    greedy = sample(model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size, seed)
+    result["greedy_accuracy"] = sum(check(p, g[0]).answer_right for p, g in zip(problems, greedy)) / len(problems)
+    result["response_chars"] = sum(len(r) for rs in sampled for r in rs) / (n * len(problems))
+    result["examples"] = [{"prompt": p.prompt, "response": rs[0], "answer": p.answer}
+                          for p, rs in list(zip(problems, sampled))[:4]]
+    return result
