@@ -1,6 +1,6 @@
-"""rlhfkit against TRL on this machine: PPO (TRL 0.29.1), RLOO / SFT / reward model / DPO (TRL 1.16).
+"""rlhfkit against TRL on this machine: PPO (TRL 0.29.1), RLOO / GRPO / SFT / reward model / DPO (TRL 1.16).
 
-    python benchmarks/bench.py [--only ppo|ppo128|ppo15m|rloo|sft|rm|dpo] [--json FILE] [--quick]
+    python benchmarks/bench.py [--only ppo|ppo128|ppo15m|rloo|grpo|sft|rm|dpo] [--json FILE] [--quick]
 
 Each benchmark runs rlhfkit and the peer as subprocesses on the same checkpoints,
 data, hyperparameters and thread count, alternating rlhfkit/peer/rlhfkit/peer,
@@ -40,6 +40,7 @@ PPO_BENCHES = {  # name: (model, response_length, total_episodes full, quick, ad
     "ppo128": ("h128", 128, 512, 128, "gae"),
     "ppo15m": ("h384", 32, 512, 128, "gae"),
     "rloo": ("h128", 32, 1536, 128, "rloo"),  # against TRL 1.16's RLOOTrainer
+    "grpo": ("h128", 32, 1536, 128, "grpo"),  # against TRL 1.16's GRPOTrainer
 }
 # adam_eps: TRL's AdamW default (1e-8), set in both (rlhfkit's own default is 1e-5, as lm-human-preferences):
 # with 1e-5 rlhfkit's updates were smaller and TRL reached a higher mean score at response 128 and 15M
@@ -48,6 +49,9 @@ PPO_HPARAMS = dict(rollout_batch_size=64, num_minibatches=1, ppo_epochs=4, tempe
 # Critic-free RLOO: K = 4 samples per prompt (16 prompts x 4 per rollout of 64), no value model. TRL's
 # RLOOTrainer has no missing-EOS penalty and does not normalise advantages by default: the same in rlhfkit.
 RLOO_HPARAMS = dict(samples_per_prompt=4, missing_eos_penalty=0.0, whiten_advantages="none")
+# GRPO as TRL 1.16's GRPOTrainer defaults it, with the KL kept on: group-normalised advantages, the DAPO
+# token-mean loss (TRL's default loss_type), symmetric clip 0.2, beta x k3 KL in the loss (beta 0.02 as above)
+GRPO_HPARAMS = dict(loss_type="dapo", clip_range=0.2, clip_range_high=0.2, kl_placement="loss", kl_estimator="k3")
 N_PROMPTS = 512
 
 # ----------------------------------------------------------------------------- synthetic corpus and data
@@ -240,6 +244,8 @@ def ppo_spec(name: str, paths: dict, episodes: int) -> dict:
     h = dict(PPO_HPARAMS, response_length=response_length, total_episodes=episodes)
     if estimator != "gae":
         h.update(RLOO_HPARAMS, advantage_estimator=estimator)
+    if estimator == "grpo":
+        h.update(GRPO_HPARAMS)
     return {"task": "ppo" if estimator == "gae" else estimator, "policy": paths[model]["policy"],
             "reward": paths[model]["reward"], "prompts": paths["prompts"], "hparams": h, "threads": THREADS,
             "seed": 0, "quality_last_steps": 5}
@@ -397,6 +403,7 @@ def bench_simple(name: str, paths: dict, args, peak: dict, out: Path) -> dict:
 
 
 def main(argv=None) -> dict:
+    global THREADS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=[*PPO_BENCHES, "sft", "rm", "dpo"], action="append",
                     help="run only these benchmarks (repeatable); default: all")
@@ -405,7 +412,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--reps", type=int, default=None, help="repetitions per system (default 2; --quick: 1)")
     ap.add_argument("--episodes", type=int, default=0, help="override PPO total_episodes")
     ap.add_argument("--out", default=str(HERE / "results"), help="work directory of the runs")
+    ap.add_argument("--threads", type=int, default=THREADS, help="torch threads of every run, both systems alike "
+                    "(1 when other work shares the cores)")
     args = ap.parse_args(argv)
+    THREADS = args.threads
     args.reps = args.reps or (1 if args.quick else 2)
     names = args.only or [*PPO_BENCHES, "sft", "rm", "dpo"]
     out = Path(args.out)

@@ -66,6 +66,8 @@ def ppo_config(spec: dict):
     else:  # a group baseline, no value model
         critic = dict(advantage_estimator=estimator, samples_per_prompt=h["samples_per_prompt"],
                       whiten_advantages=h["whiten_advantages"])
+        critic.update({k: h[k] for k in ("loss_type", "clip_range", "clip_range_high", "kl_placement", "kl_estimator")
+                       if k in h})
     return PPOConfig(
         **critic, model=spec["policy"], reward_model=spec["reward"], prompts=spec["prompts"],
         output_dir=spec["output_dir"], seed=spec.get("seed", 0), total_episodes=h["total_episodes"],
@@ -129,7 +131,7 @@ def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     _threads(spec["threads"])
     task = spec["task"]
-    if task in ("ppo", "rloo"):
+    if task in ("ppo", "rloo", "grpo"):
         result = run_ppo(spec)
     elif task == "sft":
         result = _simple(spec, "rlhfkit.trainers.sft", "train_sft", "SFTConfig", "loss/train", "tokens_per_second")

@@ -1,8 +1,8 @@
 """One TRL benchmark run, in the peer's own virtual environment:
 `python run_trl.py SPEC.json RESULT.json` (no rlhfkit import here).
 
-PPO: trl.experimental.ppo.PPOTrainer (TRL 0.29.1). RLOO, SFT, RM, DPO: TRL 1.16's
-RLOOTrainer, SFTTrainer, RewardTrainer, DPOTrainer. The training loop is `trainer.train()`,
+PPO: trl.experimental.ppo.PPOTrainer (TRL 0.29.1). RLOO, GRPO, SFT, RM, DPO: TRL 1.16's
+RLOOTrainer, GRPOTrainer, SFTTrainer, RewardTrainer, DPOTrainer. The training loop is `trainer.train()`,
 timed alone (model loading and trainer construction excluded).
 """
 from __future__ import annotations
@@ -115,6 +115,40 @@ def run_rloo(spec: dict) -> dict:
     return result
 
 
+def run_grpo(spec: dict) -> dict:
+    """TRL 1.16's GRPOTrainer: K samples per prompt, group-normalised advantages (scale_rewards
+    "group"), the loss_type's aggregation (dapo: token mean), beta x k3 KL in the loss, clipped
+    updates reusing each generation num_iterations times."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    h = spec["hparams"]
+    rollouts = h["total_episodes"] // h["rollout_batch_size"]
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(spec["policy"], padding_side="left")
+    reward_tok = AutoTokenizer.from_pretrained(spec["reward"])
+    reward = AutoModelForSequenceClassification.from_pretrained(spec["reward"], num_labels=1, dtype=torch.float32)
+    reward.config.pad_token_id = reward_tok.pad_token_id
+    data = Dataset.from_dict({"prompt": [r["prompt"] for r in _read_jsonl(spec["prompts"])]})
+    args = GRPOConfig(
+        **_common_args(spec),
+        per_device_train_batch_size=h["rollout_batch_size"], gradient_accumulation_steps=1, steps_per_generation=1,
+        num_generations=h["samples_per_prompt"], num_iterations=h["ppo_epochs"], max_steps=rollouts * h["ppo_epochs"],
+        max_completion_length=h["response_length"], temperature=h["temperature"], top_k=0, top_p=1.0,
+        beta=h["kl_coef"], epsilon=h["clip_range"], epsilon_high=h["clip_range_high"], loss_type=h["loss_type"],
+        scale_rewards="group", learning_rate=h["learning_rate"], adam_epsilon=h.get("adam_eps", 1e-8),
+        lr_scheduler_type="linear", max_grad_norm=1.0, disable_dropout=True,
+        model_init_kwargs={"dtype": torch.float32}, log_completions=False,
+    )
+    trainer = GRPOTrainer(model=spec["policy"], reward_funcs=[reward], args=args, train_dataset=data,
+                          processing_class=tok, reward_processing_classes=[reward_tok])
+    result, rows = _train_rl(trainer, spec, time.perf_counter() - t0, "reward")  # logged at each generation
+    result["response_length_mean"] = sum(r["completions/mean_length"] for r in rows) / max(len(rows), 1)
+    return result
+
+
 def _loss_rows(trainer) -> list[dict]:
     return [r for r in trainer.state.log_history if "loss" in r]
 
@@ -179,7 +213,8 @@ def _train(trainer, spec: dict, load: float, unit: str) -> dict:
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     _threads(spec["threads"])
-    result = {"ppo": run_ppo, "rloo": run_rloo, "sft": run_sft, "rm": run_rm, "dpo": run_dpo}[spec["task"]](spec)
+    runners = {"ppo": run_ppo, "rloo": run_rloo, "grpo": run_grpo, "sft": run_sft, "rm": run_rm, "dpo": run_dpo}
+    result = runners[spec["task"]](spec)
     import torch
     import trl
 

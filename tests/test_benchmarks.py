@@ -90,8 +90,10 @@ def test_ppo_benchmark_specs_make_valid_matched_configs(tmp_path):
         if estimator == "gae":
             assert spec["task"] == "ppo" and cfg.value_model == "r" and cfg.advantage_estimator == "gae"
         else:
-            assert spec["task"] == "rloo" and cfg.value_model == "" and cfg.advantage_estimator == "rloo"
+            assert spec["task"] == estimator and cfg.value_model == "" and cfg.advantage_estimator == estimator
             assert (cfg.samples_per_prompt, cfg.whiten_advantages, cfg.missing_eos_penalty) == (4, "none", 0.0)
+            if estimator == "grpo":  # TRL 1.16 GRPOTrainer's: the DAPO token mean, k3 KL in the loss
+                assert (cfg.loss_type, cfg.kl_placement, cfg.kl_estimator) == ("dapo", "loss", "k3")
             assert cfg.rollout_batch_size % cfg.samples_per_prompt == 0
 
 
