@@ -239,7 +239,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     groups = [{"params": actor_critic.policy.parameters()},
               {"params": actor_critic.critic_parameters(), "lr": cfg.critic_learning_rate or cfg.learning_rate}]
     optimizer = make_adam(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, decoupled=False)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", sizes["optimizer_steps"], 0))
+    warmup = round(cfg.warmup_ratio * sizes["optimizer_steps"])  # linear warmup, then linear decay to 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", sizes["optimizer_steps"], warmup))
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     policy = accelerator.unwrap_model(actor_critic).policy
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
