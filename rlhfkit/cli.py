@@ -1,8 +1,11 @@
 """`rlhfkit <command>`: one sub-command per stage, each configured by its
-dataclass (`--help` lists every option), `--config recipe.yaml` plus overrides."""
+dataclass (`--help` lists the command's options, `--help-all` every stage's too),
+`--config recipe.yaml` plus overrides (docs/configuration.md)."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from rlhfkit.config import ConfigArgumentParser, ConfigError, add_config_arguments, config_from_args
@@ -73,6 +76,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, ...], argpa
     return parser, parsers
 
 
+class _Console(logging.Handler):
+    """rlhfkit's log lines as plain text: information (what each data file held) to
+    stdout, warnings to stderr; the streams are looked up when a line is written."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stdout if record.levelno < logging.WARNING else sys.stderr, flush=True)
+
+
+def _show_log_lines() -> None:
+    """Print rlhfkit's INFO lines on the main process (under `accelerate launch` the
+    others stay quiet but for warnings)."""
+    log = logging.getLogger("rlhfkit")
+    if os.environ.get("RANK", "0") == "0" and not any(isinstance(h, _Console) for h in log.handlers):
+        log.addHandler(_Console())
+        log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     import transformers
 
@@ -80,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     # newly initialised" when a reward head is added on purpose) would only be noise.
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    _show_log_lines()
     parser, parsers = build_parser()
     args, unknown = parser.parse_known_args(argv)
     path = (args.command,) + ((args.subcommand,) if getattr(args, "subcommand", None) else ())

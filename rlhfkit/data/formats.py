@@ -30,7 +30,8 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from dataclasses import dataclass, fields
+from collections import Counter
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rlhfkit.data.errors import DataError
@@ -51,9 +52,10 @@ HH_HUMAN = "\n\nHuman:"
 
 @dataclass
 class ColumnMap:
-    """Names of the columns in the user's data. Set a field to None to ignore that
-    column (e.g. ``ColumnMap(prompt=None)`` to split HH transcripts even though
-    the data also has a prompt column)."""
+    """Names of the columns in the user's data (on the command line `--prompt_column`,
+    `--chosen_column`, ...). Set a field to None (or "none") to ignore that column
+    (e.g. ``ColumnMap(prompt=None)``, `--prompt_column none`, to split HH transcripts
+    even though the data also has a prompt column)."""
 
     prompt: str | None = "prompt"
     completion: str | None = "completion"
@@ -67,6 +69,17 @@ class ColumnMap:
     label: str | None = "label"
     terminated: str | None = "terminated"
 
+    def __post_init__(self) -> None:
+        for f in fields(self):  # "none" from a command line or YAML file means no column
+            if isinstance(getattr(self, f.name), str) and getattr(self, f.name).lower() in ("none", "null"):
+                setattr(self, f.name, None)
+
+
+def column_option(attr: str, value: str | None) -> str:
+    """How to map column `attr` to `value` on the command line and in Python."""
+    shown = "none" if value is None else value
+    return f"--{attr}_column {shown} (in Python ColumnMap({attr}={value!r}))"
+
 
 @dataclass(frozen=True)
 class Where:
@@ -74,6 +87,12 @@ class Where:
 
     source: str
     line: int | None
+    formats: Counter | None = field(default=None, compare=False, repr=False)  # format name -> rows, for a summary
+
+    def saw(self, fmt: str) -> None:
+        """Count a row read in format `fmt` (the loader's one-line summary names them)."""
+        if self.formats is not None:
+            self.formats[fmt] += 1
 
     def error(self, field: str | None, message: str, reason: str = "invalid") -> DataError:
         return DataError(message, source=self.source, line=self.line, field=field, reason=reason)
@@ -111,14 +130,15 @@ def missing_error(row: dict, cols: ColumnMap, attr: str, where: Where, extra: st
     """A 'missing column' error with a did-you-mean on close column names."""
     col = getattr(cols, attr)
     if col is None:
-        return where.error(attr, f"required, but ColumnMap.{attr} is None", reason="missing")
+        return where.error(attr, f"required, but its column is off (--{attr}_column none; ColumnMap.{attr} is None)",
+                           reason="missing")
     msg = "missing"
     if col in row:
         msg = "is null"
     else:
         close = [k for k in _close_matches(col, row.keys()) if k not in _used_columns(cols)]
         if close:
-            msg += f"; did you mean {close[0]!r}? (map it with ColumnMap({attr}={close[0]!r}))"
+            msg += f"; did you mean {close[0]!r}? (map it with {column_option(attr, close[0])})"
     if extra:
         msg += f"; {extra}"
     msg += f"; columns present: {sorted(map(str, row.keys()))}"
@@ -303,7 +323,7 @@ def _check_prompt_agrees(prompt: list[Message], shared: list[Message], where: Wh
         raise where.error(
             cols.prompt,
             "the prompt column does not match the leading messages chosen and rejected share "
-            f"(roles {_roles(shared)}); fix the data or ignore the column with ColumnMap(prompt=None)",
+            f"(roles {_roles(shared)}); fix the data or ignore the column with {column_option('prompt', None)}",
             reason="mismatch",
         )
 
@@ -409,7 +429,8 @@ def _no_format_error(row: dict, cols: ColumnMap, where: Where, options: list[tup
             if col is not None and col not in row and _close_matches(col, row.keys()):
                 return missing_error(row, cols, attr, where, extra=f"expected columns {wanted}")
     return where.error(None, f"no recognised columns: expected {wanted}; columns present: "
-                       f"{sorted(map(str, row.keys()))} (map yours with ColumnMap)", reason="missing")
+                       f"{sorted(map(str, row.keys()))} (map yours with --prompt_column NAME, --chosen_column NAME, "
+                       "...; in Python ColumnMap)", reason="missing")
 
 
 def parse_sft_row(row: dict, cols: ColumnMap, where: Where) -> SFTRecord:
@@ -422,13 +443,17 @@ def parse_sft_row(row: dict, cols: ColumnMap, where: Where) -> SFTRecord:
         completion = as_response(raw, where, cols.completion)
         if isinstance(raw, list) and isinstance(prompt, str):  # conversational: the prompt is a user turn
             prompt = as_chat_prompt(as_text(prompt, where, cols.prompt))
+        where.saw("prompt/completion" + (" (conversational)" if isinstance(prompt, list) else ""))
         return SFTRecord(prompt=prompt, completion=completion, source=tag)
     if present(row, cols.messages):
         messages = validate_messages(row[cols.messages], where, cols.messages)
         prompt, completion = split_conversation(messages, where, cols.messages)
+        where.saw("messages")
         return SFTRecord(prompt=prompt, completion=completion, source=tag)
     if present(row, cols.text):
-        return SFTRecord(prompt="", completion=as_text(row[cols.text], where, cols.text), source=tag)
+        text = as_text(row[cols.text], where, cols.text)
+        where.saw("text")
+        return SFTRecord(prompt="", completion=text, source=tag)
     raise _no_format_error(row, cols, where, [("prompt", "completion"), ("messages",), ("text",)])
 
 
@@ -457,10 +482,13 @@ def parse_preference_row(
             hint = ""
             if cols.prompt is not None and cols.prompt not in row:
                 close = _close_matches(cols.prompt, [k for k in row if k not in _used_columns(cols)])
-                hint = f"; did you mean {close[0]!r}? (map it with ColumnMap(prompt={close[0]!r}))" if close else ""
+                if close:
+                    hint = f"; did you mean {close[0]!r}? (map it with {column_option('prompt', close[0])})"
             prompt, c, r = split_implicit_prompt(c, r, where, cols, assistant_marker, human_marker, hint)
     if c == r:
         raise where.error(cols.chosen, "chosen and rejected are identical", reason="identical")
+    where.saw("chosen/rejected pairs" + (" (conversational)" if isinstance(prompt, list) else "")
+              + ("" if has_prompt or isinstance(chosen, list) else " (HH transcripts, prompt split off)"))
     return PreferenceRecord(prompt=prompt, chosen=c, rejected=r, margin=margin, source=where.tag())
 
 
@@ -488,6 +516,7 @@ def _parse_ranking_row(row: dict, cols: ColumnMap, where: Where) -> RankingRecor
             raise where.error(cols.terminated, f"expected a list of {len(texts)} booleans (did each response end "
                               f"with EOS?), got {_describe(flags)}", reason="type")
         terminated = [flags[i] for i in order]
+    where.saw("K-way rankings (prompt/responses/ranking)")
     return RankingRecord(prompt=prompt, responses=[texts[i] for i in order], margin=margin, source=where.tag(),
                          terminated=terminated)
 
@@ -501,6 +530,7 @@ def parse_prompt_row(row: dict, cols: ColumnMap, where: Where) -> PromptRecord:
     else:
         raise _no_format_error(row, cols, where, [("prompt",), ("messages",)])
     metadata = {k: v for k, v in row.items() if k != used}
+    where.saw("prompt" if used == cols.prompt else "messages")
     return PromptRecord(prompt=prompt, metadata=metadata, source=where.tag())
 
 
@@ -511,6 +541,7 @@ def parse_labeled_row(row: dict, cols: ColumnMap, where: Where) -> LabeledRecord
     if isinstance(raw, list):
         prompt = as_chat_prompt(prompt)
     label = as_label(require(row, cols, "label", where), where, cols.label)
+    where.saw("prompt/completion/label (unpaired)")
     return LabeledRecord(prompt=prompt, completion=completion, desirable=label, source=where.tag())
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import combinations
 from pathlib import Path
@@ -56,6 +58,7 @@ _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet":
 R = TypeVar("R")
 Row = dict[str, Any]
 _Item = tuple[str, int | None, "Row | DataError"]
+logger = logging.getLogger("rlhfkit.data")  # the CLI prints its INFO lines (what each file held) on the main process
 
 
 # ----------------------------------------------------------------------------- reading rows
@@ -314,11 +317,12 @@ def _load(data, split, on_error: str, parse: Callable[[Row, Where], R], what: st
     check_on_error(on_error)
     report = SkipReport()
     out: DataList[R] = DataList(skipped=report)
+    formats: Counter = Counter()
     for source, line, row in _iter_rows(data, split):
         try:
             if isinstance(row, DataError):
                 raise row
-            out.append(parse(row, Where(source, line)))
+            out.append(parse(row, Where(source, line, formats)))
         except DataError as e:
             if on_error == "raise":
                 raise
@@ -326,7 +330,17 @@ def _load(data, split, on_error: str, parse: Callable[[Row, Where], R], what: st
     if not out:
         raise DataError(f"no valid records; {report.summary()}", source=_name(data), reason="no_records")
     warn_skipped(report, f"{what}({_name(data)})")
+    logger.info("%s", load_summary(_name(data), len(out), formats, len(report)))
     return out
+
+
+def load_summary(name: str, n: int, formats: Counter, skipped: int = 0) -> str:
+    """One line saying what was loaded: `demos.jsonl: 1,200 records (prompt/completion)`."""
+    if len(formats) == 1:
+        kinds = next(iter(formats))
+    else:
+        kinds = ", ".join(f"{fmt} {count:,}" for fmt, count in formats.most_common())
+    return f"{name}: {n:,} record{'s' if n != 1 else ''} ({kinds})" + (f", {skipped:,} skipped" if skipped else "")
 
 
 def load_sft(
