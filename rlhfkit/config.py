@@ -1,9 +1,15 @@
 """Configuration: one dataclass per stage, a help text on every field, YAML files
-plus command-line overrides, unknown keys rejected with a did-you-mean.
+plus command-line overrides, unknown keys rejected with a did-you-mean
+(docs/configuration.md).
 
 Fields are declared with `option(default, "help")`; nested dataclasses (the
 pipeline's `sft`, `rm`, `ppo`) are addressed with dotted names on the command
-line (`--ppo.kl_coef 0.05`) and as nested mappings in YAML.
+line (`--ppo.kl_coef 0.05`) and as nested mappings in YAML. `--help` lists a
+command's own options and one line per stage; `--help-all` lists every option.
+Option names users bring from Hugging Face TrainingArguments and TRL are read as
+rlhfkit's where they mean the same (ALIASES) and refused naming rlhfkit's option
+where they do not (INSTEAD). A parent config lists in SETS_ITSELF the stage
+options it sets itself; giving one is an error.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -37,9 +44,145 @@ def nested(cls: type, help: str = "") -> Any:  # noqa: A002
     return dataclasses.field(default_factory=cls, metadata={"help": help})
 
 
-def _did_you_mean(key: str, known: list[str]) -> str:
+def did_you_mean(key: str, known: list[str]) -> str:
+    """' (did you mean 'x'?)' for the known name closest to `key`, or ''."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ----------------------------------------------------------------------------- names users bring
+
+# Hugging Face TrainingArguments / TRL names read as rlhfkit's where the meaning is the
+# same: name -> rlhfkit names, the first one a config class has is used.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "model_name_or_path": ("model",),
+    "sft_model_path": ("model",),
+    "reward_model_path": ("reward_model",),
+    "dataset_name": ("data", "prompts"),
+    "dataset_text_field": ("text_column",),
+    "num_train_epochs": ("num_epochs",),
+    "per_device_train_batch_size": ("per_device_batch_size",),
+    "logging_steps": ("log_every",),
+    "save_steps": ("checkpoint_every",),
+    "eval_steps": ("eval_every",),
+    "save_total_limit": ("keep_checkpoints",),
+    "lr_scheduler_type": ("lr_scheduler",),
+    "adam_epsilon": ("adam_eps",),
+    "torch_dtype": ("dtype",),
+    "use_peft": ("use_lora",),
+    "num_ppo_epochs": ("ppo_epochs",),
+    "num_mini_batches": ("num_minibatches",),
+    "cliprange": ("clip_range",),
+    "cliprange_value": ("clip_range_value",),
+    "num_generations": ("samples_per_prompt",),
+    "max_completion_length": ("response_length",),
+    "epsilon_high": ("clip_range_high",),
+    "loss_type": ("loss",),
+    "precompute_ref_log_probs": ("precompute_ref_logprobs",),
+    "desirable_weight": ("kto_desirable_weight",),
+    "undesirable_weight": ("kto_undesirable_weight",),
+}
+
+# Names users bring whose meaning differs from any rlhfkit option: name -> (rlhfkit
+# field, what to use instead) pairs; the first whose field the class has is shown.
+_EVAL = (("eval_every", "--eval_every N (every N optimizer steps; 0: at the end)"),)
+_SAVE = (("checkpoint_every", "--checkpoint_every N (optimizer steps) or --checkpoint_minutes M"),)
+INSTEAD: dict[str, tuple[tuple[str, str], ...]] = {
+    "max_steps": (("total_episodes", "--total_episodes (responses over the run; a PPO step takes "
+                                     "rollout_batch_size of them)"),
+                  ("num_epochs", "--num_epochs (passes over the data; fractions allowed)")),
+    "bf16": (("mixed_precision", "--mixed_precision bf16 (or --dtype bfloat16 for bfloat16 weights)"),),
+    "fp16": (("mixed_precision", "--mixed_precision fp16 (or --dtype float16 for float16 weights)"),),
+    "warmup_steps": (("warmup_ratio", "--warmup_ratio (a share of the optimizer steps)"),),
+    "eval_strategy": _EVAL,
+    "evaluation_strategy": _EVAL,
+    "do_eval": _EVAL,
+    "save_strategy": _SAVE,
+    "logging_strategy": (("log_every", "--log_every N (optimizer steps)"),),
+    "per_device_eval_batch_size": (("per_device_batch_size", "--per_device_batch_size (evaluation uses it too)"),),
+    "lora_dropout": (("use_lora", "nothing: rlhfkit's LoRA dropout is 0, so log-probs stay deterministic"),),
+}
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def alias_target(cls: type, name: str) -> str | None:
+    """The rlhfkit option `name` stands for in `cls` (an ALIASES entry), or None."""
+    names = _field_names(cls)
+    if name in names:
+        return None
+    return next((t for t in ALIASES.get(name, ()) if t in names), None)
+
+
+def instead_hint(cls: type, name: str) -> str | None:
+    """What to use in `cls` for a name users bring that rlhfkit spells otherwise, or None."""
+    names = _field_names(cls)
+    if name in names:
+        return None
+    return next((text for field, text in INSTEAD.get(name, ()) if field in names), None)
+
+
+def _leaf_class(cls: type, dotted: str) -> tuple[type, str] | None:
+    """(config class, option name) that a dotted name addresses, or None."""
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tp = _type_hints(cls).get(p) if dataclasses.is_dataclass(cls) else None
+        if not _is_dataclass_type(tp):
+            return None
+        cls = tp
+    return cls, leaf
+
+
+def _resolve_aliases(cls: type, data: dict, where: str, prefix: str) -> dict:
+    """`data` with ALIASES names replaced by rlhfkit's; INSTEAD names are errors."""
+    out: dict = {}
+    given: dict = {}  # rlhfkit name -> the name it was given as
+    for key, value in data.items():
+        target = alias_target(cls, key) if isinstance(key, str) else None
+        if target is None:
+            hint = instead_hint(cls, key) if isinstance(key, str) else None
+            if hint:
+                raise ConfigError(f"{where}: {prefix}{key} is not an rlhfkit option; use {hint}")
+            target = key
+        if target in out:
+            raise ConfigError(f"{where}: {prefix}{given[target]} and {prefix}{key} are the same option; give one")
+        out[target], given[target] = value, key
+    return out
+
+
+# ----------------------------------------------------------------------------- options a parent sets
+
+def sets_itself(cls: type, stage: str) -> set[str]:
+    """The options of nested `stage` that the parent config `cls` sets itself: its
+    SETS_ITSELF mapping, stage name (or "*" for every stage) -> option names."""
+    sets = getattr(cls, "SETS_ITSELF", None) or {}
+    return set(sets.get("*", ())) | set(sets.get(stage, ()))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def check_sets_itself(cfg: Any) -> None:
+    """Refuse a stage option the parent config sets itself (SETS_ITSELF) when it was
+    given a value other than its default: the parent would drop it silently."""
+    if not getattr(type(cfg), "SETS_ITSELF", None):
+        return
+    for f in dataclasses.fields(cfg):
+        stage = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(stage) or isinstance(stage, type):
+            continue
+        stage_fields = {g.name: g for g in dataclasses.fields(stage)}
+        for name in sorted(sets_itself(type(cfg), f.name)):
+            if name in stage_fields and getattr(stage, name) != _default(stage_fields[name]):
+                raise ConfigError(f"{f.name}.{name} is set by this command itself (from its own options or an "
+                                  "earlier stage), so it cannot be given; --help lists the command's own options")
 
 
 def _type_hints(cls: type) -> dict[str, Any]:
@@ -67,7 +210,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{_did_you_mean(str(value), list(map(str, choices)))}")
+            hint = did_you_mean(str(value), list(map(str, choices)))
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint}")
         return value
     if origin in (list, tuple):
         (item_tp, *_rest) = get_args(tp) or (str,)
@@ -119,10 +263,10 @@ def from_dict(cls: type[C], data: dict[str, Any], *, where: str = "config", pref
     hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
-    for key, value in data.items():
+    for key, value in _resolve_aliases(cls, data, where, prefix).items():
         full = f"{prefix}{key}"
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key {full!r}{_did_you_mean(key, list(fields))}")
+            raise ConfigError(f"{where}: unknown key {full!r}{did_you_mean(key, list(fields))}")
         tp = hints[key]
         if _is_dataclass_type(tp):
             kwargs[key] = from_dict(tp, value or {}, where=where, prefix=f"{full}.")
@@ -133,9 +277,11 @@ def from_dict(cls: type[C], data: dict[str, Any], *, where: str = "config", pref
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {', '.join(prefix + m for m in missing)}")
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
+        check_sets_itself(cfg)
     except ConfigError as e:  # a value check_options refused: say where it came from
         raise ConfigError(f"{where}: {prefix}{e}") from None
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -202,13 +348,60 @@ def _format_default(f: dataclasses.Field) -> str:
     return "required"
 
 
+def _stage_classes(cls: type, prefix: str = "") -> list[tuple[str, type]]:
+    """(dotted prefix, class) for `cls` and every nested config class under it."""
+    out = [(prefix, cls)]
+    for f in dataclasses.fields(cls):
+        tp = _type_hints(cls)[f.name]
+        if _is_dataclass_type(tp):
+            out.extend(_stage_classes(tp, f"{prefix}{f.name}."))
+    return out
+
+
+def _value_kwargs(tp: Any) -> dict:
+    """argparse settings of an option: a bool may be given bare (`--packing` = true)."""
+    return {"nargs": "?", "const": "true"} if tp is bool else {}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--name` option per leaf field, documented with its help text and default."""
+    """One `--name` option per leaf field, documented with its help text and default.
+    Stage options (nested fields) are listed by `--help-all` only; options a parent
+    sets itself (SETS_ITSELF) and ALIASES names are accepted but not listed."""
+    parser.usage = "%(prog)s [--config FILE] [--OPTION VALUE ...]"
     parser.add_argument("--config", metavar="FILE", help="YAML file of options; command-line options override it")
+    parser.add_argument("--help-all", action=_HelpAll, help="show every option, stage options included, and exit")
+    hints = _type_hints(cls)
+    stages: dict[str, tuple[str, int]] = {}
+    for top in dataclasses.fields(cls):
+        if not _is_dataclass_type(hints[top.name]):
+            continue
+        group = parser.add_argument_group(f"--{top.name}.* ({top.metadata.get('help', '')})")
+        hidden = sets_itself(cls, top.name)
+        shown = 0
+        for name, tp, f in _flat_fields(hints[top.name], f"{top.name}."):
+            listed = name.rsplit(".", 1)[-1] not in hidden
+            _add_option(group, name, tp, f, listed).stage = top.name
+            shown += listed
+        stages[top.name] = (top.metadata.get("help", ""), shown)
     for name, tp, f in _flat_fields(cls):
-        help_text = f"{f.metadata.get('help', '')} (default: {_format_default(f)})".replace("%", "%%")  # argparse %-formats help
-        flags = [f"--{name}"] + (["--out"] if name == "output_dir" else [])
-        parser.add_argument(*flags, dest=name, metavar=_type_name(tp), default=argparse.SUPPRESS, help=help_text)
+        if "." not in name:
+            _add_option(parser, name, tp, f, True)
+    for prefix, klass in _stage_classes(cls):
+        klass_hints = _type_hints(klass)
+        for alias in ALIASES:
+            target = alias_target(klass, alias)
+            if target is not None and not _is_dataclass_type(klass_hints[target]):
+                parser.add_argument(f"--{prefix}{alias}", dest=f"{prefix}{alias}", default=argparse.SUPPRESS,
+                                    help=argparse.SUPPRESS, **_value_kwargs(klass_hints[target]))
+    if isinstance(parser, ConfigArgumentParser):
+        parser.config_class, parser.stages = cls, stages
+
+
+def _add_option(parser, name: str, tp: Any, f: dataclasses.Field, listed: bool) -> argparse.Action:
+    help_text = f"{f.metadata.get('help', '')} (default: {_format_default(f)})".replace("%", "%%")  # argparse %-formats
+    flags = [f"--{name}"] + (["--out"] if name == "output_dir" else [])
+    return parser.add_argument(*flags, dest=name, metavar=_type_name(tp), default=argparse.SUPPRESS,
+                               help=help_text if listed else argparse.SUPPRESS, **_value_kwargs(tp))
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
@@ -226,27 +419,81 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
 
 
 def parse_config(cls: type[C], argv: list[str] | None = None, prog: str | None = None) -> C:
+    """`cls` from a command line: the same options, help and checks as `rlhfkit <command>`."""
     parser = ConfigArgumentParser(prog=prog, description=(cls.__doc__ or "").strip().split("\n")[0])
     add_config_arguments(parser, cls)
     return config_from_args(cls, parser.parse_args(argv))
 
 
+class _HelpAll(argparse.Action):
+    """`--help-all`: the help with every stage option listed."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):  # noqa: A002
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser._print_message(parser.format_help(all_options=True), sys.stdout)
+        parser.exit()
+
+
+def _underscored(arg: str) -> str:
+    """`--learning-rate=1` -> `--learning_rate=1` (HfArgumentParser accepts both spellings)."""
+    if not arg.startswith("--") or arg == "--help-all":
+        return arg
+    name, eq, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + eq + value
+
+
 class ConfigArgumentParser(argparse.ArgumentParser):
     """argparse with a did-you-mean for misspelt options (and no silent prefix matching:
-    `--learning_rat` is an error, not `--learning_rate`)."""
+    `--learning_rat` is an error, not `--learning_rate`), a short `--help` (stage options
+    behind `--help-all`) and `--dashed-names` read as `--underscored_names`."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.config_class: type | None = None  # set by add_config_arguments
+        self.stages: dict[str, tuple[str, int]] = {}  # stage -> (help, options listed)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([_underscored(a) for a in args], namespace)
+
+    def format_help(self, all_options: bool = False) -> str:
+        hidden = [] if all_options else [a for a in self._actions if getattr(a, "stage", None)]
+        saved = [a.help for a in hidden]
+        for action in hidden:
+            action.help = argparse.SUPPRESS
+        try:
+            text = super().format_help()
+        finally:
+            for action, help_text in zip(hidden, saved):
+                action.help = help_text
+        if self.stages and not all_options:
+            width = max(len(name) for name in self.stages) + 8
+            lines = [f"  {'--' + name + '.*':<{width}}{help_text} ({n} options)"
+                     for name, (help_text, n) in self.stages.items()]
+            text += "\nstage options (--help-all lists them):\n" + "\n".join(lines) + "\n"
+        return text
 
     def error(self, message: str) -> typing.NoReturn:
         if "unrecognized arguments" in message:
             known = [s for a in self._actions for s in a.option_strings]
             wrong = [w for w in message.split(":", 1)[1].split() if w.startswith("--")]
-            hints = [f"{w}{_did_you_mean(w.split('=')[0], known)}" for w in wrong]
+            hints = [self._hint(w.split("=")[0], known) for w in wrong]
             if hints:
                 message = f"unknown option(s): {', '.join(hints)}"
         super().error(message)
+
+    def _hint(self, flag: str, known: list[str]) -> str:
+        """`--max_steps: use --num_epochs (...)` for a name rlhfkit spells otherwise, else
+        a did-you-mean on the known options."""
+        leaf = _leaf_class(self.config_class, flag[2:]) if self.config_class else None
+        instead = instead_hint(*leaf) if leaf else None
+        if instead:
+            stage = flag[2:].rpartition(".")[0]
+            return f"{flag} (not an rlhfkit option; use {instead.replace('--', f'--{stage}.' if stage else '--')})"
+        return f"{flag}{did_you_mean(flag, known)}"
 
 
 def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> int:
@@ -283,7 +530,7 @@ def option_problem(name: str, value: Any, rule: Any) -> str | None:
         if value in rule:
             return None
         choices = sorted(map(str, rule)) if not isinstance(rule, tuple) else list(map(str, rule))
-        return f"{name} must be one of {', '.join(choices)}, got {value!r}{_did_you_mean(str(value), choices)}"
+        return f"{name} must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}"
     if isinstance(value, (list, tuple)):
         return next((p for p in (option_problem(name, v, rule) for v in value) if p), None)
     test, what = _BOUNDS[rule]

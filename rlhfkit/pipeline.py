@@ -18,8 +18,9 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from rlhfkit.config import ConfigError, nested, option, save_yaml
+from rlhfkit.config import check_options, check_sets_itself, did_you_mean, nested, option, save_yaml
 from rlhfkit.io import write_json
 from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, for_method, train_dpo
 from rlhfkit.trainers.fingerprint import NOT_RESULT_OPTIONS, options_of
@@ -39,6 +40,7 @@ class PipelineConfig:
 
     output_dir: str = option("runs/pipeline", "run directory")
     seed: int = option(0, "seed for every stage")
+    num_threads: int = option(0, "torch CPU threads for every stage (0: torch's default)")
     model: str = option("", "pretrained causal LM the policy starts from")
     reward_model_init: str = option("", "checkpoint the reward model starts from (default: the SFT model)")
     demonstrations: str = option("", "SFT data (prompt/completion, messages or text)")
@@ -46,11 +48,27 @@ class PipelineConfig:
     prompts: str = option("", "PPO prompts")
     algo: str = option("ppo", "ppo (SFT -> RM -> PPO), a direct method after SFT (dpo, ipo, cdpo, robust, hinge, "
                        "simpo, kto), or orpo (one stage from --model on the comparisons)")
-    sft: SFTConfig = nested(SFTConfig, "options of the SFT stage (model, data and output_dir are set by the pipeline)")
-    rm: RewardConfig = nested(RewardConfig, "options of the reward-model stage")
-    ppo: PPOConfig = nested(PPOConfig, "options of the PPO stage")
-    dpo: DPOConfig = nested(DPOConfig, "options of the direct-method stage (--algo dpo, ..., orpo); its loss comes "
-                            "from --algo")
+    sft: SFTConfig = nested(SFTConfig, "SFT stage options")
+    rm: RewardConfig = nested(RewardConfig, "reward-model stage options")
+    ppo: PPOConfig = nested(PPOConfig, "PPO stage options")
+    dpo: DPOConfig = nested(DPOConfig, "direct-method stage options (--algo dpo, ..., orpo)")
+
+    # the stage options the pipeline sets itself: giving one is an error (rlhfkit.config)
+    SETS_ITSELF: ClassVar[dict[str, tuple[str, ...]]] = {
+        "*": ("model", "data", "output_dir", "seed", "num_threads"), "ppo": ("reward_model", "prompts"),
+        "dpo": ("loss",)}
+    RULES: ClassVar[dict] = {"algo": lambda v: _algo_problem(v), "num_threads": ">= 0"}
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        check_sets_itself(self)
+
+
+def _algo_problem(algo: str) -> str | None:
+    if algo == "ppo" or algo in DIRECT_METHODS:
+        return None
+    return (f"algo: unknown method {algo!r}; choose ppo or one of {sorted(DIRECT_METHODS)}"
+            f"{did_you_mean(str(algo), ['ppo', *DIRECT_METHODS])}")
 
 
 def stage_done(path: Path) -> bool:
@@ -109,8 +127,6 @@ def run_stage(name: str, directory: Path, train, cfg, log=print) -> float:
 
 
 def run_pipeline(cfg: PipelineConfig) -> Path:
-    if cfg.algo != "ppo" and cfg.algo not in DIRECT_METHODS:
-        raise ConfigError(f"--algo: unknown method {cfg.algo!r}; choose ppo or one of {sorted(DIRECT_METHODS)}")
     needed = {"ppo": ("model", "demonstrations", "comparisons", "prompts"),
               "orpo": ("model", "comparisons")}.get(cfg.algo, ("model", "demonstrations", "comparisons"))
     missing = [f"--{name}" for name in needed if not getattr(cfg, name)]
@@ -126,13 +142,19 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
         release_lock(lock)
 
 
+def _shared(cfg: PipelineConfig) -> dict:
+    """The options every stage takes from the pipeline's own."""
+    return {"seed": cfg.seed, "num_threads": cfg.num_threads}
+
+
 def _ppo_pipeline(cfg: PipelineConfig, out: Path) -> Path:
     sft_dir, rm_dir, ppo_dir = out / "sft", out / "rm", out / "ppo"
-    sft = dataclasses.replace(cfg.sft, model=cfg.model, data=cfg.demonstrations, output_dir=str(sft_dir), seed=cfg.seed)
+    sft = dataclasses.replace(cfg.sft, model=cfg.model, data=cfg.demonstrations, output_dir=str(sft_dir),
+                              **_shared(cfg))
     rm = dataclasses.replace(cfg.rm, model=cfg.reward_model_init or str(sft_dir), data=cfg.comparisons,
-                             output_dir=str(rm_dir), seed=cfg.seed)
+                             output_dir=str(rm_dir), **_shared(cfg))
     ppo = dataclasses.replace(cfg.ppo, model=str(sft_dir), reward_model=str(rm_dir), prompts=cfg.prompts,
-                              output_dir=str(ppo_dir), seed=cfg.seed)
+                              output_dir=str(ppo_dir), **_shared(cfg))
     seconds = {"sft": run_stage("sft", sft_dir, train_sft, sft),
                "rm": run_stage("rm", rm_dir, train_reward_model, rm),
                "ppo": run_stage("ppo", ppo_dir, train_ppo, ppo)}
@@ -146,11 +168,11 @@ def _direct_pipeline(cfg: PipelineConfig, out: Path) -> Path:
     start_model = cfg.model
     if cfg.algo != "orpo":
         sft = dataclasses.replace(cfg.sft, model=cfg.model, data=cfg.demonstrations, output_dir=str(out / "sft"),
-                                  seed=cfg.seed)
+                                  **_shared(cfg))
         seconds["sft"] = run_stage("sft", out / "sft", train_sft, sft)
         start_model = str(out / "sft")
     direct = for_method(dataclasses.replace(cfg.dpo, model=start_model, data=cfg.comparisons,
-                                            output_dir=str(out / cfg.algo), seed=cfg.seed), cfg.algo)
+                                            output_dir=str(out / cfg.algo), **_shared(cfg)), cfg.algo)
     seconds[cfg.algo] = run_stage(cfg.algo, out / cfg.algo, train_dpo, direct)
     write_json(out / "stages.json", {"seconds": seconds}, indent=2)
     return out
