@@ -88,6 +88,8 @@ def test_reward_model_learns_a_marker_preference_and_is_normalised(tmp_path):
     normalised = (raw - cfg.rlhfkit_reward_mean) / cfg.rlhfkit_reward_std
     assert abs(float(normalised.mean())) < 0.05
     assert abs(float(normalised.std()) - 1) < 0.05
+    # the std is folded into the head: plain transformers' scores already have std 1 (the mean stays stored)
+    assert cfg.rlhfkit_reward_std == 1.0 and abs(float(raw.std()) - 1) < 0.05
 
 
 def test_normalisation_on_a_seeded_sample_of_the_responses(tmp_path):

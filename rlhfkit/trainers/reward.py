@@ -38,6 +38,7 @@ from rlhfkit.models.loading import (
     REWARD_SCALE_KEY,
     REWARD_STD_KEY,
     LoraOptions,
+    fold_reward_normalisation,
     is_sequence_classifier,
     load_causal_lm,
     load_scalar_model,
@@ -278,6 +279,8 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         config = model_config(unwrapped)
         setattr(config, REWARD_MEAN_KEY, mean)
         setattr(config, REWARD_STD_KEY, std if cfg.normalize_std and std > 0 else 1.0)
+        with torch.no_grad():  # a head-form RM then scores the same through plain transformers
+            fold_reward_normalisation(unwrapped)
         final.update({"reward/raw_mean": mean, "reward/raw_std": std})
     logger.log(len(plan), final)
     accelerator.wait_for_everyone()
