@@ -1,6 +1,7 @@
 """The reasoning world: canonical working, the sloppy demonstrator, the exact check,
 pass@k, faithfulness on crafted samples, and a micro run end to end (resumable)."""
 import json
+import math
 import random
 from math import comb
 
@@ -74,11 +75,30 @@ def test_score_samples_counts_faithfulness():
     assert result["wrong_answer_right_working"] == pytest.approx(1 / 5)  # 5 wrong answers, 1 on right working
 
 
+def test_rl_mix_repeats_multiplications_and_changes_nothing_else(tmp_path):
+    from rlhfkit.reason.run import ReasonConfig, make_data
+
+    def data(share):
+        cfg = ReasonConfig(pretrain_problems=300, demonstrations=40, rl_prompts=200, eval_problems=20,
+                           rl_mul_share=share, hidden=16, layers=1, heads=2)
+        paths = make_data(cfg, tmp_path / str(share))
+        return {k: [json.loads(line) for line in open(paths[k])] for k in ("pretrain", "sft", "rl_prompts", "eval")}
+
+    drawn, mixed = data(0.0), data(0.75)
+    for k in ("pretrain", "sft", "eval"):
+        assert drawn[k] == mixed[k]  # only the RL prompts change: same texts, same models
+    assert len(mixed["rl_prompts"]) == 200
+    assert sum("*" in r["prompt"] for r in mixed["rl_prompts"]) == 150
+    drawn_rl = {r["prompt"]: r["answer"] for r in drawn["rl_prompts"]}
+    assert all(drawn_rl[r["prompt"]] == r["answer"] for r in mixed["rl_prompts"])  # drawn ones, answers kept
+    assert {r["prompt"] for r in mixed["rl_prompts"] if "*" in r["prompt"]} == {p for p in drawn_rl if "*" in p}
+
+
 def test_micro_world_runs_end_to_end_and_resumes(tmp_path):
     from rlhfkit.reason.run import ReasonConfig, run_reason
 
-    cfg = ReasonConfig(out=str(tmp_path / "r"), pretrain_problems=64, pretrain_epochs=1, demonstrations=16,
-                       sft_epochs=1, rl_prompts=16, eval_problems=4, eval_samples=4, hidden=16, layers=1, heads=2,
+    cfg = ReasonConfig(out=str(tmp_path / "r"), pretrain_problems=160, pretrain_epochs=4, demonstrations=16,
+                       sft_epochs=1, rl_prompts=16, eval_problems=4, eval_samples=4, hidden=32, layers=1, heads=2,
                        rl_episodes=32, rl_batch=16, rl_group_size=4, response_length=12, num_threads=1)
     out = run_reason(cfg)
     report = json.loads((out / "report.json").read_text())
@@ -94,6 +114,13 @@ def test_micro_world_runs_end_to_end_and_resumes(tmp_path):
                                                      - report["models"]["sft"]["pass_at_1"])
     assert len(report["rl_training"]) == 2 and "response_length" in report["rl_training"][0]
     assert report["seconds"]["rl"] > 0
+    # the base model learned the worked problems' text: from a uniform guess over the vocabulary
+    # (ln of its size, about 5.6 nats a token) to at least a nat below it in 40 steps
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(out / "data" / "init"))
+    losses = [json.loads(line)["loss/train"] for line in (out / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and losses[-1] < math.log(vocab) - 1.0
     prompts = {json.loads(line)["prompt"] for line in (out / "data" / "rl_prompts.jsonl").read_text().splitlines()}
     evals = [Problem(**json.loads(line)) for line in (out / "data" / "eval.jsonl").read_text().splitlines()]
     assert not prompts & {p.prompt for p in evals}  # the evaluation is held out
