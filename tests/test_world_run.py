@@ -272,8 +272,8 @@ def test_rm_init_chooses_the_reward_models_starting_point(tmp_path, monkeypatch,
 
 
 def test_unknown_rm_init_is_an_error_before_any_work(tmp_path):
-    cfg = from_dict(RunConfig, {"output_dir": str(tmp_path / "run"), "rm_init": "sft"})
-    with pytest.raises(ValueError, match="rm_init: unknown starting point 'sft'"):
+    cfg = from_dict(RunConfig, {"output_dir": str(tmp_path / "run"), "rm_init": "sft_xl"})
+    with pytest.raises(ValueError, match="rm_init: unknown starting point 'sft_xl'"):
         run_world(cfg)
     assert not (tmp_path / "run").exists()
 

@@ -46,7 +46,8 @@ Choices (documented again in report.md):
   over-optimisation picture. The value model defaults to the SFT trunk with a
   new head (0.87M) rather than the 8M reward model: half the PPO step time.
 - Time budget (2 shared CPU cores, base-small 0.87M / base-large 8.1M): see
-  configs/world.yaml for the sizes chosen and the seconds measured per stage.
+  docs/results.md ("Choosing the default recipe") for the sizes chosen and the
+  seconds measured per stage.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ RL_METHODS = ("ppo", *GROUP_ADVANTAGES)  # the PPO stage; rloo and grpo with a g
 ORACLE = "ppo_gold"  # PPO with the gold judge as its reward: an upper bound no real run has
 BEST_OF_N = "bon"  # best-of-n samples of SFT by the reward model, reported as bon<n> for each of bon_n
 # `--algo all`: the method table (SFT and the bases are always there)
-ALL_METHODS = ("ppo", *GROUP_ADVANTAGES, BEST_OF_N, "dpo", "ipo", "orpo", "kto", ORACLE)
+ALL_METHODS = ("ppo", "rloo", "grpo", BEST_OF_N, "dpo", "ipo", "orpo", "kto", ORACLE)
 RM_INITS = ("sft_large", "base_large", "sft")
 FEEDBACK = ("labelers", "ai")
 
@@ -87,14 +88,12 @@ class WorldSFTConfig(SFTConfig):
     """SFT options of the world run (model, data, output_dir and seed are set by the run)."""
 
     learning_rate: float = option(1e-3, "peak learning rate (a 0.87M-parameter model takes a large one)")
-    num_epochs: float = option(3.0, "passes over the 13k demonstrations (InstructGPT: 16). Measured on 200 eval "
-                               "prompts at T = 1: 1 epoch gold 0.44 / exact 29%, 3 epochs gold 0.58 / exact 46%")
+    num_epochs: float = option(3.0, "passes over the demonstrations (InstructGPT: 16)")
     per_device_batch_size: int = option(32, "demonstrations per optimizer step")
     warmup_ratio: float = option(0.03, "warmup share of the steps")
     eval_fraction: float = option(0.02, "demonstrations held out for validation loss")
     max_length: int = option(128, "longest demonstration in tokens")
-    group_by_length: bool = option(False, "batch demonstrations of similar length: measured 262 -> 150 s but gold "
-                                   "0.585 -> 0.543, since length tracks the task family (one-family batches)")
+    group_by_length: bool = option(False, "batch demonstrations of similar length (off: it costs the policy gold)")
     log_every: int = option(20, "write metrics every N steps")
     progress: bool = option(False, "show a progress bar")
 
@@ -105,12 +104,8 @@ class WorldSFTLargeConfig(WorldSFTConfig):
     the policy's SFT options except these."""
 
     learning_rate: float = option(3e-4, "peak learning rate (an 8M model)")
-    num_epochs: float = option(1.0, "passes over the demonstrations. Untrained, as a reward model scoring mean "
-                               "log-likelihood it orders held-out pairs like a labeler 67.0% (base-large: 61.9%); "
-                               "1/3 epoch: 65.7%")
-    group_by_length: bool = option(True, "batch demonstrations of similar length: measured 325 -> 167 s per epoch "
-                                   "for 67.7% -> 67.0% held-out ordering; the policy's SFT keeps it off (it costs "
-                                   "the policy gold score)")
+    num_epochs: float = option(1.0, "passes over the demonstrations")
+    group_by_length: bool = option(True, "batch demonstrations of similar length (half the time)")
 
 
 @dataclass
@@ -122,32 +117,29 @@ class WorldRewardConfig(RewardConfig):
     per_device_batch_size: int = option(8, "prompts (each with all its ranked responses) per step")
     warmup_ratio: float = option(0.05, "warmup share of the steps")
     max_length: int = option(128, "longest prompt + response in tokens")
-    group_by_length: bool = option(True, "batch prompts of similar length (measured 265 -> 218 s per epoch)")
-    normalize_max_texts: int = option(2048, "normalisation statistics on a seeded sample of the SFT comparison "
-                                      "responses (all 8,094 cost 57 s)")
+    group_by_length: bool = option(True, "batch prompts of similar length")
+    normalize_max_texts: int = option(2048, "SFT comparison responses the normalisation statistics are taken on")
     log_every: int = option(10, "write metrics every N steps")
     progress: bool = option(False, "show a progress bar")
-    reward_form: str = option("mean_logprob", "mean_logprob: the RM keeps its LM head and scores a response by "
-                              "its mean token log-likelihood (held-out accuracy 65.5% vs a labeler, 70.3% vs gold from "
-                              "sft_large; 64.1%, 69.0% from base-large); head: InstructGPT's new scalar head on the "
-                              "last token (54.3%, 56.8% from base-large)")
+    reward_form: str = option("mean_logprob", "mean_logprob (LM head kept, mean token log-likelihood) or head "
+                              "(InstructGPT's scalar head)")
 
 
 @dataclass
 class WorldPPOConfig(PPOConfig):
     """PPO options of the world run (model, reward model and prompts are set by the run)."""
 
-    learning_rate: float = option(5e-5, "peak learning rate, decayed linearly (a 0.87M policy)")
-    total_episodes: int = option(2048, "episodes (one response per prompt) over the run: 16 PPO steps")
+    learning_rate: float = option(1.5e-4, "peak learning rate of the policy, decayed linearly")
+    critic_learning_rate: float = option(1e-3, "peak learning rate of the value model (a new head learns faster)")
+    total_episodes: int = option(4096, "episodes (one response per prompt) over the run: 32 PPO steps")
     rollout_batch_size: int = option(128, "episodes per PPO step")
     num_minibatches: int = option(2, "minibatches per PPO epoch")
     ppo_epochs: int = option(2, "passes over each rollout batch")
     per_device_train_batch_size: int = option(64, "micro-batch of the update")
     generation_batch_size: int = option(128, "prompts generated at once")
     response_length: int = option(48, "most tokens per response (the evaluation's limit)")
-    kl_coef: float = option(0.05, "beta (per-token KL to SFT); rewards are in RM std units, see sweep_kl")
-    value_model: str = option("sft", "value model init: 'sft' (the SFT policy with a new head: small and fast), "
-                              "'rm' (the 8M reward model, as InstructGPT), or a path")
+    kl_coef: float = option(0.02, "beta of the per-token KL penalty to SFT (rewards in RM std units)")
+    value_model: str = option("sft", "value model init: sft (the SFT policy with a new head), rm, or a path")
     max_length: int = option(256, "longest prompt + response")
     log_every: int = option(1, "write metrics every N PPO steps")
     num_samples_logged: int = option(8, "sample responses written to samples.jsonl per logged step")
@@ -191,16 +183,18 @@ class RunConfig:
     """The InstructGPT recipe in the instruction world: data, SFT, comparisons, reward
     model, PPO (and PPO-ptx), evaluation by the gold judge, report."""
 
+    # stage options the run sets itself: passing one is an error (rlhfkit.config)
+    SETS_ITSELF = {"*": ("model", "data", "output_dir", "seed", "num_threads"), "rm": ("eval_data", "normalize_on"),
+                   "ppo": ("reward_model", "prompts", "reward_weights"), "dpo": ("loss",), "orpo": ("loss",)}
+
     output_dir: str = option("runs/world", "run directory (re-running the same command resumes)")
     seed: int = option(0, "seed of every split, labeler and stage")
     base_small: str = option(DEFAULT_BASE_SMALL, "base model the SFT and RLHF policies start from")
-    base_large: str = option(DEFAULT_BASE_LARGE, "the world's GPT-3: the reward model's base (through sft_large by default)")
-    rm_init: str = option("sft_large", "the reward model's starting point: sft_large (base-large fine-tuned on the "
-                          "demonstrations, as InstructGPT's RM started from its SFT model: held-out 65.5% vs a "
-                          "labeler, 86.6% on exact pairs) or base_large (no extra stage: 64.1%, 81.7%)")
+    base_large: str = option(DEFAULT_BASE_LARGE, "the world's GPT-3: the baseline to beat, and the AI labeler")
+    rm_init: str = option("sft", "the reward model's starting point: sft (the SFT policy), sft_large (base-large "
+                          "fine-tuned on the demonstrations) or base_large")
     demonstrations: int = option(13000, "SFT demonstrations (InstructGPT: 13k)")
-    comparison_prompts: int = option(3000, "comparison prompts; K = 4 responses each give up to 6 comparisons "
-                                     "(11,029 after duplicates are dropped; InstructGPT 33k: time)")
+    comparison_prompts: int = option(3000, "comparison prompts, K responses each ranked")
     k: int = option(4, "responses sampled per comparison prompt (InstructGPT: 4 to 9)")
     comparison_temperature: float = option(1.0, "sampling temperature of the comparison responses")
     ppo_prompts: int = option(2048, "PPO prompts (the episode budget cycles through them)")
@@ -222,21 +216,16 @@ class RunConfig:
                              "hinge, simpo, kto (from SFT), orpo (from base-small), ppo_gold (PPO against the gold "
                              "judge: an upper bound); all: the method table's " + ", ".join(ALL_METHODS))
     bon_n: list[int] = option([4, 16], "best-of-n sizes (--algo bon), each reported as bon<n>")
-    feedback: str = option("labelers", "labelers: RLHF from the simulated labelers; ai: also RLAIF, the same SFT "
-                           "samples ranked by an AI judge (base-large reading its web text's review template), a "
-                           "reward model and PPO on those rankings (rm_ai/, ppo_ai/)")
+    feedback: str = option("labelers", "labelers (RLHF), or ai: also RLAIF from an AI judge's rankings (rm_ai/, "
+                           "ppo_ai/)")
     ai_judge: str = option("", "the AI labeler's model (default: base_large)")
     ai_principles: str = option("", "a file of Constitutional-AI principles, one a line (default none: the world's "
                                 "review documents carry no principle line)")
-    rl_group_size: int = option(4, "rloo and grpo: responses sampled per prompt, each prompt's baseline (same "
-                                "episode budget as PPO: ppo.total_episodes responses)")
+    rl_group_size: int = option(4, "rloo and grpo: responses per prompt, each prompt's baseline")
     ptx: bool = option(False, "also train and evaluate a PPO-ptx policy")
     ptx_coef: float = option(2.0, "gamma of PPO-ptx (InstructGPT 27.8 with its loss scale)")
     ptx_docs: int = option(2000, "web-text documents for PPO-ptx")
-    num_threads: int = option(0, "torch CPU threads; 0: all cores (torch's default). On this idle 2-core machine "
-                              "two threads ran the run 1.3x faster than one (SFT steps 1.6x, RM steps 2.0x, decoding "
-                              "1.4x), with the same SFT model. Pass 1 when other work shares the cores: OpenMP threads "
-                              "waiting for a busy core once made sampling ~70x slower")
+    num_threads: int = option(0, "torch CPU threads, 0 for all cores (pass 1 when other work shares them)")
     sft: WorldSFTConfig = nested(WorldSFTConfig, "SFT stage options")
     sft_large: WorldSFTLargeConfig = nested(WorldSFTLargeConfig, "options of base-large's SFT (rm_init sft_large)")
     rm: WorldRewardConfig = nested(WorldRewardConfig, "reward-model stage options")
