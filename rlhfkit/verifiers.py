@@ -70,13 +70,14 @@ def normalize(answer: str) -> str:
 
 
 def parse_number(answer: str) -> float | None:
-    """A number from an answer string ("1,234", "-2.50", "3/4", "50%" -> 0.5), or None."""
+    """A number from an answer string ("1,234", "-2.50", "3/4", "50%" -> 0.5), or None
+    (also for one too large for a float, "1e400": a policy's answer must never end a run)."""
     s = normalize(answer).replace(",", "")
     percent = s.endswith("%")
     s = s.rstrip("%")
     try:
         value = float(Fraction(s))
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         return None
     return value / 100 if percent else value
 

@@ -67,3 +67,10 @@ def test_verifiers_resolve_like_any_cli_reward_function_and_report_each_score():
     total, parts = reward(batch)
     assert total.tolist() == [1.5, 0.0]
     assert parts == {"objective/scores_answer_reward": 0.5, "objective/scores_format_reward": 0.5}
+
+
+def test_a_number_too_large_for_a_float_is_unparseable_not_an_error():
+    from rlhfkit.verifiers import numeric_match, parse_number
+
+    assert parse_number("1e400") is None and parse_number("9" * 400) is None
+    assert not numeric_match("1e400", "12")
