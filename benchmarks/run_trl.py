@@ -85,44 +85,28 @@ def _train_rl(trainer, spec: dict, load: float, score_key: str) -> tuple[dict, l
 def run_rloo(spec: dict) -> dict:
     """TRL 1.16's RLOOTrainer: K samples per prompt, leave-one-out baseline, the summed k1 KL
     to the reference subtracted from each sequence's reward, clipped updates."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RLOOConfig, RLOOTrainer
 
-    h = spec["hparams"]
-    rollouts = h["total_episodes"] // h["rollout_batch_size"]
-    t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(spec["policy"], padding_side="left")
-    reward_tok = AutoTokenizer.from_pretrained(spec["reward"])
-    reward = AutoModelForSequenceClassification.from_pretrained(spec["reward"], num_labels=1, dtype=torch.float32)
-    reward.config.pad_token_id = reward_tok.pad_token_id
-    data = Dataset.from_dict({"prompt": [r["prompt"] for r in _read_jsonl(spec["prompts"])]})
-    args = RLOOConfig(
-        **_common_args(spec),
-        # one rollout of rollout_batch_size completions per generation, reused ppo_epochs times in one minibatch
-        per_device_train_batch_size=h["rollout_batch_size"], gradient_accumulation_steps=1, steps_per_generation=1,
-        num_generations=h["samples_per_prompt"], num_iterations=h["ppo_epochs"], max_steps=rollouts * h["ppo_epochs"],
-        max_completion_length=h["response_length"], temperature=h["temperature"], top_k=0, top_p=1.0,
-        beta=h["kl_coef"], learning_rate=h["learning_rate"], adam_epsilon=h.get("adam_eps", 1e-8),
-        lr_scheduler_type="linear", max_grad_norm=1.0, normalize_advantages=False, disable_dropout=True,
-        model_init_kwargs={"dtype": torch.float32}, log_completions=False,
-    )
-    trainer = RLOOTrainer(model=spec["policy"], reward_funcs=[reward], args=args, train_dataset=data,
-                          processing_class=tok, reward_processing_classes=[reward_tok])
-    result, rows = _train_rl(trainer, spec, time.perf_counter() - t0, "reward")  # logged at each generation
-    result["response_length_mean"] = sum(r["completions/mean_length"] for r in rows) / max(len(rows), 1)
-    return result
+    return _run_group_rl(spec, RLOOConfig, RLOOTrainer, normalize_advantages=False)
 
 
 def run_grpo(spec: dict) -> dict:
     """TRL 1.16's GRPOTrainer: K samples per prompt, group-normalised advantages (scale_rewards
     "group"), the loss_type's aggregation (dapo: token mean), beta x k3 KL in the loss, clipped
     updates reusing each generation num_iterations times."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    h = spec["hparams"]
+    return _run_group_rl(spec, GRPOConfig, GRPOTrainer, epsilon=h["clip_range"], epsilon_high=h["clip_range_high"],
+                         loss_type=h["loss_type"], scale_rewards="group")
+
+
+def _run_group_rl(spec: dict, config_cls, trainer_cls, **method_args) -> dict:
+    """One rollout of rollout_batch_size completions (samples_per_prompt per prompt) per
+    generation, reused ppo_epochs times in one minibatch; the reward model scores them."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
 
     h = spec["hparams"]
     rollouts = h["total_episodes"] // h["rollout_batch_size"]
@@ -132,17 +116,16 @@ def run_grpo(spec: dict) -> dict:
     reward = AutoModelForSequenceClassification.from_pretrained(spec["reward"], num_labels=1, dtype=torch.float32)
     reward.config.pad_token_id = reward_tok.pad_token_id
     data = Dataset.from_dict({"prompt": [r["prompt"] for r in _read_jsonl(spec["prompts"])]})
-    args = GRPOConfig(
+    args = config_cls(
         **_common_args(spec),
         per_device_train_batch_size=h["rollout_batch_size"], gradient_accumulation_steps=1, steps_per_generation=1,
         num_generations=h["samples_per_prompt"], num_iterations=h["ppo_epochs"], max_steps=rollouts * h["ppo_epochs"],
         max_completion_length=h["response_length"], temperature=h["temperature"], top_k=0, top_p=1.0,
-        beta=h["kl_coef"], epsilon=h["clip_range"], epsilon_high=h["clip_range_high"], loss_type=h["loss_type"],
-        scale_rewards="group", learning_rate=h["learning_rate"], adam_epsilon=h.get("adam_eps", 1e-8),
+        beta=h["kl_coef"], learning_rate=h["learning_rate"], adam_epsilon=h.get("adam_eps", 1e-8),
         lr_scheduler_type="linear", max_grad_norm=1.0, disable_dropout=True,
-        model_init_kwargs={"dtype": torch.float32}, log_completions=False,
+        model_init_kwargs={"dtype": torch.float32}, log_completions=False, **method_args,
     )
-    trainer = GRPOTrainer(model=spec["policy"], reward_funcs=[reward], args=args, train_dataset=data,
+    trainer = trainer_cls(model=spec["policy"], reward_funcs=[reward], args=args, train_dataset=data,
                           processing_class=tok, reward_processing_classes=[reward_tok])
     result, rows = _train_rl(trainer, spec, time.perf_counter() - t0, "reward")  # logged at each generation
     result["response_length_mean"] = sum(r["completions/mean_length"] for r in rows) / max(len(rows), 1)
