@@ -16,7 +16,7 @@ from rlhfkit.world.report import FIGURE_KEYS, RM_KEYS
 from rlhfkit.world.run import RunConfig, run_world
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("data", "sft", "sft_large", "comparisons", "rm", "comparisons_ai", "rm_ai", "ppo_ai", "ppo", "rloo", "dpo", "orpo", "ppo_gold", "eval/sft",
+STAGES = ("data", "sft", "comparisons", "rm", "comparisons_ai", "rm_ai", "ppo_ai", "ppo", "rloo", "dpo", "orpo", "ppo_gold", "eval/sft",
           "eval/base_small", "eval/base_large", "eval/ppo", "eval/rloo", "eval/dpo", "eval/orpo", "eval/ppo_gold",
           "eval/bon", "eval/ppo_ai")
 METHODS = ("ppo", "ppo_ai", "rloo", "dpo", "orpo", "ppo_gold", "bon4", "bon16")
@@ -103,7 +103,7 @@ def test_report_has_every_key(micro_run):
     assert all(0 <= v <= 1 for v in report["win_rates"].values())
     assert set(report["reward_model"]) == set(RM_KEYS)
     assert report["eval"] == {"prompts": 128, "validation_prompts": 32, "temperature": 1.0, "seed": 0}
-    assert {"data", "sft", "sft_large", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "ppo_gold",
+    assert {"data", "sft", "comparisons", "rm", "ppo", "rloo", "dpo", "orpo", "ppo_gold",
             "comparisons_ai", "rm_ai", "ppo_ai", "eval"} <= set(report["seconds"])
     for png in ("likert.png", "training.png", "overoptimisation.png", "frontier.png"):
         assert (out / png).stat().st_size > 0
@@ -117,10 +117,10 @@ def test_report_has_every_key(micro_run):
     rloo = [json.loads(line) for line in (out / "rloo" / "metrics.jsonl").read_text().splitlines()]
     assert rloo[-1]["episodes"] == 128 and "loss/value" not in rloo[-1]
     assert report["reward_model"]["reward_form"] == "mean_logprob"  # the world's default reward model
-    # the reward model starts from base-large fine-tuned on the demonstrations (InstructGPT's RM from SFT)
-    assert report["reward_model"]["init"] == "sft_large"
-    assert "- Reward model: base-large fine-tuned on the demonstrations (sft_large) kept whole" in markdown
-    assert load_yaml(out / "rm" / "config.yaml")["model"] == str(out / "sft_large")
+    # the reward model starts from the SFT policy (InstructGPT's RM started from an SFT model)
+    assert report["reward_model"]["init"] == "sft"
+    assert "- Reward model: the SFT policy" in markdown
+    assert load_yaml(out / "rm" / "config.yaml")["model"] == str(out / "sft")
 
 
 def test_sft_beats_base_small_and_rm_beats_chance(micro_run):
@@ -240,7 +240,7 @@ def test_full_default_world_run(tmp_path):
     assert report["models"]["ppo"]["kl_to_sft"] is not None
 
 
-@pytest.mark.parametrize("rm_init", ["sft_large", "base_large"])
+@pytest.mark.parametrize("rm_init", ["sft", "sft_large", "base_large"])
 def test_rm_init_chooses_the_reward_models_starting_point(tmp_path, monkeypatch, rm_init):
     """rm_init sft_large trains base-large on the demonstrations first and starts the RM there;
     base_large skips that stage. The stages are recorded, not run."""
@@ -267,6 +267,8 @@ def test_rm_init_chooses_the_reward_models_starting_point(tmp_path, monkeypatch,
         run_world(cfg)
     if rm_init == "sft_large":
         assert stages == [("sft", small), ("sft_large", large), ("rm", str(tmp_path / "run" / "sft_large"))]
+    elif rm_init == "sft":
+        assert stages == [("sft", small), ("rm", str(tmp_path / "run" / "sft"))]
     else:
         assert stages == [("sft", small), ("rm", large)]
 

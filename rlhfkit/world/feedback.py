@@ -14,11 +14,11 @@ model and a second PPO policy (`rlhfkit run --feedback ai`: rm_ai/, ppo_ai/).
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from rlhfkit.io import write_json
 from rlhfkit.world.judge import judge_task
 from rlhfkit.world.stages import read_jsonl, write_jsonl
 from rlhfkit.world.tasks import parse_instruction
@@ -95,5 +95,5 @@ def ai_comparisons_stage(out: Path, judge_dir: str, *, principles: Sequence[str]
                "seconds": time.perf_counter() - start}
     write_jsonl(out / "comparisons_ai" / "comparisons.jsonl", rows)
     write_jsonl(out / "comparisons_ai" / "heldout.jsonl", held)
-    (out / "comparisons_ai" / "ai_labeler.json").write_text(json.dumps(figures, indent=2))
+    write_json(out / "comparisons_ai" / "ai_labeler.json", figures, indent=2)
     return figures

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.io import write_json
 from rlhfkit.config import option
 from rlhfkit.world.webtext import make_webtext
 
@@ -357,7 +358,7 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
             figures["format_imitation"] = format_imitation(final, min(cfg.judge_prompts, 100), cfg.judge_seed)
         if inits[kind] and (Path(inits[kind]) / "pretrain.json").exists():  # the lineage of continued pretraining
             figures["previous"] = json.loads((Path(inits[kind]) / "pretrain.json").read_text())
-        (final / "pretrain.json").write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(final / "pretrain.json", figures, indent=2)
         size = (final / "model.safetensors").stat().st_size
         print(f"[pretrain] {name}: done in {wall:.0f}s, {steps} steps, val loss {init_loss:.4f} -> {val:.4f}, "
               f"{size / 1e6:.1f} MB -> {final}", flush=True)

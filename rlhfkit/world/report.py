@@ -28,6 +28,7 @@ import json
 import math
 from pathlib import Path
 
+from rlhfkit.io import write_json
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.world.judge import win_rate
 
@@ -473,7 +474,7 @@ def render_markdown(report: dict, details: dict, out: Path, cfg) -> str:
 
 def write_report(out: Path, cfg, models: dict[str, str], seconds: dict[str, float]) -> dict:
     report, details = build_report(out, models, seconds, cfg.seed)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report, indent=2)
     ppo_dirs = {name: out / name for name in models if name.startswith("ppo") or name in GROUP_ADVANTAGES}
     try:
         plot_likert(report, out / "likert.png")

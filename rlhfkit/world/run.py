@@ -59,6 +59,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.io import write_json
 from rlhfkit.config import nested, option, save_yaml
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.pipeline import DONE, run_stage
@@ -289,7 +290,7 @@ def _comparisons_stage(cfg: RunConfig, out: Path) -> None:
     write_jsonl(out / "comparisons" / "heldout.jsonl", held)
     figures["labeler_config"] = dataclasses.asdict(labeler)
     figures["train_prompts"], figures["heldout_prompts"] = len(train), len(held)
-    (out / "comparisons" / "labelers.json").write_text(json.dumps(figures, indent=2))
+    write_json(out / "comparisons" / "labelers.json", figures, indent=2)
 
 
 def _rm_stage(cfg: RunConfig, out: Path, rm_cfg: RewardConfig) -> None:
@@ -303,7 +304,7 @@ def _rm_stage(cfg: RunConfig, out: Path, rm_cfg: RewardConfig) -> None:
     figures["init"] = cfg.rm_init
     if rm_cfg.reward_form == "mean_logprob":
         figures["reward_scale"] = rm_cfg.reward_scale
-    (Path(rm_cfg.output_dir) / "heldout.json").write_text(json.dumps(figures, indent=2))
+    write_json(Path(rm_cfg.output_dir) / "heldout.json", figures, indent=2)
 
 
 def _data_stage(cfg: RunConfig, out: Path) -> None:
@@ -315,7 +316,7 @@ def _data_stage(cfg: RunConfig, out: Path) -> None:
                              seed=cfg.seed)
     if cfg.ptx:
         _ptx_data(cfg, out)
-    (out / "data" / "counts.json").write_text(json.dumps(counts, indent=2))
+    write_json(out / "data" / "counts.json", counts, indent=2)
 
 
 def _ptx_data(cfg: RunConfig, out: Path) -> str:
@@ -401,8 +402,8 @@ def _eval_stage(cfg: RunConfig, out: Path, name: str, path: str, sft_holder: dic
     if is_sft:  # the SFT model is its own reference: keep it loaded for the others
         sft_holder["model"] = result["model"]
         result["figures"]["kl_to_sft"] = 0.0  # log pi - log pi_sft is identically 0 on every sample
-    (out / "eval" / f"{name}.json").write_text(json.dumps(
-        {"figures": result["figures"], "decodings": result["decodings"]}, indent=1))
+    write_json(out / "eval" / f"{name}.json", {"figures": result["figures"], "decodings": result["decodings"]},
+               indent=1)
 
 
 def _ai_feedback_stages(cfg: RunConfig, out: Path, rm_cfg: RewardConfig, base_large: str) -> dict[str, float]:
@@ -434,7 +435,7 @@ def _best_of_n_stage(cfg: RunConfig, out: Path) -> None:
                                  batch_size=cfg.eval_batch_size, seed=cfg.seed + 13,
                                  samples_out=out / "eval" / "bon.samples.jsonl")
     for n, result in results.items():
-        (out / "eval" / f"bon{n}.json").write_text(json.dumps(result, indent=1))
+        write_json(out / "eval" / f"bon{n}.json", result, indent=1)
 
 
 def _direct_stage(cfg: RunConfig, out: Path, name: str, base_small: str) -> tuple[float, str]:
@@ -479,7 +480,7 @@ def _orpo_data(cfg: RunConfig, out: Path, base_small: str) -> str:
                        demonstration_preferred=sum(r["original_order"][0] == 0 for r in demo_rows) / max(len(demo_rows), 1))
         rows = rows + demo_rows
     write_jsonl(path, rows)
-    (path.parent / "figures.json").write_text(json.dumps(figures, indent=2))
+    write_json(path.parent / "figures.json", figures, indent=2)
     return str(path)
 
 

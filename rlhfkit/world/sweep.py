@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.io import write_json
 from rlhfkit.config import from_dict, load_yaml, option, save_yaml
 from rlhfkit.pipeline import run_stage
 
@@ -87,13 +88,12 @@ def sweep_kl(cfg: SweepConfig) -> Path:
                                  max_new_tokens=run_cfg.max_new_tokens, batch_size=run_cfg.eval_batch_size,
                                  seed=run_cfg.seed + 7)
             f = ev["figures"]
-            eval_file.write_text(json.dumps({k: f[k] for k in ("gold", "likert", "exact", "follows",
-                                                                "follows_constrained", "terminated", "length",
-                                                                "kl_to_sft")}, indent=2))
+            write_json(eval_file, {k: f[k] for k in ("gold", "likert", "exact", "follows", "follows_constrained",
+                                                     "terminated", "length", "kl_to_sft")}, indent=2)
         if eval_file.exists():
             result["eval"] = json.loads(eval_file.read_text())
         results[name] = result
-    (out / "sweep.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "sweep.json", results, indent=2)
     try:
         plot_overoptimisation({f"beta {r['beta']:g}": out / n / "metrics.jsonl" for n, r in results.items()},
                               out / "sweep.png", title="KL sweep: gold and proxy reward vs sqrt(KL)")
