@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -354,13 +355,11 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
 
 
 def _pearson(a: Sequence[float], b: Sequence[float]) -> float:
-    n = len(a)
-    if n < 2:
+    """statistics.correlation, NaN where it is undefined (fewer than 2 points, a constant side)."""
+    try:
+        return statistics.correlation(a, b)
+    except statistics.StatisticsError:
         return float("nan")
-    ma, mb = sum(a) / n, sum(b) / n
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
-    va, vb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
-    return cov / (va * vb) ** 0.5 if va > 0 and vb > 0 else float("nan")
 
 
 def split_rows(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
