@@ -30,9 +30,7 @@ class SweepConfig:
     output_dir: str = option("", "sweep directory (default: <run_dir>/sweep_kl); re-running resumes")
     betas: list[float] = option([0.0, 0.005, 0.02, 0.1], "KL coefficients to try")
     total_episodes: int = option(0, "episodes per PPO run (0: the run's own PPO budget)")
-    learning_rate: float = option(0.0, "PPO learning rate of every run (0: the run's own). At the world's "
-                                  "default the policy moves so little (KL < 0.4) that beta hardly binds; "
-                                  "a larger one shows over-optimisation")
+    learning_rate: float = option(0.0, "PPO learning rate of every run (0: the run's own)")
     eval_prompts: int = option(0, "evaluation prompts used per policy (0: all of the run's)")
     evaluate: bool = option(True, "also measure each policy's gold and KL to SFT on the evaluation prompts")
     num_threads: int = option(0, "torch CPU threads (0: all cores, torch's default; 1 on a busy machine)")
