@@ -97,7 +97,7 @@ def test_rl_mix_repeats_multiplications_and_changes_nothing_else(tmp_path):
 def test_micro_world_runs_end_to_end_and_resumes(tmp_path):
     from rlhfkit.reason.run import ReasonConfig, run_reason
 
-    cfg = ReasonConfig(out=str(tmp_path / "r"), pretrain_problems=160, pretrain_epochs=4, demonstrations=16,
+    cfg = ReasonConfig(output_dir=str(tmp_path / "r"), pretrain_problems=160, pretrain_epochs=4, demonstrations=16,
                        sft_epochs=1, rl_prompts=16, eval_problems=4, eval_samples=4, hidden=32, layers=1, heads=2,
                        rl_episodes=32, rl_batch=16, rl_group_size=4, response_length=12, num_threads=1)
     out = run_reason(cfg)

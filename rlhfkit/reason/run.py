@@ -32,7 +32,7 @@ class ReasonConfig:
     working written out, a tiny model pretrained from scratch, SFT on a few hundred
     demonstrations, then RL with the answer checker as the only reward."""
 
-    out: str = option("runs/reason", "run directory (rerun the same command to resume)")
+    output_dir: str = option("runs/reason", "run directory (rerun the same command to resume)")
     seed: int = option(0, "seed of the problems, the models and every stage")
     digits_min: int = option(3, "fewest digits of the first operand")
     digits_max: int = option(3, "most digits of the first operand")
@@ -200,7 +200,7 @@ def run_reason(cfg: ReasonConfig) -> Path:
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    out = Path(cfg.out)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     t0 = time.perf_counter()
