@@ -20,10 +20,8 @@ from pathlib import Path
 
 from rlhfkit.io import write_json
 from rlhfkit.world.judge import judge_task
-from rlhfkit.world.stages import read_jsonl, write_jsonl
+from rlhfkit.world.stages import GOLD_TIE, read_jsonl, write_jsonl
 from rlhfkit.world.tasks import parse_instruction
-
-GOLD_TIE = 1e-9
 
 
 def pairwise_agreement(rows: Sequence[dict], probs: Sequence[float]) -> dict:

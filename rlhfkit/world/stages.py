@@ -293,6 +293,10 @@ def reward_model_scores(model, tokenizer, prompts: Sequence, responses: Sequence
     return scores
 
 
+# gold scores closer than this are a tie: the pair counts one half (RM, labeler and AI judge figures alike)
+GOLD_TIE = 1e-9
+
+
 def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler: LabelerConfig) -> dict:
     """reward_model_figures from given scores: `scores` holds one score per response of
     `rows`, in order (responses of a row best first in the labeler's ranking)."""
@@ -330,7 +334,7 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
             for j in range(i + 1, k):  # the labeler preferred i to j
                 pairs += 1
                 acc += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
-                if abs(g[i] - g[j]) <= 1e-9:
+                if abs(g[i] - g[j]) <= GOLD_TIE:
                     acc_gold += 0.5
                     oracle += 0.5
                 else:
