@@ -230,13 +230,14 @@ def evaluate_best_of_n(sft_path: str, rm_path: str, tasks: Sequence[Task], promp
     rm = load_reward_model(rm_path, rm_tokenizer).eval()
     scores = [reward_model_scores(rm, rm_tokenizer, prompts, d.texts, d.terminated, batch_size=batch_size)
               for d in draws]
+    draw_lengths = [d.lengths() for d in draws]  # once per draw, not once per prompt
     out = {}
     rows_out = []
     for n in ns:
         pick = [max(range(n), key=lambda j: scores[j][i]) for i in range(len(prompts))]
         texts = [draws[j].texts[i] for i, j in enumerate(pick)]
         ended = [draws[j].terminated[i] for i, j in enumerate(pick)]
-        lengths = [draws[j].lengths()[i] for i, j in enumerate(pick)]
+        lengths = [draw_lengths[j][i] for i, j in enumerate(pick)]
         d = summarise_judged(tasks, judge_samples(tasks, texts, ended), lengths)
         decoding = {k: d[k] for k in DECODING_KEYS}
         figures = {"path": f"best-of-{n} of {sft_path} by {rm_path}", "params": sft_figures["params"],
