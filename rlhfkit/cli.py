@@ -25,9 +25,9 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
     from rlhfkit.trainers.ppo_config import PPOConfig
     from rlhfkit.trainers.reward import RewardConfig, train_reward_model
     from rlhfkit.trainers.sft import SFTConfig, train_sft
-    from rlhfkit.world.pretrain import PretrainConfig, pretrain_world
-    from rlhfkit.world.run import RunConfig, run_world
-    from rlhfkit.world.sweep import SweepConfig, sweep_kl
+    from rlhfkit.experiment.pretrain import PretrainConfig, pretrain_world
+    from rlhfkit.experiment.run import RunConfig, run_world
+    from rlhfkit.experiment.sweep import SweepConfig, sweep_kl
 
     return {
         ("run",): ("the main job: the InstructGPT recipe in the instruction world, evaluated and reported",

@@ -171,7 +171,8 @@ def _default(f: dataclasses.Field) -> Any:
 
 def check_sets_itself(cfg: Any) -> None:
     """Refuse a stage option the parent config sets itself (SETS_ITSELF) when it was
-    given a value other than its default: the parent would drop it silently."""
+    given a value other than its default: the parent would drop it silently. Called
+    from the parent config's __post_init__."""
     if not getattr(type(cfg), "SETS_ITSELF", None):
         return
     for f in dataclasses.fields(cfg):
@@ -277,9 +278,8 @@ def from_dict(cls: type[C], data: dict[str, Any], *, where: str = "config", pref
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {', '.join(prefix + m for m in missing)}")
     try:
-        cfg = cls(**kwargs)
-        check_sets_itself(cfg)
-    except ConfigError as e:  # a value check_options refused: say where it came from
+        cfg = cls(**kwargs)  # __post_init__ checks the values (check_options, check_sets_itself)
+    except ConfigError as e:  # a value the class refused: say where it came from
         raise ConfigError(f"{where}: {prefix}{e}") from None
     return cfg
 

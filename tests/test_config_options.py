@@ -121,6 +121,9 @@ class _Parent:
 
     SETS_ITSELF: ClassVar[dict] = {"*": ("seed",), "second": ("model",)}
 
+    def __post_init__(self) -> None:
+        check_sets_itself(self)
+
 
 def test_a_stage_option_the_parent_sets_itself_is_refused():
     assert from_dict(_Parent, {"first": {"model": "m", "lr": 0.1}}).first.model == "m"
@@ -129,7 +132,7 @@ def test_a_stage_option_the_parent_sets_itself_is_refused():
     with pytest.raises(ConfigError, match="first.seed is set by this command itself"):
         from_dict(_Parent, {"first": {"seed": 3}})
     with pytest.raises(ConfigError, match="second.seed is set by this command itself"):
-        check_sets_itself(_Parent(second=_Stage(seed=1)))  # for Python construction (a __post_init__)
+        _Parent(second=_Stage(seed=1))  # Python construction: the same check
 
 
 def test_a_saved_config_with_defaults_reads_back(tmp_path):

@@ -107,7 +107,8 @@ def test_heldout_pair_figures_of_an_oracle_and_of_a_length_counter():
     the oracle and always prefers the exactly-right response; one that counts characters
     correlates with length only."""
     from rlhfkit.world.judge import judge_task
-    from rlhfkit.world.stages import heldout_pair_figures, label_comparisons
+    from rlhfkit.experiment.comparisons import label_comparisons
+    from rlhfkit.experiment.reward_figures import heldout_pair_figures
 
     rng = random.Random(0)
     tasks = make_split("comparisons", 60, 0)

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from rlhfkit.world.pretrain import (  # noqa: E402
+from rlhfkit.experiment.pretrain import (  # noqa: E402
     PretrainConfig,
     judge_base_model,
     pretrain_world,
@@ -87,7 +87,7 @@ def test_judge_base_model(toy_run):
 
 def test_real_spec_sizes():
     from rlhfkit.models.tokenizer import train_bpe_tokenizer
-    from rlhfkit.world.pretrain import build_base_model, count_parameters
+    from rlhfkit.experiment.pretrain import build_base_model, count_parameters
 
     tok = train_bpe_tokenizer(webtext_eval_texts(50), 512)
     small = count_parameters(build_base_model("small", tok, 256, 0))

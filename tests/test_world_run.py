@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from rlhfkit.config import from_dict, load_yaml
-from rlhfkit.world.report import FIGURE_KEYS, RM_KEYS
-from rlhfkit.world.run import RunConfig, run_world
+from rlhfkit.experiment.report import FIGURE_KEYS, RM_KEYS
+from rlhfkit.experiment.options import RunConfig
+from rlhfkit.experiment.run import run_world
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "sft", "comparisons", "rm", "comparisons_ai", "rm_ai", "ppo_ai", "ppo", "rloo", "dpo", "orpo", "ppo_gold", "eval/sft",
@@ -191,7 +192,7 @@ def test_a_lost_evaluation_file_is_recomputed_not_an_error(micro_run, capsys):
 
 
 def test_sweep_kl_reuses_the_run(micro_run, tmp_path):
-    from rlhfkit.world.sweep import SweepConfig, sweep_kl
+    from rlhfkit.experiment.sweep import SweepConfig, sweep_kl
 
     _, out = micro_run
     sweep = sweep_kl(SweepConfig(run_dir=str(out), output_dir=str(tmp_path / "sweep"), betas=[0.0, 0.1],
@@ -208,7 +209,7 @@ def test_sweep_kl_reuses_the_run(micro_run, tmp_path):
 
 
 def test_filter_ranking_keeps_unterminated_and_drops_empty_and_duplicates():
-    from rlhfkit.world.stages import filter_ranking
+    from rlhfkit.experiment.comparisons import filter_ranking
 
     row = {"prompt": "Name a fruit.", "responses": ["apple.", "pear. I hope", "", "apple.", "fig."],
            "terminated": [True, False, True, True, True], "order": [3, 0, 1, 4, 2], "labeler": 5, "seed": 0,
@@ -244,7 +245,7 @@ def test_full_default_world_run(tmp_path):
 def test_rm_init_chooses_the_reward_models_starting_point(tmp_path, monkeypatch, rm_init):
     """rm_init sft_large trains base-large on the demonstrations first and starts the RM there;
     base_large skips that stage. The stages are recorded, not run."""
-    import rlhfkit.world.run as world_run
+    import rlhfkit.experiment.run as world_run
 
     class ReachedRM(Exception):
         pass
@@ -258,7 +259,7 @@ def test_rm_init_chooses_the_reward_models_starting_point(tmp_path, monkeypatch,
         return 0.0
 
     monkeypatch.setattr(world_run, "run_stage", fake_run_stage)
-    monkeypatch.setattr(world_run, "_timed", lambda name, directory, fn: 0.0)
+    monkeypatch.setattr(world_run, "run_plain_stage", lambda name, directory, fn: 0.0)
     small, large = str(tmp_path / "small"), str(tmp_path / "large")
     Path(small).mkdir(), Path(large).mkdir()
     cfg = from_dict(RunConfig, {"output_dir": str(tmp_path / "run"), "rm_init": rm_init,
@@ -274,14 +275,13 @@ def test_rm_init_chooses_the_reward_models_starting_point(tmp_path, monkeypatch,
 
 
 def test_unknown_rm_init_is_an_error_before_any_work(tmp_path):
-    cfg = from_dict(RunConfig, {"output_dir": str(tmp_path / "run"), "rm_init": "sft_xl"})
     with pytest.raises(ValueError, match="rm_init: unknown starting point 'sft_xl'"):
-        run_world(cfg)
+        from_dict(RunConfig, {"output_dir": str(tmp_path / "run"), "rm_init": "sft_xl"})
     assert not (tmp_path / "run").exists()
 
 
 def test_algo_all_expands_to_the_method_table_and_unknown_names_fail():
-    from rlhfkit.world.run import ALL_METHODS, expand_algo
+    from rlhfkit.experiment.options import ALL_METHODS, expand_algo
 
     assert expand_algo(["all"]) == list(ALL_METHODS)
     assert {"ppo", "rloo", "grpo", "bon", "dpo", "ipo", "orpo", "kto", "ppo_gold"} == set(ALL_METHODS)
@@ -291,7 +291,7 @@ def test_algo_all_expands_to_the_method_table_and_unknown_names_fail():
 
 
 def test_pairwise_agreement_counts_gold_ties_and_judge_ties_one_half():
-    from rlhfkit.world.feedback import pairwise_agreement
+    from rlhfkit.experiment.feedback import pairwise_agreement
 
     row = {"prompt": [{"role": "user", "content": "What is 2 plus 3?"}],
            # best first in the labeler's order: exact, near miss, exact again with chatter, wrong

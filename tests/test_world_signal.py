@@ -13,9 +13,11 @@ from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.sft import SFTConfig, train_sft
 from rlhfkit.world.demonstrators import make_demonstrations
-from rlhfkit.world.evaluate import summarise
+from rlhfkit.experiment.evaluate import summarise
 from rlhfkit.world.splits import make_split
-from rlhfkit.world.stages import chat, gold, sample_responses
+from rlhfkit.experiment.data import chat
+from rlhfkit.experiment.sampling import sample_responses
+from rlhfkit.experiment.stages import gold
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_SMALL = ROOT / "rlhfkit" / "world" / "checkpoints" / "base-small"

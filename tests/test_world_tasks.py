@@ -1,5 +1,7 @@
 """Task families: word lists, ranges, answers, and parse_instruction round trips."""
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -81,3 +83,12 @@ def test_parse_rejects_unknown_text(text):
 def test_tasks_are_hashable():
     rng = random.Random(2)
     assert len({sample_task(rng) for _ in range(50)}) > 1
+
+
+def test_the_world_is_a_simulator_without_torch():
+    """rlhfkit/world/ holds the simulator only; the experiment that trains in it
+    (rlhfkit/experiment/) is the part that needs torch."""
+    modules = ", ".join(f"rlhfkit.world.{m}" for m in ("tasks", "judge", "demonstrators", "labelers", "webtext",
+                                                       "splits"))
+    code = f"import sys, rlhfkit.world, {modules}; sys.exit(int('torch' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,4 +1,4 @@
-"""report.json and report.md of a world run (rlhfkit.world.run), rebuilt from the
+"""report.json and report.md of a world run (rlhfkit.experiment.run), rebuilt from the
 files the stages stored, so a resumed run writes the same report.
 
 report.json:

@@ -41,10 +41,11 @@ def _beta_name(beta: float) -> str:
 
 
 def sweep_kl(cfg: SweepConfig) -> Path:
-    from rlhfkit.world.evaluate import evaluate_policy
-    from rlhfkit.world.report import overoptimisation_points, plot_overoptimisation, read_metrics
-    from rlhfkit.world.run import RunConfig, _train_ppo_with_gold, ppo_stage_config
-    from rlhfkit.world.stages import read_jsonl, tasks_of
+    from rlhfkit.experiment.evaluate import evaluate_policy
+    from rlhfkit.experiment.report import overoptimisation_points, plot_overoptimisation, read_metrics
+    from rlhfkit.experiment.options import RunConfig
+    from rlhfkit.experiment.stages import ppo_stage_config, train_ppo_with_gold
+    from rlhfkit.experiment.data import read_jsonl, tasks_of
 
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
@@ -70,7 +71,7 @@ def sweep_kl(cfg: SweepConfig) -> Path:
         if cfg.learning_rate:
             overrides["learning_rate"] = cfg.learning_rate
         ppo_cfg = ppo_stage_config(run_cfg, run, out / name, **overrides)
-        seconds = run_stage(name, out / name, _train_ppo_with_gold, ppo_cfg, log=lambda m: print(m, flush=True))
+        seconds = run_stage(name, out / name, train_ppo_with_gold, ppo_cfg, log=lambda m: print(m, flush=True))
         points = overoptimisation_points(out / name / "metrics.jsonl")
         last = read_metrics(out / name / "metrics.jsonl")[-1]
         result = {"beta": beta, "seconds": seconds, "train_proxy": last.get("objective/scores_rm"),

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.world.judge import judge_task
-from rlhfkit.world.stages import Samples, response_logprob_sums, sample_responses
+from rlhfkit.experiment.sampling import Samples, response_logprob_sums, sample_responses
 from rlhfkit.world.tasks import CONSTRAINTS, Task
 
 CONSTRAINT_ORDER = ("none", *CONSTRAINTS)
@@ -40,8 +40,8 @@ EVAL_TEMPERATURE = 1.0
 MAX_NEW_TOKENS = 48
 
 try:  # the pretraining module's held-out web text and loss, when present
-    from rlhfkit.world.pretrain import webtext_eval_texts as _pretrain_texts
-    from rlhfkit.world.pretrain import webtext_loss as _pretrain_webtext_loss
+    from rlhfkit.experiment.pretrain import webtext_eval_texts as _pretrain_texts
+    from rlhfkit.experiment.pretrain import webtext_loss as _pretrain_webtext_loss
 except ImportError:  # pragma: no cover - fallback while pretrain.py is absent
     _pretrain_texts = _pretrain_webtext_loss = None
 
@@ -217,7 +217,7 @@ def evaluate_best_of_n(sft_path: str, rm_path: str, tasks: Sequence[Task], promp
     samples at T = 1 only, so it has no greedy decoding). params, webtext_loss
     are SFT's (the same weights); kl_to_sft the analytic log n - (n-1)/n."""
     from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer
-    from rlhfkit.world.stages import reward_model_scores
+    from rlhfkit.experiment.reward_figures import reward_model_scores
 
     n_max = max(ns)
     tokenizer = load_tokenizer(sft_path)

@@ -210,7 +210,7 @@ def format_imitation(model_dir: str | Path, n_prompts: int = 100, seed: int = 0,
 
     from rlhfkit.world.judge import read_formats
     from rlhfkit.world.splits import make_split
-    from rlhfkit.world.stages import sample_responses
+    from rlhfkit.experiment.sampling import sample_responses
     from rlhfkit.world.tasks import CONSTRAINTS, apply_format, constrain
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from rlhfkit.io import write_json
 from rlhfkit.world.judge import judge_task
-from rlhfkit.world.stages import GOLD_TIE, read_jsonl, write_jsonl
+from rlhfkit.experiment.data import read_jsonl, write_jsonl
+from rlhfkit.experiment.reward_figures import GOLD_TIE
 from rlhfkit.world.tasks import parse_instruction
 
 

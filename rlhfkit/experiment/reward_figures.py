@@ -1,0 +1,132 @@
+"""The reward model's held-out figures: on the held-out comparison pairs, how often
+it agrees with the labeler who ranked them, with the gold judge, and on pairs where
+only one response is exact or follows the asked format; a second independent
+labeler and the gold judge give the ceilings."""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+import torch
+
+from rlhfkit.data.collate import pad_prompt_response
+from rlhfkit.data.tokenize import prompt_token_ids
+from rlhfkit.world.judge import judge_task
+from rlhfkit.world.labelers import LabelerConfig, rank
+from rlhfkit.world.tasks import parse_instruction
+
+# Offset of the second, independent labeler (never in the pool) used for the
+# labelers' own agreement on the reward model's held-out pairs.
+SECOND_LABELER_OFFSET = 1_000_003
+
+
+@torch.no_grad()
+def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConfig, batch_size: int = 64) -> dict:
+    """Held-out pairwise figures on the same pairs (different texts, labeler order):
+    val_accuracy (RM vs the labeler who ranked them), val_accuracy_vs_gold (RM vs
+    the gold judge, gold ties count one half), labeler_agreement (a second,
+    independent labeler vs the first), oracle_agreement (gold vs the first labeler:
+    the ceiling a reward model that learned the labeler could reach against gold)."""
+    from rlhfkit.models.loading import load_reward_model, load_tokenizer
+
+    tokenizer = load_tokenizer(rm_dir)
+    model = load_reward_model(rm_dir, tokenizer).eval()
+    prompts = [row["prompt"] for row in rows for _ in row["responses"]]
+    responses = [y for row in rows for y in row["responses"]]
+    terminated = [t for row in rows for t in row["terminated"]]
+    scores = reward_model_scores(model, tokenizer, prompts, responses, terminated, batch_size=batch_size)
+    return heldout_pair_figures(rows, scores, labeler)
+
+
+@torch.no_grad()
+def reward_model_scores(model, tokenizer, prompts: Sequence, responses: Sequence[str], terminated: Sequence[bool],
+                        *, batch_size: int = 64) -> list[float]:
+    """The reward model's (normalised) score of each response to its prompt; a
+    response that ran out of tokens is encoded without EOS, as PPO scores it."""
+    from rlhfkit.models.forward import reward_scores
+
+    pairs = []
+    for p, y, ended in zip(prompts, responses, terminated):
+        eos = [tokenizer.eos_token_id] if ended else []
+        pairs.append((prompt_token_ids(tokenizer, p), tokenizer(y, add_special_tokens=False)["input_ids"] + eos))
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))  # less padding
+    scores = [0.0] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask, target = pad_prompt_response([pairs[i] for i in idx], tokenizer.pad_token_id)
+        for i, v in zip(idx, reward_scores(model, ids, mask, target).tolist()):
+            scores[i] = v
+    return scores
+
+
+# gold scores closer than this are a tie: the pair counts one half (RM, labeler and AI judge figures alike)
+GOLD_TIE = 1e-9
+
+
+def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler: LabelerConfig) -> dict:
+    """reward_model_figures from given scores: `scores` holds one score per response of
+    `rows`, in order (responses of a row best first in the labeler's ranking)."""
+    acc = acc_gold = agree = oracle = 0.0
+    pairs = 0
+    pos = 0
+    exact_pairs: dict[str, list[float]] = {}  # family -> [pairs differing in exactness, RM prefers the exact one]
+    follows_pairs = [0, 0.0]  # [pairs where only one response follows the asked format, RM prefers that one]
+    all_scores, all_gold, all_length = [], [], []
+    for row in rows:
+        ys = row["responses"]
+        k = len(ys)
+        s = scores[pos:pos + k]
+        pos += k
+        task = parse_instruction(row["prompt"][-1]["content"])
+        ended = row["terminated"]
+        judged = [judge_task(task, y, t) for y, t in zip(ys, ended)]
+        g = [j.gold for j in judged]
+        all_scores += s
+        all_gold += g
+        all_length += [len(y) for y in ys]
+        fam = exact_pairs.setdefault(row.get("family", task.family), [0, 0])
+        for i in range(k):
+            for j in range(i + 1, k):
+                if judged[i].exact != judged[j].exact:  # score ties count one half
+                    fam[0] += 1
+                    fam[1] += 0.5 if s[i] == s[j] else float((s[i] > s[j]) == judged[i].exact)
+                if judged[i].follows != judged[j].follows:
+                    follows_pairs[0] += 1
+                    follows_pairs[1] += 0.5 if s[i] == s[j] else float((s[i] > s[j]) == judged[i].follows)
+        other = rank(task, ys, ended, row["labeler"] + SECOND_LABELER_OFFSET, row["seed"],
+                     prompt_index=row["index"], config=labeler)
+        other_pos = {idx: r for r, idx in enumerate(other)}
+        for i in range(k):
+            for j in range(i + 1, k):  # the labeler preferred i to j
+                pairs += 1
+                acc += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+                if abs(g[i] - g[j]) <= GOLD_TIE:
+                    acc_gold += 0.5
+                    oracle += 0.5
+                else:
+                    acc_gold += float((s[i] > s[j]) == (g[i] > g[j]))
+                    oracle += float(g[i] > g[j])
+                agree += float(other_pos[i] < other_pos[j])
+    if not pairs:
+        return {"val_accuracy": float("nan"), "labeler_agreement": float("nan"),
+                "val_accuracy_vs_gold": float("nan"), "oracle_agreement": float("nan"), "pairs": 0}
+    n_exact = sum(n for n, _ in exact_pairs.values())
+    return {"val_accuracy": acc / pairs, "labeler_agreement": agree / pairs,
+            "val_accuracy_vs_gold": acc_gold / pairs, "oracle_agreement": oracle / pairs, "pairs": pairs,
+            "prompts": len(rows),
+            # what the RM learned: does it prefer the exactly-right response when only one of a
+            # pair is, and does its score follow gold or merely length (characters)?
+            "exact_pairs": n_exact,
+            "exact_pair_accuracy": sum(r for _, r in exact_pairs.values()) / n_exact if n_exact else float("nan"),
+            "exact_pair_accuracy_per_family": {f: r / n for f, (n, r) in sorted(exact_pairs.items()) if n},
+            "follows_pairs": follows_pairs[0],
+            "follows_pair_accuracy": follows_pairs[1] / follows_pairs[0] if follows_pairs[0] else float("nan"),
+            "score_correlation": {"gold": _pearson(all_scores, all_gold), "length": _pearson(all_scores, all_length)}}
+
+
+def _pearson(a: Sequence[float], b: Sequence[float]) -> float:
+    """statistics.correlation, NaN where it is undefined (fewer than 2 points, a constant side)."""
+    try:
+        return statistics.correlation(a, b)
+    except statistics.StatisticsError:
+        return float("nan")
