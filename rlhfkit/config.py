@@ -222,9 +222,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, item_tp, key) for v in value]
     if origin is dict or tp is dict:
+        key_tp, value_tp = get_args(tp) or (str, Any)
+        if isinstance(value, str):  # the command line: name=value,name=value
+            pairs = [p for p in value.split(",") if p]
+            if not all("=" in p for p in pairs):
+                raise ConfigError(f"{key}: expected name=value pairs separated by commas, got {value!r}")
+            value = dict(p.split("=", 1) for p in pairs)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        return {_coerce(k, key_tp, key): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -15,12 +15,13 @@ import numbers
 import pkgutil
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from rlhfkit.config import did_you_mean
 from rlhfkit.data.collate import pad_prompt_response
 from rlhfkit.models.forward import reward_scores
 from rlhfkit.models.loading import reward_normalisation
@@ -151,19 +152,32 @@ def _short(value) -> str:
 
 
 class WeightedReward:
-    """sum_i w_i * scorer_i(batch); each component is also reported on its own."""
+    """sum_i w_i * scorer_i(batch); each component is also reported on its own.
 
-    def __init__(self, scorers: Sequence[Callable], weights: Sequence[float] | None = None,
+    The weights are keyed by the rewards' names ("rm" for a reward model, a
+    function's name), so a weight cannot land on the wrong reward when the rewards
+    are listed in another order; a reward without a weight has weight 1."""
+
+    def __init__(self, scorers: Sequence[Callable], weights: Mapping[str, float] | None = None,
                  names: Sequence[str] | None = None):
         if not scorers:
             raise ValueError("PPO needs a reward: a reward model, a reward function, or both")
         self.scorers = list(scorers)
-        self.weights = list(weights) if weights else [1.0] * len(self.scorers)
-        if len(self.weights) != len(self.scorers):
-            raise ValueError(f"{len(self.weights)} reward weights for {len(self.scorers)} rewards")
-        if not all(isinstance(w, numbers.Real) and math.isfinite(w) for w in self.weights):
-            raise ValueError(f"reward weights must be finite numbers, got {self.weights}")
         self.names = list(names) if names else [f"reward_{i}" for i in range(len(self.scorers))]
+        if len(self.names) != len(self.scorers):
+            raise ValueError(f"{len(self.names)} reward names for {len(self.scorers)} rewards")
+        twice = sorted({n for n in self.names if self.names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two rewards are named {twice[0]!r}: their weights and logged scores would mix; "
+                             "give each reward function its own name")
+        weights = dict(weights or {})
+        unknown = [n for n in weights if n not in self.names]
+        if unknown:
+            raise ValueError(f"reward_weights: no reward is named {unknown[0]!r}; the rewards are "
+                             f"{', '.join(self.names)}{did_you_mean(unknown[0], self.names)}")
+        if not all(isinstance(w, numbers.Real) and math.isfinite(w) for w in weights.values()):
+            raise ValueError(f"reward weights must be finite numbers, got {weights}")
+        self.weights = [float(weights.get(name, 1.0)) for name in self.names]
 
     def __call__(self, batch: ScoringBatch) -> tuple[torch.Tensor, dict[str, float]]:
         total, parts = None, {}

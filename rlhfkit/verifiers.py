@@ -4,7 +4,7 @@ matching, and a format check, shipped as batched reward functions with the signa
 every rlhfkit reward function has, `f(prompts, responses, **kwargs) -> scores`:
 
     rlhfkit ppo ... --reward_functions rlhfkit.verifiers:answer_reward rlhfkit.verifiers:format_reward \\
-                    --reward_weights 1.0 0.1
+                    --reward_weights format_reward=0.1
 
 The gold answer is read from each prompt record's `answer` column (it reaches the
 function as `metadata[i]["answer"]`). Each function is logged on its own as

@@ -96,7 +96,7 @@ BAD_OPTIONS = [
     ("ppo", "learning_rate", "0", "learning_rate must be positive, got 0 (0 trains nothing"),
     ("ppo", "critic_learning_rate", "-1", "critic_learning_rate must be >= 0"),
     ("ppo", "num_samples_logged", "-1", "num_samples_logged must be >= 0"),
-    ("ppo", "reward_weights", "1,nan", "reward_weights must be a finite number"),
+    ("ppo", "reward_weights", "rm=1,format=nan", "reward_weights: format must be a finite number"),
     # nested stage options of the pipeline name the stage
     ("pipeline", "sft.num_epochs", "0", "sft.num_epochs must be positive"),
     ("pipeline", "ppo.kl_coef", "-1", "ppo.kl_coef must be >= 0"),

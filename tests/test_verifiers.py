@@ -58,7 +58,7 @@ def test_reward_functions_score_a_batch():
 
 def test_verifiers_resolve_like_any_cli_reward_function_and_report_each_score():
     fns = [import_function("rlhfkit.verifiers:answer_reward"), import_function("rlhfkit.verifiers:format_reward")]
-    reward = WeightedReward([FunctionScorer(f) for f in fns], [1.0, 0.5], [f.__name__ for f in fns])
+    reward = WeightedReward([FunctionScorer(f) for f in fns], {"format_reward": 0.5}, [f.__name__ for f in fns])
     responses = ["1+1=2\nAnswer: 2", "Answer: 3"]
     batch = ScoringBatch(prompt_ids=torch.zeros(2, 1, dtype=torch.long), prompt_mask=torch.ones(2, 1),
                          response_ids=torch.zeros(2, 1, dtype=torch.long), response_mask=torch.ones(2, 1),
@@ -74,3 +74,31 @@ def test_a_number_too_large_for_a_float_is_unparseable_not_an_error():
 
     assert parse_number("1e400") is None and parse_number("9" * 400) is None
     assert not numeric_match("1e400", "12")
+
+
+def test_reward_weights_go_by_name_whatever_the_order_and_a_wrong_name_is_refused():
+    fns = [import_function("rlhfkit.verifiers:answer_reward"), import_function("rlhfkit.verifiers:format_reward")]
+    # answer_reward [1, 0, 1, 0], format_reward [1, 0, 0, 1] (an Answer line after working)
+    responses = ["1+1=2\nAnswer: 2", "Answer: 3", "The sum is 2", "1+1=3\nAnswer: 3"]
+    batch = ScoringBatch(prompt_ids=torch.zeros(4, 1, dtype=torch.long), prompt_mask=torch.ones(4, 1),
+                         response_ids=torch.zeros(4, 1, dtype=torch.long), response_mask=torch.ones(4, 1),
+                         prompts=["1+1"] * 4, responses=responses, eos=torch.ones(4, dtype=torch.bool),
+                         metadata=[{"answer": "2"}] * 4)
+    weights = {"format_reward": 0.25}  # answer_reward: 1 when not given
+    forward = WeightedReward([FunctionScorer(f) for f in fns], weights, [f.__name__ for f in fns])
+    backward = WeightedReward([FunctionScorer(f) for f in fns[::-1]], weights, [f.__name__ for f in fns[::-1]])
+    assert forward(batch)[0].tolist() == backward(batch)[0].tolist() == [1.25, 0.0, 1.0, 0.25]
+    with pytest.raises(ValueError, match="no reward is named 'format'.*answer_reward, format_reward.*format_reward"):
+        WeightedReward([FunctionScorer(f) for f in fns], {"format": 1.0}, [f.__name__ for f in fns])
+    with pytest.raises(ValueError, match="two rewards are named 'answer_reward'"):
+        WeightedReward([FunctionScorer(fns[0])] * 2, None, ["answer_reward"] * 2)
+
+
+def test_reward_weights_read_from_the_command_line_as_name_value_pairs():
+    from rlhfkit.config import ConfigError, from_dict
+    from rlhfkit.trainers.ppo_config import PPOConfig
+
+    cfg = from_dict(PPOConfig, {"reward_weights": "rm=1,format_reward=0.1"})
+    assert cfg.reward_weights == {"rm": 1.0, "format_reward": 0.1}
+    with pytest.raises(ConfigError, match="expected name=value pairs"):
+        from_dict(PPOConfig, {"reward_weights": "1,0.1"})

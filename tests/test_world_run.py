@@ -157,7 +157,8 @@ def test_datasets_written_and_gold_logged(micro_run):
     assert len(vals) == 32 and not {r["instruction"] for r in vals if r["family"] != "name"} & evals
     # the oracle trains on the gold judge alone, scaled like the RM (1 / gold's std on the SFT samples)
     oracle = load_yaml(out / "ppo_gold" / "config.yaml")
-    assert oracle["reward_model"] == "" and len(oracle["reward_weights"]) == 1 and oracle["reward_weights"][0] > 1
+    assert oracle["reward_model"] == "" and set(oracle["reward_weights"]) == {"gold"}
+    assert oracle["reward_weights"]["gold"] > 1
     rows = [json.loads(line) for line in (out / "comparisons" / "comparisons.jsonl").read_text().splitlines()]
     assert rows and all(len(r["responses"]) >= 2 and len(r["terminated"]) == len(r["responses"]) for r in rows)
     ppo = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]

@@ -51,7 +51,7 @@ def test_rl_raises_follows_on_constrained_prompts_over_sft(tmp_path):
                       for t in make_split("ppo", 256, 0, families=FAMILIES)])
     # the gold judge as the only reward (3 x gold: about unit std on SFT samples, as the RM's scale)
     ppo = str(train_ppo(PPOConfig(model=sft, reward_model="", value_model=sft, prompts=prompts,
-                                  output_dir=str(tmp_path / "ppo"), reward_weights=[3.0], total_episodes=1536,
+                                  output_dir=str(tmp_path / "ppo"), reward_weights={"gold": 3.0}, total_episodes=1536,
                                   rollout_batch_size=64, num_minibatches=1, ppo_epochs=2,
                                   per_device_train_batch_size=64, response_length=32, learning_rate=3e-4,
                                   critic_learning_rate=1e-3, kl_coef=0.02, seed=0, progress=False),

@@ -115,7 +115,7 @@ def ppo_stage_config(cfg: RunConfig, out: Path, directory: Path, **overrides) ->
     value = {"sft": str(out / "sft"), "rm": str(out / "rm")}.get(cfg.ppo.value_model, cfg.ppo.value_model)
     settings = dict(model=str(out / "sft"), reward_model=str(out / "rm"), value_model=value,
                     prompts=str(out / "data" / "ppo_prompts.jsonl"), output_dir=str(directory),
-                    reward_weights=[1.0, *[1.0] * len(cfg.ppo.reward_functions), 0.0])
+                    reward_weights={"gold": 0.0})  # the RM and any --ppo.reward_functions: weight 1
     settings.update(overrides)
     if settings.get("advantage_estimator", cfg.ppo.advantage_estimator) != "gae":  # critic-free: no value model
         settings["value_model"] = ""
@@ -142,8 +142,7 @@ def oracle_stage_config(cfg: RunConfig, out: Path) -> PPOConfig:
              for y, e in zip(r["responses"], r["terminated"])]
     mean = sum(golds) / len(golds)
     std = (sum((g - mean) ** 2 for g in golds) / max(len(golds) - 1, 1)) ** 0.5
-    weights = [*[1.0] * len(cfg.ppo.reward_functions), 1.0 / max(std, 1e-3)]
-    return ppo_stage_config(cfg, out, out / ORACLE, reward_model="", reward_weights=weights)
+    return ppo_stage_config(cfg, out, out / ORACLE, reward_model="", reward_weights={"gold": 1.0 / max(std, 1e-3)})
 
 
 def eval_stage(cfg: RunConfig, out: Path, name: str, path: str, sft_holder: dict) -> None:

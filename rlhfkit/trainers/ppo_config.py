@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlhfkit.config import ConfigError, check_divisible, option
+from rlhfkit.config import ConfigError, check_divisible, option, option_problem
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.trainers.common import TrainConfig
 
@@ -26,7 +26,8 @@ class PPOConfig(TrainConfig):
                               "`rlhfkit rm --reward_form mean_logprob` trained")
     reward_functions: list[str] = option([], "Python rewards 'module:function' or 'file.py:function', "
                                          "called as f(prompts, responses, **kwargs) -> scores")
-    reward_weights: list[float] = option([], "weights of [reward model, *reward functions] (default: all 1)")
+    reward_weights: dict[str, float] = option({}, "weight of each reward by name, rm=1,format_reward=0.1: rm is the "
+                                              "reward model, a function goes by its name (default: 1 each)")
     normalize_reward: bool = option(True, "apply the mean/std normalisation stored with the reward model")
     value_model: str = option("", "value model initialisation (default: the reward model, else the policy "
                               "checkpoint with a zero-initialised head)")
@@ -105,7 +106,9 @@ class PPOConfig(TrainConfig):
         "learning_rate": ">= 0",
         "gamma": "[0, 1]", "lam": "[0, 1]", "whiten_advantages": ("minibatch", "batch", "none"), "clip_range": "> 0",
         "clip_range_value": "> 0", "vf_coef": ">= 0", "entropy_coef": ">= 0", "ptx_coef": ">= 0",
-        "ptx_batch_size": ">= 1", "num_samples_logged": ">= 0", "reward_weights": "finite",
+        "ptx_batch_size": ">= 1", "num_samples_logged": ">= 0",
+        "reward_weights": lambda v: next(filter(None, (option_problem(f"reward_weights: {name}", w, "finite")
+                                                       for name, w in v.items())), None),
     }
 
     def __post_init__(self) -> None:
