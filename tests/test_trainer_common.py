@@ -6,7 +6,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from rlhfkit.trainers.common import DivergenceError, NonFiniteGuard, clip_gradients, make_adam
+from rlhfkit.trainers.errors import DivergenceError
+from rlhfkit.trainers.optim import NonFiniteGuard, clip_gradients, make_adam
 
 
 def _model(seed=0):

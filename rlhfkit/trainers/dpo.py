@@ -26,14 +26,10 @@ from rlhfkit.losses.common import tie_half_accuracy
 from rlhfkit.losses.dpo import DPO_LOSSES, DPOLossConfig, PreferenceLogps, dpo_loss
 from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_tokenizer, save_pretrained_dir
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.common import (
-    MetricsLogger,
-    NonFiniteGuard,
-    TrainConfig,
-    apply_step,
-    make_accelerator,
-    progress_bar,
-)
+from rlhfkit.trainers.accelerator import make_accelerator
+from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.train_config import TrainConfig
 from rlhfkit.trainers.data_plan import optimization, split_holdout
 from rlhfkit.trainers.distributed import end_stage
 from rlhfkit.trainers.dpo_data import (

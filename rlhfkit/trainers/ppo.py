@@ -28,18 +28,10 @@ from rlhfkit.rewards import ScoringBatch, WeightedReward
 from rlhfkit.rollout.generate import make_generator
 from rlhfkit.rollout.rollout import Rollout, concat_rollouts
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.common import (
-    DivergenceError,
-    MetricsLogger,
-    NonFiniteGuard,
-    apply_step,
-    lr_schedule,
-    make_accelerator,
-    make_adam,
-    mean_metrics,
-    progress_bar,
-    timer,
-)
+from rlhfkit.trainers.accelerator import make_accelerator
+from rlhfkit.trainers.errors import DivergenceError
+from rlhfkit.trainers.metrics import MetricsLogger, mean_metrics, progress_bar, timer
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, lr_schedule, make_adam
 from rlhfkit.trainers.critic_free import (
     group_advantages,
     keep_rows,

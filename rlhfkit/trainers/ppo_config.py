@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from rlhfkit.config import ConfigError, check_divisible, option
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
-from rlhfkit.trainers.common import TrainConfig
+from rlhfkit.trainers.train_config import TrainConfig
 
 
 @dataclass

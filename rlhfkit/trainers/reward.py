@@ -47,14 +47,10 @@ from rlhfkit.models.loading import (
     save_pretrained_dir,
 )
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.common import (
-    MetricsLogger,
-    NonFiniteGuard,
-    TrainConfig,
-    apply_step,
-    make_accelerator,
-    progress_bar,
-)
+from rlhfkit.trainers.accelerator import make_accelerator
+from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.train_config import TrainConfig
 from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
 from rlhfkit.trainers.distributed import end_stage
 
