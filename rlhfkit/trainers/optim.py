@@ -13,9 +13,16 @@ from rlhfkit.trainers.errors import DivergenceError
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 
-def lr_schedule(kind: str, total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
+def lr_schedule(kind: str, total_steps: int, warmup_steps: int):
     """Multiplier of the peak learning rate at each optimizer step: linear warmup,
-    then cosine ("cosine") or linear ("linear") decay to min_ratio, or "constant"."""
+    then cosine ("cosine") or linear ("linear") decay to 0, or "constant".
+
+    Not transformers.get_scheduler: its warmup multiplier is step / warmup, so its first
+    optimizer step has learning rate 0 and trains nothing, where this one's is 1 / warmup
+    (ours(s) == theirs(s + 1) during warmup); and its linear decay, (total - step) /
+    (total - warmup), differs from 1 - progress in the last bit at some steps. After
+    warmup, cosine and constant are the same bit for bit (tests/test_trainer_common.py);
+    switching would change every run with a warmup, and resumed runs' numbers."""
     if kind not in SCHEDULERS:
         raise ValueError(f"unknown learning-rate schedule {kind!r}; choose one of {', '.join(SCHEDULERS)}")
 
@@ -24,9 +31,9 @@ def lr_schedule(kind: str, total_steps: int, warmup_steps: int, min_ratio: float
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         if kind == "cosine":
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+            return 0.5 * (1 + math.cos(math.pi * progress))
         if kind == "linear":
-            return min_ratio + (1 - min_ratio) * (1 - progress)
+            return 1 - progress
         return 1.0
     return multiplier
 
