@@ -10,11 +10,11 @@ from rlhfkit.data.tokenize import encode_prompts
 from rlhfkit.io import atomic_write_bytes
 from rlhfkit.models.actor_critic import ActorCritic
 from rlhfkit.models.loading import (
-    LoraOptions,
     load_causal_lm,
     load_reward_model,
     load_scalar_model,
     load_tokenizer,
+    lora_options,
     save_pretrained_dir,
 )
 from rlhfkit.rewards import FunctionScorer, RewardModelScorer, WeightedReward, import_function
@@ -43,7 +43,7 @@ def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> WeightedRe
 def build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, object | None]:
     """Policy (+LoRA), value function (separate or on the policy trunk), frozen reference.
     With LoRA and no separate ref_model the reference is the adapter-disabled policy."""
-    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
+    lora = lora_options(cfg)
     policy = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                             lora=lora, trust_remote_code=cfg.trust_remote_code)
     ref_policy = None

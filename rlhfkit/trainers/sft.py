@@ -17,7 +17,14 @@ from rlhfkit.data.collate import PackedCollator, SFTCollator, pack_examples
 from rlhfkit.data.loading import ColumnMap, load_sft
 from rlhfkit.data.tokenize import encode_sft
 from rlhfkit.losses.sft import masked_nll_loss
-from rlhfkit.models.loading import DTYPES, LoraOptions, load_causal_lm, load_tokenizer, save_pretrained_dir
+from rlhfkit.models.loading import (
+    DTYPES,
+    LoraOptions,
+    load_causal_lm,
+    load_tokenizer,
+    lora_options,
+    save_pretrained_dir,
+)
 from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
@@ -43,8 +50,8 @@ class SFTConfig(TrainConfig):
     lr_scheduler: str = option("cosine", "learning-rate schedule after warmup: cosine, linear or constant")
     disable_dropout: bool = option(False, "turn the model's dropout off (InstructGPT kept 0.2 residual dropout for SFT)")
     use_lora: bool = option(False, "train a LoRA adapter instead of all weights (merged into the saved model)")
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha")
+    lora_r: int = option(LoraOptions.r, "LoRA rank")
+    lora_alpha: int = option(LoraOptions.alpha, "LoRA alpha")
     chat_template: str = option("", "Jinja chat template to use instead of the tokenizer's")
 
     def columns(self) -> ColumnMap:
@@ -96,7 +103,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         collator = SFTCollator(tokenizer.pad_token_id)
     eval_collator = SFTCollator(tokenizer.pad_token_id)
 
-    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
+    lora = lora_options(cfg)
     model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, dropout=not cfg.disable_dropout,
                            gradient_checkpointing=cfg.gradient_checkpointing, lora=lora,
                            trust_remote_code=cfg.trust_remote_code)
