@@ -6,7 +6,7 @@ One step is five named phases over a typed Rollout, in the order this file reads
 
     rollout -> score_rollout -> shape_rewards -> advantages -> update (clipped losses)
 
-Set-up and output live in ppo_setup.py, the critic-free extras in critic_free.py, and
+Set-up and output (models, reward, prompts, the logged metrics, saving) live in ppo_setup.py, the critic-free extras in critic_free.py, and
 what several processes need to match one in distributed.py.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from rlhfkit.losses.advantages import gae_advantages
 from rlhfkit.losses.common import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
 from rlhfkit.losses.grpo import micro_batch_weight
 from rlhfkit.losses.kl import AdaptiveKLController, FixedKLController, kl_penalty
-from rlhfkit.losses.ppo import explained_variance, ppo_value_loss
+from rlhfkit.losses.ppo import ppo_value_loss
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.rewards import ScoringBatch, WeightedReward
@@ -42,7 +42,14 @@ from rlhfkit.trainers.critic_free import (
 from rlhfkit.trainers.data_plan import episode_prompts
 from rlhfkit.trainers.distributed import end_stage, global_mean, global_whiten, process_share, seed_per_process
 from rlhfkit.trainers.ppo_config import PPOConfig
-from rlhfkit.trainers.ppo_setup import build_models, build_reward, load_prompt_set, log_samples, save_models
+from rlhfkit.trainers.ppo_setup import (
+    build_models,
+    build_reward,
+    load_prompt_set,
+    log_samples,
+    save_models,
+    step_metrics,
+)
 from rlhfkit.trainers.ptx import PretrainingBatches
 
 
@@ -268,7 +275,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         train_ro, kept = keep_rows(ro, cfg)
         update_rows = update(train_ro, actor_critic, optimizer, scheduler, cfg, sizes, accelerator, shuffle_rng, ptx,
                              timings, guard, step + 1)
-        metrics = _step_metrics(ro, reward_beta(cfg, kl_ctl.value), update_rows, {**reward_parts, **filtered, **kept},
+        metrics = step_metrics(ro, reward_beta(cfg, kl_ctl.value), update_rows, {**reward_parts, **filtered, **kept},
                                 timings, scheduler, step, sizes, cfg)
         metrics["objective/kl"] = global_mean(accelerator, metrics["objective/kl"])  # beta adapts to the global KL
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
@@ -290,34 +297,3 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     end_stage(accelerator)
     checkpoints.close()
     return out
-
-
-def _step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, scheduler, step, sizes, cfg) -> dict:
-    mask = ro.response_mask.float()
-    kl_per_response = ro.kl.sum(1)
-    non_score = (-beta * ro.kl).sum(1)
-    metrics = {
-        "objective/kl": float(kl_per_response.mean()),
-        "objective/kl_k3": float(kl_penalty(ro.logprobs, ro.ref_logprobs, "k3").mul(mask).sum(1).mean()),
-        "objective/beta": beta,
-        "objective/scores": float(ro.scores.mean()),
-        "objective/scores_std": float(ro.scores.std()) if ro.scores.numel() > 1 else 0.0,
-        "objective/non_score_reward": float(non_score.mean()),
-        "objective/rlhf_reward": float((ro.scores + non_score).mean()),
-        "objective/entropy_sampled": float(-(ro.logprobs * mask).sum(1).mean()),
-        "response/length": float(mask.sum(1).mean()),
-        "response/eos_rate": float(ro.eos.float().mean()),
-        "lr": scheduler.get_last_lr()[0],
-        "episodes": (step + 1) * cfg.rollout_batch_size,
-        **reward_parts,
-        **mean_metrics(update_rows),
-        **timings,
-    }
-    if ro.values is not None:
-        metrics["val/explained_variance"] = float(explained_variance(ro.values, ro.returns, mask))
-    first = update_rows[0]  # the first minibatch of the update: ratio 1 and approx-KL 0 with dropout off
-    metrics["policy/first_ratio_mean"] = first["policy/ratio_mean"]
-    metrics["policy/first_approxkl"] = first["policy/approxkl"]
-    metrics.pop("epoch", None)
-    metrics["timing/step"] = sum(v for k, v in timings.items())
-    return metrics
