@@ -31,7 +31,7 @@ from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
 from rlhfkit.trainers.train_config import TrainConfig
 from rlhfkit.trainers.data_plan import optimization, split_holdout
-from rlhfkit.trainers.distributed import end_stage
+from rlhfkit.trainers.distributed import end_stage, step_share
 from rlhfkit.trainers.dpo_data import (
     PreferenceItems,
     encode_items,
@@ -292,7 +292,7 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, items, ref_table,
             continue
         logps = batch_logps(model, items, local, pad, accelerator.device, ref_table, ref_fn)
         loss, metrics = preference_loss(logps, cfg, items.paired)
-        accelerator.backward(loss * len(local) * world / total_pairs)
+        accelerator.backward(loss * step_share(len(local), total_pairs, world))
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * len(local)
             counts[k] = counts.get(k, 0) + len(local)

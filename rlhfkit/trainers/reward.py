@@ -53,7 +53,7 @@ from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
 from rlhfkit.trainers.train_config import TrainConfig
 from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
-from rlhfkit.trainers.distributed import end_stage
+from rlhfkit.trainers.distributed import end_stage, step_share
 
 
 @dataclass
@@ -241,7 +241,7 @@ def train_reward_model(cfg: RewardConfig) -> Path:
             with accelerator.autocast():
                 loss, metrics = _ranking_batch_loss(model, groups, collator, device, cfg.use_margin)
             # prompts weigh equally across micro-batches and processes (InstructGPT's per-prompt mean)
-            accelerator.backward(loss * len(groups) * world / sum(len(m) for m in plan[step]))
+            accelerator.backward(loss * step_share(len(groups), sum(len(m) for m in plan[step]), world))
             rows.append({k: float(v) for k, v in metrics.items()})
         metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
         stepped = apply_step(accelerator, model, optimizer, scheduler, guard, step + 1,

@@ -31,7 +31,7 @@ from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
 from rlhfkit.trainers.train_config import TrainConfig
 from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
-from rlhfkit.trainers.distributed import end_stage
+from rlhfkit.trainers.distributed import end_stage, step_share
 
 
 @dataclass
@@ -157,8 +157,7 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collato
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        position_ids=batch["position_ids"], use_cache=False).logits
         loss, metrics = masked_nll_loss(logits, batch["input_ids"], batch["loss_mask"])
-        weight = float(metrics["tokens"]) * world / max(global_tokens, 1.0)
-        accelerator.backward(loss * weight)
+        accelerator.backward(loss * step_share(float(metrics["tokens"]), global_tokens, world))
         total_loss += loss.item() * float(metrics["tokens"])
     if world > 1:  # the step's loss over every process's tokens, as one process would log it
         total_loss = accelerator.reduce(torch.tensor(total_loss, device=accelerator.device), "sum").item()
