@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     name = " ".join(path)
     if unknown:  # reported by the sub-command's parser, which knows its options for a did-you-mean
         parsers[path].error(f"unrecognized arguments: {' '.join(unknown)}")
-    from rlhfkit.trainers.common import CheckpointError, DivergenceError
+    from rlhfkit.trainers.errors import CheckpointError, DivergenceError
 
     _help, cls, fn = _commands()[path]
     vars(args).pop("subcommand", None)

@@ -11,12 +11,12 @@ from rlhfkit.losses.common import (
     entropy_from_logits,
     gather_logprobs,
     masked_mean,
-    masked_reduce,
     masked_sum,
     masked_var,
     masked_whiten,
     tie_half_accuracy,
 )
+from rlhfkit.trainers.distributed import step_share
 
 X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 M = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
@@ -77,10 +77,10 @@ def test_masked_whiten_ignores_masked_values():
     assert torch.isfinite(masked_whiten(y, mask)).all()
 
 
-def test_masked_reduce_normalizer_gives_accumulation_equivalence():
-    # Micro-batches with 2 and 1 tokens; summing sums/3 equals the full-batch token mean.
-    full = masked_reduce(X, M)
-    parts = masked_reduce(X[:1], M[:1], normalizer=3) + masked_reduce(X[1:], M[1:], normalizer=3)
+def test_step_share_gives_accumulation_equivalence():
+    # Micro-batches with 2 and 1 tokens; their means weighted by their share of the 3 equal the full token mean.
+    full = masked_mean(X, M)
+    parts = masked_mean(X[:1], M[:1]) * step_share(2, 3, 1) + masked_mean(X[1:], M[1:]) * step_share(1, 3, 1)
     assert parts.item() == pytest.approx(full.item())
 
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhfkit.losses.sft import masked_nll_loss
+from rlhfkit.trainers.distributed import step_share
 
 
 def test_matches_cross_entropy_unmasked():
@@ -35,14 +36,17 @@ def test_masked_targets_by_hand():
     assert loss2.item() == pytest.approx((math.log(2) - math.log(0.75)) / 2, rel=1e-6)
 
 
-def test_normalizer_gives_accumulation_equivalence():
+def test_step_share_gives_accumulation_equivalence():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(4, 5, 7, generator=g)
     ids = torch.randint(0, 7, (4, 5), generator=g)
     mask = torch.tensor([[0, 1, 1, 1, 1], [0, 0, 0, 1, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
     full, _ = masked_nll_loss(logits, ids, mask)
-    total = mask[:, 1:].sum()
-    halves = sum(masked_nll_loss(logits[s], ids[s], mask[s], normalizer=total)[0] for s in (slice(0, 2), slice(2, 4)))
+    total = int(mask[:, 1:].sum())
+    halves = 0.0
+    for s in (slice(0, 2), slice(2, 4)):
+        loss, metrics = masked_nll_loss(logits[s], ids[s], mask[s])
+        halves = halves + loss * step_share(float(metrics["tokens"]), total, 1)
     assert halves.item() == pytest.approx(full.item(), rel=1e-6)
 
 

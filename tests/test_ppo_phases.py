@@ -46,9 +46,9 @@ def test_score_lands_on_last_response_token_and_nothing_after_eos():
     assert (ro.advantages[0, 2:] == 0).all() and (ro.returns[0, 2:] == 0).all()
 
 
-def test_missing_eos_penalty_is_applied_in_score_phase():
+def test_missing_eos_penalty_is_applied_in_score_rollout():
     from rlhfkit.rewards import WeightedReward
-    from rlhfkit.trainers.ppo import score
+    from rlhfkit.trainers.ppo import score_rollout
 
     tok = tiny_tokenizer()
     model = tiny_llama(tok).eval()
@@ -68,7 +68,7 @@ def test_missing_eos_penalty_is_applied_in_score_phase():
     reward = WeightedReward([lambda batch: torch.ones(2)], names=["one"])
     from rlhfkit.models.actor_critic import ActorCritic
 
-    score(ro, ActorCritic(model, value), model, reward, tok, [Rec(), Rec()], PPOConfig(missing_eos_penalty=1.0), 2, {})
+    score_rollout(ro, ActorCritic(model, value), model, reward, tok, [Rec(), Rec()], PPOConfig(missing_eos_penalty=1.0), 2, {})
     assert ro.scores.tolist() == [1.0, 0.0]
     assert (ro.logprobs[0, 3:] == 0).all() and (ro.values[0, 3:] == 0).all()
 

@@ -116,33 +116,6 @@ def test_value_head_on_trunk_and_lora_reference_also_learn(setup, options):
         assert (out / "value_head.safetensors").exists()
 
 
-def test_fused_first_forward_gives_the_same_training(setup):
-    """One minibatch in one micro-batch: the old log-probs and values come from the
-    first update's own forward pass. Same numbers as the separate no-grad pass,
-    one forward fewer: scores, KL, losses and final weights match the unfused run."""
-    import torch
-    from safetensors.torch import load_file
-
-    root, model, prompts = setup
-    runs = {}
-    for fused in (True, False):
-        cfg = PPOConfig(model=model, prompts=prompts, output_dir=str(root / f"fused_{fused}"), total_episodes=32 * 4,
-                        rollout_batch_size=32, per_device_train_batch_size=32, num_minibatches=1, ppo_epochs=2,
-                        generation_batch_size=32, response_length=8, log_every=1, progress=False,
-                        missing_eos_penalty=0.0, kl_coef=0.1, seed=0, learning_rate=3e-3, fuse_first_forward=fused)
-        assert cfg.derived(1)["fused_first_forward"] == int(fused)
-        out = train_ppo(cfg, reward_fns=[low_token_share])
-        runs[fused] = (read_metrics(out / "metrics.jsonl"), load_file(str(out / "model.safetensors")))
-    (fused_rows, fused_w), (plain_rows, plain_w) = runs[True], runs[False]
-    assert "timing/values" not in fused_rows[-1] and "timing/values" in plain_rows[-1]
-    for a, b in zip(fused_rows, plain_rows):
-        for key in ("objective/scores", "objective/kl", "loss/policy", "loss/value", "policy/approxkl"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-        assert a["policy/first_ratio_mean"] == pytest.approx(1.0, abs=1e-6)
-    for name in plain_w:
-        torch.testing.assert_close(fused_w[name], plain_w[name], rtol=1e-4, atol=1e-6)
-
-
 @pytest.mark.parametrize("estimator", ["rloo", "grpo"])
 def test_critic_free_estimators_learn_without_a_value_model(setup, estimator):
     """K = 4 samples per prompt and the group baseline in place of the critic: the

@@ -19,7 +19,7 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rewards import FunctionScorer, RewardFunctionError, import_function
 from rlhfkit.trainers.checkpoint import CheckpointError, CheckpointManager, open_stage
 from rlhfkit.trainers.runlock import acquire_lock, release_lock
-from rlhfkit.trainers.common import MetricsLogger
+from rlhfkit.trainers.metrics import MetricsLogger
 from rlhfkit.trainers.sft import SFTConfig, train_sft
 
 from conftest import read_metrics, write_jsonl

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from rlhfkit.testing import save_tiny_model
-from rlhfkit.trainers.common import CheckpointManager, DivergenceError
+from rlhfkit.trainers.checkpoint import CheckpointManager
+from rlhfkit.trainers.errors import DivergenceError
 
 from conftest import read_metrics, write_jsonl
 
@@ -129,7 +130,7 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", boom)
-    from rlhfkit.trainers.common import CheckpointError
+    from rlhfkit.trainers.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="disk full"):
         manager.save(2, {"model": {"w": torch.zeros(2)}}, {"step": 2})

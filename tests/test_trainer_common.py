@@ -1,12 +1,14 @@
 """The shared training-step helpers: gradient clipping that doubles as the
-non-finite check, and the fused Adam that must match the per-tensor one."""
+non-finite check, the fused Adam that must match the per-tensor one, and the
+learning-rate schedule (and where it differs from transformers')."""
 import math
 
 import pytest
 import torch
 from accelerate import Accelerator
 
-from rlhfkit.trainers.common import DivergenceError, NonFiniteGuard, clip_gradients, make_adam
+from rlhfkit.trainers.errors import DivergenceError
+from rlhfkit.trainers.optim import NonFiniteGuard, clip_gradients, lr_schedule, make_adam
 
 
 def _model(seed=0):
@@ -65,6 +67,34 @@ def test_fused_adam_matches_the_per_tensor_update(decoupled, weight_decay):
             opt.step()
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+SCHEDULE_SIZES = [(1, 0), (7, 0), (10, 0), (100, 0), (10, 1), (10, 3), (100, 10), (37, 5)]
+
+
+@pytest.mark.parametrize("total,warmup", SCHEDULE_SIZES)
+def test_lr_schedule_values_and_how_they_differ_from_transformers(total, warmup):
+    from transformers import get_scheduler
+
+    def theirs(kind):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        lam = get_scheduler(kind, opt, num_warmup_steps=warmup, num_training_steps=total).lr_lambdas[0]
+        return [lam(s) for s in range(total + 1)]
+
+    cosine, linear, constant = (lr_schedule(k, total, warmup) for k in ("cosine", "linear", "constant"))
+    # warmup reaches the peak on its last step; the first step already trains (1 / warmup)
+    assert [constant(s) for s in range(warmup)] == [(s + 1) / warmup for s in range(warmup)]
+    assert cosine(warmup) == linear(warmup) == constant(total - 1) == 1.0
+    assert linear(total) == 0.0 and cosine(total) == pytest.approx(0.0, abs=1e-16)
+    for kind, ours in (("cosine", cosine), ("linear", linear), ("constant_with_warmup", constant)):
+        ref = theirs(kind)
+        # transformers' warmup is one step behind: its first step has learning rate 0
+        assert [ours(s) for s in range(warmup)] == ref[1:warmup + 1]
+        after = [ours(s) for s in range(warmup, total)]
+        if kind == "linear":  # (total - step) / (total - warmup) vs 1 - progress: the last bit may differ
+            assert after == pytest.approx(ref[warmup:total], rel=0, abs=2e-16)
+        else:
+            assert after == ref[warmup:total]
 
 
 def test_step_plan_covers_each_example_once_per_epoch_and_grouping_cuts_padding():

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import torch
 
-Normalizer = torch.Tensor | float | int | None
-
-
 def check_same_shape(**tensors: torch.Tensor) -> None:
     """Raise if the named tensors differ in shape.
 
@@ -49,18 +46,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     # Dividing by 1 where nothing counts keeps both value and gradient finite (0).
     safe = torch.where(count > 0, count, torch.ones_like(count))
     return masked_sum(x, w, dim) / safe
-
-
-def masked_reduce(x: torch.Tensor, mask: torch.Tensor, normalizer: Normalizer = None) -> torch.Tensor:
-    """Masked mean over all elements, or ``masked_sum / normalizer`` when one is given.
-
-    With gradient accumulation, pass the token count of the whole accumulated batch
-    as ``normalizer`` so that summing the micro-batch losses equals the full-batch
-    token mean exactly (a per-micro-batch mean over-weights short micro-batches).
-    """
-    if normalizer is None:
-        return masked_mean(x, mask)
-    return masked_sum(x, mask) / normalizer
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:

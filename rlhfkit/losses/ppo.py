@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhfkit.losses.common import Normalizer, check_same_shape, masked_mean, masked_reduce, masked_var
+from rlhfkit.losses.common import check_same_shape, masked_mean, masked_var
 
 
 def ppo_policy_loss(
@@ -12,16 +12,13 @@ def ppo_policy_loss(
     advantages: torch.Tensor,  # [B, A] (whitened) advantages, no gradient
     mask: torch.Tensor,  # [B, A] 1 on valid response tokens
     clip_range: float,
-    *,
-    normalizer: Normalizer = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective (Schulman et al. 2017, eq. 7), negated for descent.
 
         rho_t = exp(log pi_theta - log pi_old)
         L = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))
 
-    The mean is over all valid tokens of the batch (a token mean; ``normalizer``:
-    see ``masked_reduce``). Metrics: ``loss/policy``; ``policy/clipfrac``, the
+    The mean is over all valid tokens of the batch (a token mean). Metrics: ``loss/policy``; ``policy/clipfrac``, the
     fraction of valid tokens where the clipped term is the active (larger) one;
     ``policy/approxkl`` = mean 0.5 (log rho)^2 (k2 of Schulman 2020; 0 on the
     first minibatch); ``policy/ratio_mean``; ``policy/ratio_var``.
@@ -35,7 +32,7 @@ def ppo_policy_loss(
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     # The max is the pessimistic bound: moving rho outside [1-eps, 1+eps] can't help.
     per_token = torch.maximum(unclipped, clipped)
-    loss = masked_reduce(per_token, mask, normalizer)
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         metrics = {
             "loss/policy": loss.detach(),
@@ -53,8 +50,6 @@ def ppo_value_loss(
     returns: torch.Tensor,  # [B, A] value targets (GAE returns), no gradient
     mask: torch.Tensor,  # [B, A] 1 on valid response tokens
     clip_range: float,
-    *,
-    normalizer: Normalizer = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss, 0.5 * mean_t max((V - R)^2, (V_clip - R)^2).
 
@@ -69,7 +64,7 @@ def ppo_value_loss(
     values_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     err_unclipped = (values - returns) ** 2
     err_clipped = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_reduce(torch.maximum(err_unclipped, err_clipped), mask, normalizer)
+    loss = 0.5 * masked_mean(torch.maximum(err_unclipped, err_clipped), mask)
     with torch.no_grad():
         metrics = {
             "loss/value": loss.detach(),

@@ -46,6 +46,15 @@ class LoraOptions:
     target_modules: list[str] | str = "all-linear"
 
 
+
+def lora_options(cfg) -> LoraOptions | None:
+    """The adapter a trainer's options ask for (use_lora, lora_r, lora_alpha), or None for
+    full fine-tuning. The trainers' option defaults are LoraOptions' own."""
+    if not cfg.use_lora:
+        return None
+    return LoraOptions(r=cfg.lora_r, alpha=getattr(cfg, "lora_alpha", LoraOptions.alpha))  # rm has no lora_alpha
+
+
 def check_model_path(path: str, *, tokenizer: bool = False) -> None:
     """A clear error for a model argument that cannot be a model: a missing local path, a
     file, or a directory without config.json (hub ids, `org/name`, pass through)."""

@@ -33,6 +33,7 @@ import torch
 from rlhfkit.io import atomic_write_text, dumps, fault_point, fsync_dir
 from rlhfkit.trainers.errors import CheckpointError
 from rlhfkit.trainers.fingerprint import MODEL_OPTIONS, _sha256, fingerprint, fingerprint_changes
+from rlhfkit.trainers.run_info import write_run_info
 from rlhfkit.trainers.runlock import acquire_lock, release_lock
 
 RESUME_MODES = ("auto", "force")
@@ -339,8 +340,6 @@ def open_stage(cfg, stage: str, accelerator) -> CheckpointManager:
     remove unfinished checkpoint directories, check that the newest checkpoint was made
     with these options and data (else refuse, unless --resume force), then record the
     resolved config and run info. Returns the stage's CheckpointManager."""
-    from rlhfkit.trainers.common import write_run_info
-
     from rlhfkit.models.loading import check_model_path
 
     for name in MODEL_OPTIONS:  # before anything is written: a wrong path fails at once, naming its option

@@ -53,13 +53,13 @@ def penalise_overlong(ro: Rollout, cfg) -> dict[str, float]:
     return {"objective/overlong_penalty": float(penalty.mean())}
 
 
-def keep_rows(ro: Rollout, first_pass, cfg) -> tuple[Rollout, object, dict[str, float]]:
+def keep_rows(ro: Rollout, cfg) -> tuple[Rollout, dict[str, float]]:
     """The rollout rows the update trains on (all of them unless --dynamic_sampling or
-    --overlong filter), and the fused first pass's rows to match. When nothing is left the
+    --overlong filter). When nothing is left the
     whole rollout is kept: its advantages are all 0, so the update moves nothing but the
     KL term (if any) and logs as usual."""
     if not cfg.dynamic_sampling and cfg.overlong != "filter":
-        return ro, first_pass, {}
+        return ro, {}
     keep = torch.ones_like(ro.eos, dtype=torch.bool)
     metrics: dict[str, float] = {}
     if cfg.dynamic_sampling:
@@ -71,8 +71,5 @@ def keep_rows(ro: Rollout, first_pass, cfg) -> tuple[Rollout, object, dict[str, 
         metrics["filter/truncated"] = float((~ro.eos).float().mean())
     metrics["filter/kept"] = float(keep.float().mean())
     if not keep.any() or keep.all():
-        return ro, first_pass, metrics
-    index = keep.nonzero().squeeze(1)
-    if first_pass is not None:
-        first_pass = tuple(x[index] if x is not None else None for x in first_pass)
-    return ro.select(index), first_pass, metrics
+        return ro, metrics
+    return ro.select(keep.nonzero().squeeze(1)), metrics

@@ -41,7 +41,7 @@ def optimization(cfg, model, n_examples: int, accelerator, lengths=None):
     Returns (model, optimizer, scheduler, plan)."""
     import torch
 
-    from rlhfkit.trainers.common import lr_schedule, make_adam
+    from rlhfkit.trainers.optim import lr_schedule, make_adam
 
     optimizer = make_adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     plan = step_plan(n_examples, cfg.per_device_batch_size * accelerator.num_processes,

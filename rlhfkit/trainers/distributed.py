@@ -66,6 +66,16 @@ def process_share(accelerator, loss_type: str, minibatch_mask: torch.Tensor) -> 
     return float(accelerator.num_processes * local / total.clamp(min=1))
 
 
+def step_share(local_units: float, step_units: float, num_processes: int) -> float:
+    """Weight of one micro-batch's mean loss in its optimizer step: the micro-batch's share
+    of the step's averaging units (tokens, pairs, prompts) over every process, times
+    num_processes since DDP averages the processes' gradients. Summing weight x loss over
+    the micro-batches gives the mean over the whole step, as one batch on one process would.
+    PPO takes the same share in two factors, micro_batch_weight x process_share, because its
+    units (tokens or responses) depend on --loss_type."""
+    return local_units * num_processes / max(step_units, 1)
+
+
 def global_mean(accelerator, value: float) -> float:
     """The mean of a number over processes (every process must call it)."""
     if accelerator.num_processes == 1:

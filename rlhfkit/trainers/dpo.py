@@ -24,18 +24,14 @@ from rlhfkit.config import option
 from rlhfkit.data.loading import ColumnMap
 from rlhfkit.losses.common import tie_half_accuracy
 from rlhfkit.losses.dpo import DPO_LOSSES, DPOLossConfig, PreferenceLogps, dpo_loss
-from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_tokenizer, save_pretrained_dir
+from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_tokenizer, lora_options, save_pretrained_dir
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.common import (
-    MetricsLogger,
-    NonFiniteGuard,
-    TrainConfig,
-    apply_step,
-    make_accelerator,
-    progress_bar,
-)
+from rlhfkit.trainers.accelerator import make_accelerator
+from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.train_config import TrainConfig
 from rlhfkit.trainers.data_plan import optimization, split_holdout
-from rlhfkit.trainers.distributed import end_stage
+from rlhfkit.trainers.distributed import end_stage, step_share
 from rlhfkit.trainers.dpo_data import (
     PreferenceItems,
     encode_items,
@@ -79,8 +75,8 @@ class DPOConfig(TrainConfig):
     precompute_ref_logprobs: bool = option(True, "compute reference log-probs once before training and free "
                                            "the reference (False: keep it and run it every micro-batch)")
     use_lora: bool = option(False, "train a LoRA adapter (the reference is the disabled adapter; merged on save)")
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha")
+    lora_r: int = option(LoraOptions.r, "LoRA rank")
+    lora_alpha: int = option(LoraOptions.alpha, "LoRA alpha")
     lr_scheduler: str = option("linear", "learning-rate schedule after warmup: cosine, linear or constant")
     learning_rate: float = option(5e-6, "peak learning rate (AdamW)")
 
@@ -233,7 +229,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     train = encode_items(records, tokenizer, cfg, unpaired)
     held = encode_items(held_records, tokenizer, cfg, unpaired) if held_records else PreferenceItems([])
 
-    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
+    lora = lora_options(cfg)
     model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                            lora=lora, trust_remote_code=cfg.trust_remote_code)
     model, optimizer, scheduler, plan = optimization(cfg, model, len(train), accelerator,
@@ -296,7 +292,7 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, items, ref_table,
             continue
         logps = batch_logps(model, items, local, pad, accelerator.device, ref_table, ref_fn)
         loss, metrics = preference_loss(logps, cfg, items.paired)
-        accelerator.backward(loss * len(local) * world / total_pairs)
+        accelerator.backward(loss * step_share(len(local), total_pairs, world))
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * len(local)
             counts[k] = counts.get(k, 0) + len(local)

@@ -4,9 +4,9 @@ Ziegler et al. 2019; the details in docs/ppo.md), and its critic-free variants
 
 One step is five named phases over a typed Rollout, in the order this file reads:
 
-    rollout -> score -> shape_rewards -> advantages -> update (clipped losses)
+    rollout -> score_rollout -> shape_rewards -> advantages -> update (clipped losses)
 
-Set-up and output live in ppo_setup.py, the critic-free extras in critic_free.py, and
+Set-up and output (models, reward, prompts, the logged metrics, saving) live in ppo_setup.py, the critic-free extras in critic_free.py, and
 what several processes need to match one in distributed.py.
 """
 from __future__ import annotations
@@ -21,25 +21,17 @@ from rlhfkit.losses.advantages import gae_advantages
 from rlhfkit.losses.common import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
 from rlhfkit.losses.grpo import micro_batch_weight
 from rlhfkit.losses.kl import AdaptiveKLController, FixedKLController, kl_penalty
-from rlhfkit.losses.ppo import explained_variance, ppo_value_loss
+from rlhfkit.losses.ppo import ppo_value_loss
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.rewards import ScoringBatch, WeightedReward
 from rlhfkit.rollout.generate import make_generator
 from rlhfkit.rollout.rollout import Rollout, concat_rollouts
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.common import (
-    DivergenceError,
-    MetricsLogger,
-    NonFiniteGuard,
-    apply_step,
-    lr_schedule,
-    make_accelerator,
-    make_adam,
-    mean_metrics,
-    progress_bar,
-    timer,
-)
+from rlhfkit.trainers.accelerator import make_accelerator
+from rlhfkit.trainers.errors import DivergenceError
+from rlhfkit.trainers.metrics import MetricsLogger, mean_metrics, progress_bar, timer
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, lr_schedule, make_adam
 from rlhfkit.trainers.critic_free import (
     group_advantages,
     keep_rows,
@@ -50,21 +42,28 @@ from rlhfkit.trainers.critic_free import (
 from rlhfkit.trainers.data_plan import episode_prompts
 from rlhfkit.trainers.distributed import end_stage, global_mean, global_whiten, process_share, seed_per_process
 from rlhfkit.trainers.ppo_config import PPOConfig
-from rlhfkit.trainers.ppo_setup import build_models, build_reward, load_prompt_set, log_samples, save_models
+from rlhfkit.trainers.ppo_setup import (
+    build_models,
+    build_reward,
+    load_prompt_set,
+    log_samples,
+    save_models,
+    step_metrics,
+)
 from rlhfkit.trainers.ptx import PretrainingBatches
 
 
 # ----------------------------------------------------------------------------- phases
 
 @torch.no_grad()
-def rollout(generator, prompt_tokens: list[list[int]], prompt_index: list[int], pad_id: int,
+def rollout(sampler, prompt_tokens: list[list[int]], prompt_index: list[int], pad_id: int,
             device, chunk: int) -> Rollout:
     """Sample one response per prompt (left-padded prompts, chunked)."""
     parts = []
     for start in range(0, len(prompt_tokens), chunk):
         ids, mask = pad_sequences(prompt_tokens[start:start + chunk], pad_id, side="left")
         ids, mask = ids.to(device), mask.to(device)
-        gen = generator.generate(ids, mask)
+        gen = sampler.generate(ids, mask)
         parts.append(Rollout(prompt_ids=ids, prompt_mask=mask, response_ids=gen.response_ids,
                              response_mask=gen.response_mask, eos=gen.eos,
                              prompt_index=torch.tensor(prompt_index[start:start + chunk], device=device)))
@@ -74,31 +73,21 @@ def rollout(generator, prompt_tokens: list[list[int]], prompt_index: list[int], 
     return out
 
 
-def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokenizer, prompt_records,
-          cfg: PPOConfig, micro: int, timings: dict, fused: bool = False):
-    """Old log-probs, reference log-probs, values and scores, in place on `ro`.
-    ref_policy None means the reference is the policy with its LoRA adapter disabled.
-
-    fused (one minibatch in one micro-batch): the policy/value pass runs with
-    gradients and its outputs are returned for the first update epoch, whose
-    forward on the unchanged weights would give the same numbers (the update's
-    time). Returns (reward components, the first pass's (logits, values) or None)."""
+@torch.no_grad()
+def score_rollout(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokenizer, prompt_records,
+                  cfg: PPOConfig, micro: int, timings: dict) -> dict:
+    """Old log-probs, reference log-probs, values and scores, in place on `ro`; returns
+    the reward's components. ref_policy None means the reference is the policy with its
+    LoRA adapter disabled."""
     logprobs, ref_logprobs, values = [], [], []
-    first_pass = None
     for s in range(0, ro.prompt_ids.shape[0], micro):
         part = ro.select(torch.arange(s, min(s + micro, ro.prompt_ids.shape[0]), device=ro.prompt_ids.device))
         seq, mask, P = part.sequences, part.attention_mask, part.prompt_length
         ac = _unwrap(actor_critic)
-        if fused:
-            with timer(timings, "update"):
-                first_pass = actor_critic(seq, mask, P, cfg.temperature)
-            logits, v = (x.detach() if x is not None else None for x in first_pass)
-        else:
-            with torch.no_grad():
-                logits, v = _old_policy_and_values(ac, seq, mask, P, cfg, timings)
+        logits, v = _old_policy_and_values(ac, seq, mask, P, cfg, timings)
         logprobs.append(gather_logprobs(logits, part.response_ids))
         values.append(v)
-        with timer(timings, "reference"), torch.no_grad():
+        with timer(timings, "reference"):
             if ref_policy is None:
                 with ac.reference_context():
                     ref_logprobs.append(response_logprobs(ac.policy, seq, mask, P, cfg.temperature))
@@ -107,7 +96,7 @@ def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokeniz
     m = ro.response_mask.float()
     ro.logprobs, ro.ref_logprobs = torch.cat(logprobs) * m, torch.cat(ref_logprobs) * m
     ro.values = torch.cat(values) * m if values[0] is not None else None
-    with timer(timings, "reward"), torch.no_grad():
+    with timer(timings, "reward"):
         idx = ro.prompt_index.tolist()
         batch = ScoringBatch(prompt_ids=ro.prompt_ids, prompt_mask=ro.prompt_mask, response_ids=ro.response_ids,
                              response_mask=ro.response_mask, prompts=[prompt_records[i].prompt for i in idx],
@@ -116,7 +105,7 @@ def score(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokeniz
         scores, parts = reward(batch)
     # A response that never emitted EOS is penalised (-1 in lm-human-preferences and the N+ details; docs/ppo.md).
     ro.scores = scores - cfg.missing_eos_penalty * (~ro.eos).float()
-    return parts, first_pass
+    return parts
 
 
 def _old_policy_and_values(ac, seq, mask, P: int, cfg: PPOConfig, timings: dict):
@@ -157,15 +146,13 @@ def advantages(ro: Rollout, cfg: PPOConfig, whiten=masked_whiten) -> None:
         ro.advantages = whiten(ro.advantages, mask)
 
 
-def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig, outputs=None,
-                entropy_metric: bool = True):
+def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig, entropy_metric: bool = True):
     """Clipped policy and value losses of one micro-batch. The entropy is a loss term when
     entropy_coef != 0; otherwise a metric, computed only where entropy_metric (the first
     epoch: the rollout policy's entropy), since on [b,A,V] logits it costs several full
     passes (log-softmax, exp, product, sum) that later epochs would repeat."""
     rmask = part.response_mask.float()
-    logits, values = outputs if outputs is not None else \
-        actor_critic(part.sequences, part.attention_mask, part.prompt_length, cfg.temperature)
+    logits, values = actor_critic(part.sequences, part.attention_mask, part.prompt_length, cfg.temperature)
     logprobs = gather_logprobs(logits, part.response_ids)  # [b,A]
     loss, metrics = policy_loss(cfg, logprobs, part.logprobs, adv, rmask, part.ref_logprobs)
     if values is not None:
@@ -181,16 +168,15 @@ def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig, 
 
 
 def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, sizes: dict, accelerator,
-           generator: torch.Generator, ptx: PretrainingBatches | None, timings: dict, guard: NonFiniteGuard,
-           step: int, first_pass=None) -> list[dict]:
-    """ppo_epochs passes of clipped-surrogate minibatch updates over the rollout.
-    first_pass: (logits, values) of the whole rollout from score(fused=True), used
-    by the first epoch in place of its forward (same weights, same numbers)."""
+           shuffle_rng: torch.Generator, ptx: PretrainingBatches | None, timings: dict, guard: NonFiniteGuard,
+           step: int) -> list[dict]:
+    """ppo_epochs passes of clipped-surrogate minibatch updates over the rollout, in an
+    order drawn from shuffle_rng."""
     B = ro.prompt_ids.shape[0]
     whiten = global_whiten(accelerator)  # the global minibatch's statistics under several processes
     rows = []
     for epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(B, generator=generator).to(ro.prompt_ids.device)
+        order = torch.randperm(B, generator=shuffle_rng).to(ro.prompt_ids.device)
         for mb_start in range(0, B, sizes["minibatch"]):
             mb = ro.select(order[mb_start:mb_start + sizes["minibatch"]])
             adv = whiten(mb.advantages, mb.response_mask.float()) \
@@ -201,10 +187,7 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
                 for s in range(0, mb.prompt_ids.shape[0], sizes["micro"]):
                     idx = torch.arange(s, min(s + sizes["micro"], mb.prompt_ids.shape[0]), device=adv.device)
                     part = mb.select(idx)
-                    outputs = None
-                    if first_pass is not None and epoch == 0:  # one minibatch, one micro-batch: rows = order
-                        outputs = tuple(x[order] if x is not None else None for x in first_pass)
-                    loss, m = _micro_loss(part, adv[idx], actor_critic, cfg, outputs, entropy_metric=epoch == 0)
+                    loss, m = _micro_loss(part, adv[idx], actor_critic, cfg, entropy_metric=epoch == 0)
                     weight = micro_batch_weight(cfg.loss_type, part.response_mask, mb.response_mask) * share
                     accelerator.backward(loss * weight)
                     metrics.append(m)
@@ -246,7 +229,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     ptx = PretrainingBatches(cfg, tokenizer, device, accelerator) if cfg.ptx_data and cfg.ptx_coef > 0 else None
-    shuffle = torch.Generator().manual_seed(cfg.seed)
+    shuffle_rng = torch.Generator().manual_seed(cfg.seed)
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="ppo")
     samples = MetricsLogger(out / "samples.jsonl", accelerator, stage="ppo")
     start, state = checkpoints.resume_training(accelerator, {"actor_critic": actor_critic}, optimizer, scheduler,
@@ -256,11 +239,11 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
             kl_ctl.load_state_dict(state["kl_controller"])
         elif cfg.adaptive_kl:
             kl_ctl.value = float(state["kl_controller"]["value"])
-        shuffle.set_state(state["shuffle"])
+        shuffle_rng.set_state(state["shuffle"])
         if ptx is not None and "ptx" in state:
             ptx.load_state_dict(state["ptx"])
 
-    generator = make_generator(cfg.generation_backend, policy, eos_id=tokenizer.eos_token_id,
+    sampler = make_generator(cfg.generation_backend, policy, eos_id=tokenizer.eos_token_id,
                                pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
                                temperature=cfg.temperature)
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "ppo", accelerator.print)
@@ -276,12 +259,12 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         # which Accelerate's prepare() wrapped in autocast: under --mixed_precision they join it here.
         with timer(timings, "generate"), accelerator.autocast():
             actor_critic.eval()
-            ro = rollout(generator, [prompt_tokens[i] for i in index], index, tokenizer.pad_token_id, device,
+            ro = rollout(sampler, [prompt_tokens[i] for i in index], index, tokenizer.pad_token_id, device,
                          cfg.generation_batch_size)
         actor_critic.train()
         with accelerator.autocast():
-            reward_parts, first_pass = score(ro, actor_critic, ref_policy, reward, tokenizer, prompt_records, cfg,
-                                             sizes["micro"], timings, fused=bool(sizes["fused_first_forward"]))
+            reward_parts = score_rollout(ro, actor_critic, ref_policy, reward, tokenizer, prompt_records, cfg,
+                                         sizes["micro"], timings)
         filtered = penalise_overlong(ro, cfg)
         shape_rewards(ro, reward_beta(cfg, kl_ctl.value), cfg.kl_estimator)
         advantages(ro, cfg, global_whiten(accelerator))
@@ -289,11 +272,10 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
             raise DivergenceError(f"ppo diverged at step {step + 1}: non-finite "
                                   f"{'KL to the reference' if not torch.isfinite(ro.kl).all() else 'values'} "
                                   "in the rollout; no checkpoint was written from it")
-        train_ro, first_pass, kept = keep_rows(ro, first_pass, cfg)
-        update_rows = update(train_ro, actor_critic, optimizer, scheduler, cfg, sizes, accelerator, shuffle, ptx,
-                             timings, guard, step + 1, first_pass)
-        del first_pass
-        metrics = _step_metrics(ro, reward_beta(cfg, kl_ctl.value), update_rows, {**reward_parts, **filtered, **kept},
+        train_ro, kept = keep_rows(ro, cfg)
+        update_rows = update(train_ro, actor_critic, optimizer, scheduler, cfg, sizes, accelerator, shuffle_rng, ptx,
+                             timings, guard, step + 1)
+        metrics = step_metrics(ro, reward_beta(cfg, kl_ctl.value), update_rows, {**reward_parts, **filtered, **kept},
                                 timings, scheduler, step, sizes, cfg)
         metrics["objective/kl"] = global_mean(accelerator, metrics["objective/kl"])  # beta adapts to the global KL
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
@@ -305,7 +287,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
             log_samples(samples, done, ro, tokenizer, prompt_records, cfg.num_samples_logged, accelerator)
         if checkpoints.due(done, sizes["ppo_steps"], accelerator):
             checkpoints.save_training(done, accelerator, {"actor_critic": actor_critic}, optimizer, scheduler,
-                                      kl_controller=kl_ctl.state_dict(), shuffle=shuffle.get_state(),
+                                      kl_controller=kl_ctl.state_dict(), shuffle=shuffle_rng.get_state(),
                                       **({"ptx": ptx.state_dict()} if ptx is not None else {}))
     bar.close()
     accelerator.wait_for_everyone()
@@ -315,34 +297,3 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     end_stage(accelerator)
     checkpoints.close()
     return out
-
-
-def _step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, scheduler, step, sizes, cfg) -> dict:
-    mask = ro.response_mask.float()
-    kl_per_response = ro.kl.sum(1)
-    non_score = (-beta * ro.kl).sum(1)
-    metrics = {
-        "objective/kl": float(kl_per_response.mean()),
-        "objective/kl_k3": float(kl_penalty(ro.logprobs, ro.ref_logprobs, "k3").mul(mask).sum(1).mean()),
-        "objective/beta": beta,
-        "objective/scores": float(ro.scores.mean()),
-        "objective/scores_std": float(ro.scores.std()) if ro.scores.numel() > 1 else 0.0,
-        "objective/non_score_reward": float(non_score.mean()),
-        "objective/rlhf_reward": float((ro.scores + non_score).mean()),
-        "objective/entropy_sampled": float(-(ro.logprobs * mask).sum(1).mean()),
-        "response/length": float(mask.sum(1).mean()),
-        "response/eos_rate": float(ro.eos.float().mean()),
-        "lr": scheduler.get_last_lr()[0],
-        "episodes": (step + 1) * cfg.rollout_batch_size,
-        **reward_parts,
-        **mean_metrics(update_rows),
-        **timings,
-    }
-    if ro.values is not None:
-        metrics["val/explained_variance"] = float(explained_variance(ro.values, ro.returns, mask))
-    first = update_rows[0]  # the first minibatch of the update: ratio 1 and approx-KL 0 with dropout off
-    metrics["policy/first_ratio_mean"] = first["policy/ratio_mean"]
-    metrics["policy/first_approxkl"] = first["policy/approxkl"]
-    metrics.pop("epoch", None)
-    metrics["timing/step"] = sum(v for k, v in timings.items())
-    return metrics

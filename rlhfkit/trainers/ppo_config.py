@@ -7,7 +7,8 @@ from typing import ClassVar
 
 from rlhfkit.config import ConfigError, check_divisible, option, option_problem
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
-from rlhfkit.trainers.common import TrainConfig
+from rlhfkit.models.loading import LoraOptions
+from rlhfkit.trainers.train_config import TrainConfig
 
 
 @dataclass
@@ -34,8 +35,8 @@ class PPOConfig(TrainConfig):
     value_head_on_policy: bool = option(False, "value function as a zero-initialised head on the policy trunk "
                                         "(lm-human-preferences) instead of a separate value model")
     use_lora: bool = option(False, "train a LoRA adapter on the policy; the reference is the adapter disabled")
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha")
+    lora_r: int = option(LoraOptions.r, "LoRA rank")
+    lora_alpha: int = option(LoraOptions.alpha, "LoRA alpha")
     prompts: str = option("", "RL prompts: a file or dataset with a prompt column (string or messages)")
     prompt_column: str = option("prompt", "column holding the prompt")
     total_episodes: int = option(1024, "prompts sampled over the whole run (one response each)")
@@ -45,9 +46,6 @@ class PPOConfig(TrainConfig):
     per_device_train_batch_size: int = option(64, "micro-batch for the update's forward/backward passes")
     generation_batch_size: int = option(64, "prompts generated at once per process")
     generation_backend: str = option("local", "sampler: 'local' (KV-cache loop) or 'hf' (model.generate)")
-    fuse_first_forward: bool = option(True, "with one minibatch held in one micro-batch, take the old log-probs and "
-                                      "values from the first update's forward pass (same numbers, one policy and "
-                                      "one value forward fewer per step)")
     max_prompt_length: int = option(128, "longest prompt in tokens (longer ones are an error)")
     response_length: int = option(32, "most tokens sampled per response")
     temperature: float = option(1.0, "sampling temperature; also divides the logits of every log-prob "
@@ -149,9 +147,8 @@ class PPOConfig(TrainConfig):
         if steps < 1:
             raise ConfigError(f"total_episodes ({self.total_episodes}) is smaller than rollout_batch_size "
                               f"({self.rollout_batch_size})")
-        fused = self.fuse_first_forward and self.num_minibatches == 1 and micro == minibatch
         return {"local_rollout": local_rollout, "minibatch": minibatch, "micro": micro,
-                "accumulation": accumulation, "ppo_steps": steps, "fused_first_forward": int(fused),
+                "accumulation": accumulation, "ppo_steps": steps,
                 "optimizer_steps": steps * self.ppo_epochs * self.num_minibatches}
 
     def _check_critic_free_options(self) -> None:

@@ -1,6 +1,7 @@
 """PPO's set-up and output, kept out of the step (rlhfkit/trainers/ppo.py): the reward
 (a reward model and Python functions, weighted), the policy with its value function and
-the frozen reference, the prompts, the sample responses logged, and the saved models."""
+the frozen reference, the prompts, each step's metrics row and sample responses, and the
+saved models."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,18 +9,21 @@ from pathlib import Path
 from rlhfkit.data.loading import ColumnMap, load_prompts
 from rlhfkit.data.tokenize import encode_prompts
 from rlhfkit.io import atomic_write_bytes
+from rlhfkit.losses.kl import kl_penalty
+from rlhfkit.losses.ppo import explained_variance
 from rlhfkit.models.actor_critic import ActorCritic
 from rlhfkit.models.loading import (
-    LoraOptions,
     load_causal_lm,
     load_reward_model,
     load_scalar_model,
     load_tokenizer,
+    lora_options,
     save_pretrained_dir,
 )
 from rlhfkit.rewards import FunctionScorer, RewardModelScorer, WeightedReward, import_function
 from rlhfkit.rollout.rollout import Rollout
 from rlhfkit.trainers.data_plan import load_records
+from rlhfkit.trainers.metrics import mean_metrics
 from rlhfkit.trainers.ppo_config import PPOConfig
 
 
@@ -43,7 +47,7 @@ def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> WeightedRe
 def build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, object | None]:
     """Policy (+LoRA), value function (separate or on the policy trunk), frozen reference.
     With LoRA and no separate ref_model the reference is the adapter-disabled policy."""
-    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
+    lora = lora_options(cfg)
     policy = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                             lora=lora, trust_remote_code=cfg.trust_remote_code)
     ref_policy = None
@@ -96,3 +100,35 @@ def save_models(actor_critic: ActorCritic, tokenizer, out: Path) -> None:
                            save({k: v.contiguous() for k, v in actor_critic.value_head.state_dict().items()}))
     else:
         save_pretrained_dir(actor_critic.value_model, tokenizer, out / "value_model")
+
+
+def step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, scheduler, step, sizes, cfg) -> dict:
+    """One PPO step's metrics.jsonl row (docs/metrics.md): the rollout's, the update's and the timings."""
+    mask = ro.response_mask.float()
+    kl_per_response = ro.kl.sum(1)
+    non_score = (-beta * ro.kl).sum(1)
+    metrics = {
+        "objective/kl": float(kl_per_response.mean()),
+        "objective/kl_k3": float(kl_penalty(ro.logprobs, ro.ref_logprobs, "k3").mul(mask).sum(1).mean()),
+        "objective/beta": beta,
+        "objective/scores": float(ro.scores.mean()),
+        "objective/scores_std": float(ro.scores.std()) if ro.scores.numel() > 1 else 0.0,
+        "objective/non_score_reward": float(non_score.mean()),
+        "objective/rlhf_reward": float((ro.scores + non_score).mean()),
+        "objective/entropy_sampled": float(-(ro.logprobs * mask).sum(1).mean()),
+        "response/length": float(mask.sum(1).mean()),
+        "response/eos_rate": float(ro.eos.float().mean()),
+        "lr": scheduler.get_last_lr()[0],
+        "episodes": (step + 1) * cfg.rollout_batch_size,
+        **reward_parts,
+        **mean_metrics(update_rows),
+        **timings,
+    }
+    if ro.values is not None:
+        metrics["val/explained_variance"] = float(explained_variance(ro.values, ro.returns, mask))
+    first = update_rows[0]  # the first minibatch of the update: ratio 1 and approx-KL 0 with dropout off
+    metrics["policy/first_ratio_mean"] = first["policy/ratio_mean"]
+    metrics["policy/first_approxkl"] = first["policy/approxkl"]
+    metrics.pop("epoch", None)
+    metrics["timing/step"] = sum(v for k, v in timings.items())
+    return metrics

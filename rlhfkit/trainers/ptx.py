@@ -21,22 +21,23 @@ class PretrainingBatches:
                                         on_error=cfg.on_error))
         self.collator = SFTCollator(tokenizer.pad_token_id)
         self.batch_size, self.device = cfg.ptx_batch_size, device
-        self.generator = torch.Generator().manual_seed(cfg.seed + 17)
+        self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 17)
         self.order: list[int] = []
 
     def state_dict(self) -> dict:
-        """Position in the pretraining stream, for bit-exact resume."""
-        return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.long)}
+        """Position in the pretraining stream, for bit-exact resume ("generator": the key
+        checkpoints have always stored the shuffle RNG under)."""
+        return {"generator": self.shuffle_rng.get_state(), "order": torch.tensor(self.order, dtype=torch.long)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.shuffle_rng.set_state(state["generator"])
         self.order = state["order"].tolist()
 
     def next_batch(self) -> dict:
         batch = []
         while len(batch) < self.batch_size:
             if not self.order:
-                self.order = torch.randperm(len(self.examples), generator=self.generator).tolist()
+                self.order = torch.randperm(len(self.examples), generator=self.shuffle_rng).tolist()
             batch.append(self.examples[self.order.pop()])
         return {k: v.to(self.device) for k, v in self.collator(batch).items()}
 

@@ -43,20 +43,17 @@ from rlhfkit.models.loading import (
     load_causal_lm,
     load_scalar_model,
     load_tokenizer,
+    lora_options,
     model_config,
     save_pretrained_dir,
 )
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.common import (
-    MetricsLogger,
-    NonFiniteGuard,
-    TrainConfig,
-    apply_step,
-    make_accelerator,
-    progress_bar,
-)
+from rlhfkit.trainers.accelerator import make_accelerator
+from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.train_config import TrainConfig
 from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
-from rlhfkit.trainers.distributed import end_stage
+from rlhfkit.trainers.distributed import end_stage, step_share
 
 
 @dataclass
@@ -82,7 +79,7 @@ class RewardConfig(TrainConfig):
                                       "full pass's (the world's reward model)")
     lr_scheduler: str = option("cosine", "learning-rate schedule after warmup: cosine, linear or constant")
     use_lora: bool = option(False, "train a LoRA adapter (merged into the saved model)")
-    lora_r: int = option(8, "LoRA rank")
+    lora_r: int = option(LoraOptions.r, "LoRA rank")
     calibration_bins: list[float] = option([0.0, 0.25, 0.5, 1.0, 2.0, 1e9], "score-gap bin edges for calibration")
     reward_form: str = option("head", "head: a new scalar head on the last token (InstructGPT); mean_logprob: the "
                               "model keeps its LM head and scores a response by reward_scale x its mean token "
@@ -126,7 +123,7 @@ def _scores(model, batch, device) -> torch.Tensor:
 
 def _load_model(cfg: RewardConfig, tokenizer):
     """The model to train: a scalar-head classifier, or a causal LM marked as a mean_logprob reward model."""
-    lora = LoraOptions(r=cfg.lora_r) if cfg.use_lora else None
+    lora = lora_options(cfg)
     common = dict(dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing, lora=lora,
                   trust_remote_code=cfg.trust_remote_code)
     if cfg.reward_form == "head":
@@ -244,7 +241,7 @@ def train_reward_model(cfg: RewardConfig) -> Path:
             with accelerator.autocast():
                 loss, metrics = _ranking_batch_loss(model, groups, collator, device, cfg.use_margin)
             # prompts weigh equally across micro-batches and processes (InstructGPT's per-prompt mean)
-            accelerator.backward(loss * len(groups) * world / sum(len(m) for m in plan[step]))
+            accelerator.backward(loss * step_share(len(groups), sum(len(m) for m in plan[step]), world))
             rows.append({k: float(v) for k, v in metrics.items()})
         metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
         stepped = apply_step(accelerator, model, optimizer, scheduler, guard, step + 1,

@@ -17,18 +17,21 @@ from rlhfkit.data.collate import PackedCollator, SFTCollator, pack_examples
 from rlhfkit.data.loading import ColumnMap, load_sft
 from rlhfkit.data.tokenize import encode_sft
 from rlhfkit.losses.sft import masked_nll_loss
-from rlhfkit.models.loading import DTYPES, LoraOptions, load_causal_lm, load_tokenizer, save_pretrained_dir
-from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.common import (
-    MetricsLogger,
-    NonFiniteGuard,
-    TrainConfig,
-    apply_step,
-    make_accelerator,
-    progress_bar,
+from rlhfkit.models.loading import (
+    DTYPES,
+    LoraOptions,
+    load_causal_lm,
+    load_tokenizer,
+    lora_options,
+    save_pretrained_dir,
 )
+from rlhfkit.trainers.checkpoint import open_stage
+from rlhfkit.trainers.accelerator import make_accelerator
+from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.train_config import TrainConfig
 from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
-from rlhfkit.trainers.distributed import end_stage
+from rlhfkit.trainers.distributed import end_stage, step_share
 
 
 @dataclass
@@ -47,8 +50,8 @@ class SFTConfig(TrainConfig):
     lr_scheduler: str = option("cosine", "learning-rate schedule after warmup: cosine, linear or constant")
     disable_dropout: bool = option(False, "turn the model's dropout off (InstructGPT kept 0.2 residual dropout for SFT)")
     use_lora: bool = option(False, "train a LoRA adapter instead of all weights (merged into the saved model)")
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha")
+    lora_r: int = option(LoraOptions.r, "LoRA rank")
+    lora_alpha: int = option(LoraOptions.alpha, "LoRA alpha")
     chat_template: str = option("", "Jinja chat template to use instead of the tokenizer's")
 
     def columns(self) -> ColumnMap:
@@ -100,7 +103,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         collator = SFTCollator(tokenizer.pad_token_id)
     eval_collator = SFTCollator(tokenizer.pad_token_id)
 
-    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.use_lora else None
+    lora = lora_options(cfg)
     model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, dropout=not cfg.disable_dropout,
                            gradient_checkpointing=cfg.gradient_checkpointing, lora=lora,
                            trust_remote_code=cfg.trust_remote_code)
@@ -154,8 +157,7 @@ def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collato
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        position_ids=batch["position_ids"], use_cache=False).logits
         loss, metrics = masked_nll_loss(logits, batch["input_ids"], batch["loss_mask"])
-        weight = float(metrics["tokens"]) * world / max(global_tokens, 1.0)
-        accelerator.backward(loss * weight)
+        accelerator.backward(loss * step_share(float(metrics["tokens"]), global_tokens, world))
         total_loss += loss.item() * float(metrics["tokens"])
     if world > 1:  # the step's loss over every process's tokens, as one process would log it
         total_loss = accelerator.reduce(torch.tensor(total_loss, device=accelerator.device), "sum").item()

@@ -1,0 +1,76 @@
+"""The options every training stage shares (TrainConfig), checked at construction."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rlhfkit.config import check_options, option
+from rlhfkit.trainers.checkpoint import RESUME_MODES
+from rlhfkit.trainers.optim import SCHEDULERS
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # rlhfkit.models.loading.DTYPES
+
+
+@dataclass
+class TrainConfig:
+    """Options every training stage shares."""
+
+    output_dir: str = option("runs/out", "directory for the trained model, metrics.jsonl and checkpoints")
+    seed: int = option(0, "random seed (data order, initialisation, sampling)")
+    learning_rate: float = option(1e-4, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    adam_eps: float = option(1e-8, "AdamW epsilon")
+    warmup_ratio: float = option(0.0, "fraction of optimizer steps spent warming up linearly")
+    max_grad_norm: float = option(1.0, "gradient clipping threshold (<= 0 disables)")
+    per_device_batch_size: int = option(8, "examples per forward pass on each process")
+    gradient_accumulation_steps: int = option(1, "forward passes accumulated per optimizer step")
+    num_epochs: float = option(1.0, "passes over the training data (fractions allowed)")
+    group_by_length: bool = option(False, "batch examples of similar length together (sorted within windows of "
+                                   "50 batches of a random order, batches then shuffled): less padding, same data")
+    max_length: int = option(512, "longest tokenised sequence; longer records are an error (or skipped with on_error=skip)")
+    eval_fraction: float = option(0.05, "share of records held out for validation when no eval file is given")
+    eval_every: int = option(0, "evaluate every N optimizer steps (0: at the end of training only)")
+    log_every: int = option(10, "write metrics every N optimizer steps")
+    checkpoint_every: int = option(0, "save a resumable checkpoint every N optimizer steps (0: by time only)")
+    checkpoint_minutes: float = option(5.0, "also save a resumable checkpoint when this many minutes have passed "
+                                       "since the last one (0: by steps only), so a kill loses at most that much")
+    resume: str = option("auto", "auto: resume from the newest checkpoint when it was made with the same options "
+                         "and data, else refuse and name what changed; force: resume from it anyway, with this "
+                         "run's options applied (learning rate, schedule, ...)")
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep on disk")
+    dtype: str = option("float32", "model weights dtype: float32, bfloat16 or float16")
+    mixed_precision: str = option("no", "Accelerate mixed precision: no, bf16 or fp16")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
+    report_to: list[str] = option([], "Accelerate trackers, e.g. tensorboard, wandb")
+    on_error: str = option("raise", "bad data records: raise (default) or skip and report counts")
+    trust_remote_code: bool = option(False, "allow model code from the checkpoint (off: safer)")
+    progress: bool = option(True, "show a progress bar")
+    num_threads: int = option(0, "torch CPU threads (0: torch's default)")
+    max_nonfinite_steps: int = option(3, "skip a step whose loss or gradient is not finite; stop after this many in a row")
+
+    # Checked at construction (rlhfkit.config.check_options); subclasses add theirs.
+    RULES: ClassVar[dict] = {
+        "learning_rate": "> 0", "weight_decay": ">= 0", "adam_eps": "> 0", "warmup_ratio": "[0, 1]",
+        "max_grad_norm": "finite", "per_device_batch_size": ">= 1", "gradient_accumulation_steps": ">= 1",
+        "num_epochs": "> 0", "max_length": ">= 2", "eval_fraction": "[0, 1)", "eval_every": ">= 0",
+        "log_every": ">= 1", "checkpoint_every": ">= 0", "checkpoint_minutes": ">= 0", "keep_checkpoints": ">= 1",
+        "dtype": DTYPE_NAMES, "mixed_precision": ("no", "bf16", "fp16", "fp8"), "on_error": ("raise", "skip"),
+        "num_threads": ">= 0", "max_nonfinite_steps": ">= 1", "resume": RESUME_MODES,
+        "lr_scheduler": lambda v: _scheduler_problem(v), "lora_r": ">= 1", "lora_alpha": "> 0",
+    }
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+def _scheduler_problem(name: str) -> str | None:
+    if name in SCHEDULERS:
+        return None
+    from transformers import SchedulerType
+
+    known = "a transformers schedule rlhfkit does not implement" if name in {t.value for t in SchedulerType} \
+        else "not a learning-rate schedule"
+    close = difflib.get_close_matches(str(name), SCHEDULERS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"lr_scheduler {name!r} is {known}; choose one of {', '.join(SCHEDULERS)}{hint}"
