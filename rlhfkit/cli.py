@@ -13,6 +13,10 @@ from rlhfkit.config import ConfigArgumentParser, ConfigError, add_config_argumen
 
 def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
     """command path -> (help, config class, function), imported lazily."""
+    from rlhfkit.experiment.options import RunConfig
+    from rlhfkit.experiment.pretrain import PretrainConfig, pretrain_world
+    from rlhfkit.experiment.run import run_world
+    from rlhfkit.experiment.sweep import SweepConfig, sweep_kl
     from rlhfkit.label.ai import AIConfig, label_ai
     from rlhfkit.label.export import ExportConfig, StatsConfig, export_labels, labeling_stats
     from rlhfkit.label.revise import ReviseConfig, revise
@@ -25,9 +29,6 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
     from rlhfkit.trainers.ppo_config import PPOConfig
     from rlhfkit.trainers.reward import RewardConfig, train_reward_model
     from rlhfkit.trainers.sft import SFTConfig, train_sft
-    from rlhfkit.experiment.pretrain import PretrainConfig, pretrain_world
-    from rlhfkit.experiment.run import RunConfig, run_world
-    from rlhfkit.experiment.sweep import SweepConfig, sweep_kl
 
     return {
         ("run",): ("the main job: the InstructGPT recipe in the instruction world, evaluated and reported",

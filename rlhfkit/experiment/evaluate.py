@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.world.judge import judge_task
 from rlhfkit.experiment.sampling import Samples, response_logprob_sums, sample_responses
+from rlhfkit.world.judge import judge_task
 from rlhfkit.world.tasks import CONSTRAINTS, Task
 
 CONSTRAINT_ORDER = ("none", *CONSTRAINTS)
@@ -216,8 +216,8 @@ def evaluate_best_of_n(sft_path: str, rm_path: str, tasks: Sequence[Task], promp
     "decodings"}} like evaluate_policy: one decoding ("t1", also "best": best-of-n
     samples at T = 1 only, so it has no greedy decoding). params, webtext_loss
     are SFT's (the same weights); kl_to_sft the analytic log n - (n-1)/n."""
-    from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer
     from rlhfkit.experiment.reward_figures import reward_model_scores
+    from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer
 
     n_max = max(ns)
     tokenizer = load_tokenizer(sft_path)

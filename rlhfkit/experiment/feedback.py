@@ -18,10 +18,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlhfkit.io import write_json
-from rlhfkit.world.judge import judge_task
 from rlhfkit.experiment.data import read_jsonl, write_jsonl
 from rlhfkit.experiment.reward_figures import GOLD_TIE
+from rlhfkit.io import write_json
+from rlhfkit.world.judge import judge_task
 from rlhfkit.world.tasks import parse_instruction
 
 

@@ -5,8 +5,8 @@ are in docs/results.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 from rlhfkit.config import ConfigError, check_options, check_sets_itself, did_you_mean, nested, option
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.io import write_json
 from rlhfkit.config import option
+from rlhfkit.io import write_json
 from rlhfkit.world.webtext import make_webtext
 
 # Held-out web text: its own seed, never the training seed (disjoint documents).
@@ -208,9 +208,9 @@ def format_imitation(model_dir: str | Path, n_prompts: int = 100, seed: int = 0,
     requests (`judge_base_model`'s follows_constrained)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlhfkit.experiment.sampling import sample_responses
     from rlhfkit.world.judge import read_formats
     from rlhfkit.world.splits import make_split
-    from rlhfkit.experiment.sampling import sample_responses
     from rlhfkit.world.tasks import CONSTRAINTS, apply_format, constrain
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))

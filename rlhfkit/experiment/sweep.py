@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.io import write_json
 from rlhfkit.config import from_dict, load_yaml, option, save_yaml
+from rlhfkit.io import write_json
 from rlhfkit.pipeline import run_stage
 
 
@@ -41,11 +41,11 @@ def _beta_name(beta: float) -> str:
 
 
 def sweep_kl(cfg: SweepConfig) -> Path:
-    from rlhfkit.experiment.evaluate import evaluate_policy
-    from rlhfkit.experiment.report import overoptimisation_points, plot_overoptimisation, read_metrics
-    from rlhfkit.experiment.options import RunConfig
-    from rlhfkit.experiment.stages import ppo_stage_config, train_ppo_with_gold
     from rlhfkit.experiment.data import read_jsonl, tasks_of
+    from rlhfkit.experiment.evaluate import evaluate_policy
+    from rlhfkit.experiment.options import RunConfig
+    from rlhfkit.experiment.report import overoptimisation_points, plot_overoptimisation, read_metrics
+    from rlhfkit.experiment.stages import ppo_stage_config, train_ppo_with_gold
 
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)

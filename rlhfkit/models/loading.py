@@ -46,7 +46,6 @@ class LoraOptions:
     target_modules: list[str] | str = "all-linear"
 
 
-
 def lora_options(cfg) -> LoraOptions | None:
     """The adapter a trainer's options ask for (use_lora, lora_r, lora_alpha), or None for
     full fine-tuning. The trainers' option defaults are LoraOptions' own."""

@@ -25,11 +25,8 @@ from rlhfkit.data.loading import ColumnMap
 from rlhfkit.losses.common import tie_half_accuracy
 from rlhfkit.losses.dpo import DPO_LOSSES, DPOLossConfig, PreferenceLogps, dpo_loss
 from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_tokenizer, lora_options, save_pretrained_dir
-from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.accelerator import make_accelerator
-from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
-from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.data_plan import optimization, split_holdout
 from rlhfkit.trainers.distributed import end_stage, step_share
 from rlhfkit.trainers.dpo_data import (
@@ -41,6 +38,9 @@ from rlhfkit.trainers.dpo_data import (
     reference_table,
     sequence_logps,
 )
+from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.train_config import TrainConfig
 
 REFERENCE_FREE = frozenset({"simpo", "orpo"})
 # Method names `--algo` accepts (pipeline, world run) -> the DPO-family loss. All train

@@ -6,8 +6,9 @@ One step is five named phases over a typed Rollout, in the order this file reads
 
     rollout -> score_rollout -> shape_rewards -> advantages -> update (clipped losses)
 
-Set-up and output (models, reward, prompts, the logged metrics, saving) live in ppo_setup.py, the critic-free extras in critic_free.py, and
-what several processes need to match one in distributed.py.
+Set-up and output (models, reward, prompts, the logged metrics, saving) live in
+ppo_setup.py, the critic-free extras in critic_free.py, and what several processes
+need to match one in distributed.py.
 """
 from __future__ import annotations
 
@@ -27,11 +28,8 @@ from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.rewards import ScoringBatch, WeightedReward
 from rlhfkit.rollout.generate import make_generator
 from rlhfkit.rollout.rollout import Rollout, concat_rollouts
-from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.accelerator import make_accelerator
-from rlhfkit.trainers.errors import DivergenceError
-from rlhfkit.trainers.metrics import MetricsLogger, mean_metrics, progress_bar, timer
-from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, lr_schedule, make_adam
+from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.critic_free import (
     group_advantages,
     keep_rows,
@@ -41,6 +39,9 @@ from rlhfkit.trainers.critic_free import (
 )
 from rlhfkit.trainers.data_plan import episode_prompts
 from rlhfkit.trainers.distributed import end_stage, global_mean, global_whiten, process_share, seed_per_process
+from rlhfkit.trainers.errors import DivergenceError
+from rlhfkit.trainers.metrics import MetricsLogger, mean_metrics, progress_bar, timer
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, lr_schedule, make_adam
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.ppo_setup import (
     build_models,
@@ -51,7 +52,6 @@ from rlhfkit.trainers.ppo_setup import (
     step_metrics,
 )
 from rlhfkit.trainers.ptx import PretrainingBatches
-
 
 # ----------------------------------------------------------------------------- phases
 
@@ -244,8 +244,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
             ptx.load_state_dict(state["ptx"])
 
     sampler = make_generator(cfg.generation_backend, policy, eos_id=tokenizer.eos_token_id,
-                               pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
-                               temperature=cfg.temperature)
+                             pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
+                             temperature=cfg.temperature)
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "ppo", accelerator.print)
     if not state:  # several processes: each samples its own responses (a resume restores each one's RNG)
         seed_per_process(accelerator, cfg.seed)
@@ -276,7 +276,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         update_rows = update(train_ro, actor_critic, optimizer, scheduler, cfg, sizes, accelerator, shuffle_rng, ptx,
                              timings, guard, step + 1)
         metrics = step_metrics(ro, reward_beta(cfg, kl_ctl.value), update_rows, {**reward_parts, **filtered, **kept},
-                                timings, scheduler, step, sizes, cfg)
+                               timings, scheduler, step, sizes, cfg)
         metrics["objective/kl"] = global_mean(accelerator, metrics["objective/kl"])  # beta adapts to the global KL
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
         done = step + 1

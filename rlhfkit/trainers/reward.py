@@ -47,13 +47,13 @@ from rlhfkit.models.loading import (
     model_config,
     save_pretrained_dir,
 )
-from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.accelerator import make_accelerator
+from rlhfkit.trainers.checkpoint import open_stage
+from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
+from rlhfkit.trainers.distributed import end_stage, step_share
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
 from rlhfkit.trainers.train_config import TrainConfig
-from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
-from rlhfkit.trainers.distributed import end_stage, step_share
 
 
 @dataclass
