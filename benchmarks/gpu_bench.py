@@ -8,7 +8,7 @@ DIR/gpu_results.json after every section so that a cut-off run still reports:
 
 1. the card's bf16 matrix-product peak, measured (8192^3 torch.mm, median of 10);
 2. generation tokens per second of the policy in bf16: HF `generate` against
-   rlhfkit's LocalGenerator (KV-cache loop), batch 64 and 256, 128 new tokens;
+   rlhfkit's LocalSampler (KV-cache loop), batch 64 and 256, 128 new tokens;
 3. PPO episodes per second, rlhfkit against TRL 0.29.1's PPOTrainer: same
    checkpoints, prompts and hyper-parameters, fp32 weights with bf16 autocast
    in both, model FLOPs utilisation against the measured peak;
@@ -143,7 +143,7 @@ def bench_generation(paths: dict, device: str, tiny: bool) -> dict:
 
     from rlhfkit.data.collate import pad_sequences
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-    from rlhfkit.rollout.generate import make_generator
+    from rlhfkit.generation.samplers import make_sampler
 
     tok = load_tokenizer(paths["gpu"]["policy"])
     model = load_causal_lm(paths["gpu"]["policy"], tok, dtype="bfloat16" if device == "cuda" else "float32")
@@ -155,7 +155,7 @@ def bench_generation(paths: dict, device: str, tiny: bool) -> dict:
         ids, mask = pad_sequences(prompts[:batch], tok.pad_token_id, side="left")
         ids, mask = ids.to(device), mask.to(device)
         for backend in ("hf", "local"):
-            gen = make_generator(backend, model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+            gen = make_sampler(backend, model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                                  max_new_tokens=new_tokens, temperature=1.0)
             torch.manual_seed(0)
             gen.generate(ids, mask)  # warm-up: kernels, allocator

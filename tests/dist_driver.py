@@ -33,7 +33,7 @@ def low_token_share(prompts, responses, response_ids):
 
 
 class RowSeededSampler:
-    """The generation interface (rlhfkit.rollout.generate) with a torch.Generator per row,
+    """The generation interface (rlhfkit.generation.samplers) with a torch.Generator per row,
     seeded by (call, global row): call n is PPO step n when one call covers the process's
     rollout (generation_batch_size >= the per-process rollout), and process r's rows are
     global rows r*B .. r*B+B-1, as PPO shards its prompts."""
@@ -48,7 +48,7 @@ class RowSeededSampler:
         from accelerate import PartialState
 
         from rlhfkit.models.forward import positions_from_mask
-        from rlhfkit.rollout.generate import truncate_after_eos
+        from rlhfkit.generation.samplers import truncate_after_eos
 
         B = prompt_ids.shape[0]
         first = PartialState().process_index * B
@@ -90,13 +90,13 @@ def run_job(job: dict) -> str:
     if stage == "dpo":
         return str(train_dpo(DPOConfig(**cfg)))
     if stage == "ppo":
-        original = ppo.make_generator
+        original = ppo.make_sampler
         if job.get("sampler") == "row_seeded":
-            ppo.make_generator = lambda name, model, **kw: RowSeededSampler(model, **kw)
+            ppo.make_sampler = lambda name, model, **kw: RowSeededSampler(model, **kw)
         try:
             return str(ppo.train_ppo(PPOConfig(**cfg), reward_fns=[low_token_share]))
         finally:
-            ppo.make_generator = original
+            ppo.make_sampler = original
     raise ValueError(f"unknown stage {stage!r}")
 
 

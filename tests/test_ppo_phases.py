@@ -5,8 +5,8 @@ import torch
 
 from rlhfkit.data.collate import pad_sequences
 from rlhfkit.models.forward import response_logprobs
-from rlhfkit.rollout.generate import HFGenerator, LocalGenerator, truncate_after_eos
-from rlhfkit.rollout.rollout import Rollout
+from rlhfkit.generation.samplers import HFSampler, LocalSampler, truncate_after_eos
+from rlhfkit.generation.rollout import Rollout
 from rlhfkit.testing import tiny_llama, tiny_tokenizer
 from rlhfkit.trainers.ppo import advantages, shape_rewards
 from rlhfkit.trainers.ppo_config import PPOConfig
@@ -73,7 +73,7 @@ def test_missing_eos_penalty_is_applied_in_score_rollout():
     assert (ro.logprobs[0, 3:] == 0).all() and (ro.values[0, 3:] == 0).all()
 
 
-@pytest.mark.parametrize("backend", [LocalGenerator, HFGenerator])
+@pytest.mark.parametrize("backend", [LocalSampler, HFSampler])
 def test_recomputed_logprobs_equal_sampler_logprobs_at_temperature(backend):
     tok = tiny_tokenizer()
     model = tiny_llama(tok).eval()
@@ -98,9 +98,9 @@ def test_local_and_hf_backends_sample_the_same_tokens():
     ids = torch.tensor([tok("Count from 3 to 6.")["input_ids"]] * 3)
     mask = torch.ones_like(ids)
     torch.manual_seed(1)
-    a = LocalGenerator(model, tok.eos_token_id, tok.pad_token_id, 8, 1.0).generate(ids, mask)
+    a = LocalSampler(model, tok.eos_token_id, tok.pad_token_id, 8, 1.0).generate(ids, mask)
     torch.manual_seed(1)
-    b = HFGenerator(model, tok.eos_token_id, tok.pad_token_id, 8, 1.0).generate(ids, mask)
+    b = HFSampler(model, tok.eos_token_id, tok.pad_token_id, 8, 1.0).generate(ids, mask)
     assert torch.equal(a.response_ids, b.response_ids)
 
 
@@ -114,7 +114,7 @@ def test_local_generator_at_temperature_0_is_greedy():
     ids, mask = pad_sequences([tok("What is 12 plus 7?")["input_ids"], tok("Say hello.")["input_ids"]],
                               tok.pad_token_id, side="left")
     P = ids.shape[1]
-    gen = LocalGenerator(model, tok.eos_token_id, tok.pad_token_id, 6, 0.0).generate(ids, mask)
+    gen = LocalSampler(model, tok.eos_token_id, tok.pad_token_id, 6, 0.0).generate(ids, mask)
     seq = torch.cat([ids, gen.response_ids], 1)
     full_mask = torch.cat([mask, gen.response_mask], 1)
     with torch.no_grad():

@@ -144,7 +144,7 @@ def judge_base_model(model_dir: str | Path, n_prompts: int = 200, seed: int = 0,
     polite, concise, likert, mean response length (tokens) and a few samples."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlhfkit.rollout.generate import LocalGenerator
+    from rlhfkit.generation.samplers import LocalSampler
     from rlhfkit.world.judge import judge_task
     from rlhfkit.world.splits import make_split
 
@@ -152,7 +152,7 @@ def judge_base_model(model_dir: str | Path, n_prompts: int = 200, seed: int = 0,
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     model.eval()
     tasks = make_split("eval", n_prompts, seed)
-    gen = LocalGenerator(model, tok.eos_token_id, tok.pad_token_id, max_new_tokens, temperature)
+    gen = LocalSampler(model, tok.eos_token_id, tok.pad_token_id, max_new_tokens, temperature)
     torch.manual_seed(seed)
     rows = []
     for start in range(0, len(tasks), batch_size):

@@ -31,9 +31,9 @@ class Samples:
 def sample_responses(model, tokenizer, prompts: Sequence, *, temperature: float, max_new_tokens: int = 48,
                      batch_size: int = 256, seed: int = 0) -> Samples:
     """Sample one response per prompt (chat messages or strings), batched, with
-    LocalGenerator (top-k 0, top-p 1) at `temperature`, or greedily when
+    LocalSampler (top-k 0, top-p 1) at `temperature`, or greedily when
     temperature == 0. Prompts are sorted by length so batches carry little padding."""
-    from rlhfkit.rollout.generate import LocalGenerator
+    from rlhfkit.generation.samplers import LocalSampler
 
     model.eval()
     device = next(model.parameters()).device
@@ -44,12 +44,12 @@ def sample_responses(model, tokenizer, prompts: Sequence, *, temperature: float,
     ended: list[bool] = [False] * len(prompts)
     logprob_sums: list[float] = [0.0] * len(prompts)
     torch.manual_seed(seed)
-    generator = LocalGenerator(model, eos_id, pad_id, max_new_tokens, temperature)
+    sampler = LocalSampler(model, eos_id, pad_id, max_new_tokens, temperature)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         ids, mask = pad_sequences([prompt_ids[i] for i in idx], pad_id, side="left")
         ids, mask = ids.to(device), mask.to(device)
-        gen = generator.generate(ids, mask)
+        gen = sampler.generate(ids, mask)
         for row, i in enumerate(idx):
             n = int(gen.response_mask[row].sum())
             responses[i] = gen.response_ids[row, :n].tolist()

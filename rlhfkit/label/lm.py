@@ -48,9 +48,9 @@ def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 def sample_texts(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float,
                  batch_size: int = 16) -> tuple[list[str], list[bool]]:
     """One continuation per prompt (temperature 0: greedy): (decoded texts, ended with EOS)."""
-    from rlhfkit.rollout.generate import LocalGenerator
+    from rlhfkit.generation.samplers import LocalSampler
 
-    gen = LocalGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, max_new_tokens, temperature)
+    gen = LocalSampler(model, tokenizer.eos_token_id, tokenizer.pad_token_id, max_new_tokens, temperature)
     device = model_device(model)
     texts, eos = [], []
     for start in range(0, len(prompt_ids), batch_size):

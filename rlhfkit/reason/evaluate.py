@@ -23,11 +23,11 @@ def sample(model, tokenizer, prompts: list[str], n: int, temperature: float, max
            batch_size: int, seed: int) -> list[list[str]]:
     """n responses per prompt (temperature 0: one greedy response, repeated n times)."""
     from rlhfkit.data.collate import pad_sequences
-    from rlhfkit.rollout.generate import make_generator
+    from rlhfkit.generation.samplers import make_sampler
 
     torch.manual_seed(seed)
     model.eval()
-    gen = make_generator("local", model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+    gen = make_sampler("local", model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
                          max_new_tokens=max_new_tokens, temperature=temperature)
     draws = 1 if temperature == 0 else n
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(draws)]

@@ -14,7 +14,7 @@ from rlhfkit.losses.grpo import (
     overlong_keep,
     overlong_penalty,
 )
-from rlhfkit.rollout.rollout import Rollout
+from rlhfkit.generation.rollout import Rollout
 
 
 def group_advantages(ro: Rollout, rewards: torch.Tensor, cfg) -> torch.Tensor:

@@ -26,8 +26,8 @@ from rlhfkit.losses.ppo import ppo_value_loss
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.rewards import ScoringBatch, WeightedReward
-from rlhfkit.rollout.generate import make_generator
-from rlhfkit.rollout.rollout import Rollout, concat_rollouts
+from rlhfkit.generation.samplers import make_sampler
+from rlhfkit.generation.rollout import Rollout, concat_rollouts
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.critic_free import (
@@ -243,7 +243,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         if ptx is not None and "ptx" in state:
             ptx.load_state_dict(state["ptx"])
 
-    sampler = make_generator(cfg.generation_backend, policy, eos_id=tokenizer.eos_token_id,
+    sampler = make_sampler(cfg.generation_backend, policy, eos_id=tokenizer.eos_token_id,
                              pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
                              temperature=cfg.temperature)
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "ppo", accelerator.print)

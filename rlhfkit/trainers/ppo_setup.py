@@ -21,7 +21,7 @@ from rlhfkit.models.loading import (
     save_pretrained_dir,
 )
 from rlhfkit.rewards import FunctionScorer, RewardModelScorer, WeightedReward, import_function
-from rlhfkit.rollout.rollout import Rollout
+from rlhfkit.generation.rollout import Rollout
 from rlhfkit.trainers.data_plan import load_records
 from rlhfkit.trainers.metrics import mean_metrics
 from rlhfkit.trainers.ppo_config import PPOConfig

@@ -1,4 +1,4 @@
-"""Generation backends behind one small interface (docs/architecture.md, principle 8):
+"""Samplers behind one small interface (docs/architecture.md, principle 8):
 
     backend.generate(prompt_ids [B,P] left-padded, prompt_mask [B,P]) -> Generation
 
@@ -34,7 +34,7 @@ def truncate_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> Genera
                       eos=is_eos.any(-1))
 
 
-class HFGenerator:
+class HFSampler:
     """`model.generate` with pure sampling (no top-k/top-p, no min length)."""
 
     def __init__(self, model: nn.Module, eos_id: int, pad_id: int, max_new_tokens: int, temperature: float):
@@ -56,7 +56,7 @@ class HFGenerator:
         return truncate_after_eos(tokens, self.eos_id, self.pad_id)
 
 
-class LocalGenerator:
+class LocalSampler:
     """A preallocated-mask KV-cache sampling loop.
 
     Each step feeds one token per row with its position id (from the attention
@@ -109,11 +109,11 @@ class LocalGenerator:
         return generation
 
 
-GENERATORS = {"hf": HFGenerator, "local": LocalGenerator}
+SAMPLERS = {"hf": HFSampler, "local": LocalSampler}
 
 
-def make_generator(name: str, model: nn.Module, *, eos_id: int, pad_id: int, max_new_tokens: int,
+def make_sampler(name: str, model: nn.Module, *, eos_id: int, pad_id: int, max_new_tokens: int,
                    temperature: float):
-    if name not in GENERATORS:
-        raise ValueError(f"unknown generation backend {name!r}; choose one of {sorted(GENERATORS)}")
-    return GENERATORS[name](model, eos_id, pad_id, max_new_tokens, temperature)
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown generation backend {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name](model, eos_id, pad_id, max_new_tokens, temperature)
