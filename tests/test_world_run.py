@@ -281,6 +281,17 @@ def test_unknown_rm_init_is_an_error_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_run_options_are_checked_when_the_config_is_built(tmp_path):
+    with pytest.raises(ValueError, match="feedback: unknown source 'labeler'.*did you mean 'labelers'"):
+        from_dict(RunConfig, {"feedback": "labeler"})
+    with pytest.raises(ValueError, match="k must be >= 2, got 1"):
+        RunConfig(k=1)
+    with pytest.raises(ValueError, match="algo: unknown method 'bonn'.*did you mean 'bon'"):
+        RunConfig(algo=["ppo", "bonn"])
+    with pytest.raises(ValueError, match="ppo.reward_weights is set by this command itself"):
+        from_dict(RunConfig, {"ppo": {"reward_weights": {"rm": 2.0}}})
+
+
 def test_algo_all_expands_to_the_method_table_and_unknown_names_fail():
     from rlhfkit.experiment.options import ALL_METHODS, expand_algo
 

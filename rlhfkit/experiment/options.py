@@ -18,7 +18,6 @@ from rlhfkit.world.labelers import DEFAULT_NOISE_STD, LabelerConfig
 
 DEFAULT_BASE_SMALL = "rlhfkit/world/checkpoints/base-small"
 DEFAULT_BASE_LARGE = "rlhfkit/world/checkpoints/base-large"
-MODELS = ("base_small", "base_large", "sft", "ppo")
 RL_METHODS = ("ppo", *GROUP_ADVANTAGES)  # the PPO stage; rloo and grpo with a group baseline, no critic
 ORACLE = "ppo_gold"  # PPO with the gold judge as its reward: an upper bound no real run has
 BEST_OF_N = "bon"  # best-of-n samples of SFT by the reward model, reported as bon<n> for each of bon_n
