@@ -16,7 +16,7 @@ import json
 import math
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,20 @@ def atomic_write_bytes(path: str | Path, data: bytes, fault: str = "") -> None:
 
 def atomic_write_text(path: str | Path, text: str, fault: str = "") -> None:
     atomic_write_bytes(path, text.encode("utf-8"), fault)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict], *, ensure_ascii: bool = True) -> Path:
+    """One JSON object a line, written atomically: a resumed run or a reader never sees half
+    a file. ensure_ascii=False keeps non-ASCII text as UTF-8 (people's labels) instead of
+    \\u escapes; the default keeps the bytes of files whose digests checkpoints record."""
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=ensure_ascii) + "\n" for row in rows))
+    return Path(path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file written by write_jsonl (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 # ----------------------------------------------------------------------------- strict JSON

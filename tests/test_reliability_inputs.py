@@ -317,3 +317,15 @@ def test_ppo_with_every_prompt_skipped_is_an_error_not_a_division_by_zero(tmp_pa
     cfg = PPOConfig(model=tiny_model_dir, prompts=prompts, max_prompt_length=2, on_error="skip")
     with pytest.raises(ValueError, match="no prompts left to train on"):
         load_prompt_set(cfg, load_tokenizer(tiny_model_dir), None)
+
+
+def test_jsonl_files_round_trip_atomically_with_text_kept_as_written(tmp_path):
+    from rlhfkit.io import read_jsonl, write_jsonl
+
+    rows = [{"prompt": "Größe?", "n": 1}, {"prompt": "naïve", "n": 2}]
+    path = write_jsonl(tmp_path / "sub" / "rows.jsonl", rows, ensure_ascii=False)
+    assert read_jsonl(path) == rows
+    assert "Größe" in path.read_text(encoding="utf-8")  # UTF-8, not \u escapes
+    assert read_jsonl(write_jsonl(tmp_path / "ascii.jsonl", rows)) == rows  # the default escapes
+    assert "Gr\\u00f6\\u00dfe" in (tmp_path / "ascii.jsonl").read_text(encoding="utf-8")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["rows.jsonl"]  # no temporary file left

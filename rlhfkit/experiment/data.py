@@ -4,28 +4,14 @@ splits) and web text for PPO-ptx. Deterministic in the seed, so a resumed run
 rebuilds the same files."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from rlhfkit.io import write_jsonl
 from rlhfkit.world.demonstrators import make_demonstrations
 from rlhfkit.world.splits import iter_split, make_split
 from rlhfkit.world.tasks import Task, parse_instruction
 from rlhfkit.world.webtext import make_webtext
-
-
-def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def chat(instruction: str) -> list[dict]:

@@ -18,9 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlhfkit.experiment.data import read_jsonl, write_jsonl
 from rlhfkit.experiment.reward_figures import GOLD_TIE
-from rlhfkit.io import write_json
+from rlhfkit.io import read_jsonl, write_json, write_jsonl
 from rlhfkit.world.judge import judge_task
 from rlhfkit.world.tasks import parse_instruction
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import option
-from rlhfkit.io import write_json
+from rlhfkit.io import write_json, write_jsonl
 from rlhfkit.world.webtext import make_webtext
 
 # Held-out web text: its own seed, never the training seed (disjoint documents).
@@ -251,12 +251,6 @@ def build_base_model(kind: str, tokenizer, max_length: int, seed: int, spec: dic
     return model
 
 
-def _write_jsonl(path: Path, texts: list[str]) -> None:
-    with path.open("w") as f:
-        for t in texts:
-            f.write(json.dumps({"text": t}) + "\n")
-
-
 def _copy_model_dir(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
@@ -303,7 +297,7 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]  # + EOS
     kept = [t for t, n in zip(texts, lengths) if n <= cfg.max_length]
     corpus_tokens = sum(n for n in lengths if n <= cfg.max_length)
-    _write_jsonl(work / "webtext.jsonl", kept)
+    write_jsonl(work / "webtext.jsonl", [{"text": t} for t in kept])
     print(f"[pretrain] corpus: {len(kept)}/{len(texts)} docs <= {cfg.max_length} tokens, {corpus_tokens} tokens "
           f"(+EOS), tokenizer {len(tokenizer)} tokens, {time.time() - t0:.0f}s", flush=True)
 

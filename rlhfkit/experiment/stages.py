@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 
 from rlhfkit.experiment.comparisons import filter_ranking, label_comparisons, split_rows
-from rlhfkit.experiment.data import make_world_data, ptx_texts, read_jsonl, tasks_of, write_jsonl
+from rlhfkit.experiment.data import make_world_data, ptx_texts, tasks_of
 from rlhfkit.experiment.evaluate import evaluate_best_of_n, evaluate_policy, heldout_webtext
 from rlhfkit.experiment.feedback import ai_comparisons_stage
 from rlhfkit.experiment.options import ORACLE, RunConfig, labeler_config, resolve_model_path
 from rlhfkit.experiment.reward_figures import reward_model_figures
 from rlhfkit.experiment.sampling import sample_responses
-from rlhfkit.io import write_json
+from rlhfkit.io import read_jsonl, write_json, write_jsonl
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.pipeline import run_stage
 from rlhfkit.trainers.dpo import DPOConfig, for_method, train_dpo

@@ -41,7 +41,8 @@ def _beta_name(beta: float) -> str:
 
 
 def sweep_kl(cfg: SweepConfig) -> Path:
-    from rlhfkit.experiment.data import read_jsonl, tasks_of
+    from rlhfkit.experiment.data import tasks_of
+    from rlhfkit.io import read_jsonl
     from rlhfkit.experiment.evaluate import evaluate_policy
     from rlhfkit.experiment.options import RunConfig
     from rlhfkit.experiment.report import overoptimisation_points, plot_overoptimisation, read_metrics

@@ -46,7 +46,8 @@ from rlhfkit.config import check_options, option
 from rlhfkit.data.formats import Where
 from rlhfkit.data.loading import read_rows
 from rlhfkit.data.records import Prompt
-from rlhfkit.label.export import pair_rows, write_jsonl
+from rlhfkit.io import write_jsonl
+from rlhfkit.label.export import pair_rows
 from rlhfkit.label.lm import instruction_text, load_lm, model_device, pad_left
 from rlhfkit.label.store import parse_item
 
@@ -233,9 +234,9 @@ def label_ai(cfg: AIConfig) -> Path:
     stats: dict = {}
     rows = rank_items(model, tokenizer, items, principles, template=cfg.template, ensemble=cfg.ensemble,
                       seed=cfg.seed, batch_size=cfg.batch_size, stats=stats)
-    path = write_jsonl(cfg.out, rows)
+    path = write_jsonl(cfg.out, rows, ensure_ascii=False)
     if cfg.pairs_out:
-        write_jsonl(cfg.pairs_out, pair_rows(rows))
+        write_jsonl(cfg.pairs_out, pair_rows(rows), ensure_ascii=False)
     print(f"label ai: {len(rows)} items, {sum(len(r['responses']) * (len(r['responses']) - 1) // 2 for r in rows)} "
           f"pairs judged in {stats.get('forward_sequences', 0)} judge sequences")
     return path

@@ -26,6 +26,7 @@ from pathlib import Path
 from statistics import mean, median
 
 from rlhfkit.config import check_options, option
+from rlhfkit.io import write_jsonl
 from rlhfkit.label.store import FLAGS, connect
 
 
@@ -87,17 +88,6 @@ def pair_rows(rankings: list[dict]) -> list[dict]:
             out.append({"prompt": row["prompt"], "chosen": row["responses"][a], "rejected": row["responses"][b],
                         **who})
     return out
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def agreement(labels: list[dict]) -> dict:
@@ -168,9 +158,9 @@ def export_labels(cfg: ExportConfig) -> Path:
     rows = ranking_rows(read_labels(cfg.db), cfg.combine)
     if not rows:
         raise ValueError(f"{cfg.db}: no labels yet")
-    path = write_jsonl(cfg.out, rows)
+    path = write_jsonl(cfg.out, rows, ensure_ascii=False)
     if cfg.pairs_out:
-        write_jsonl(cfg.pairs_out, pair_rows(rows))
+        write_jsonl(cfg.pairs_out, pair_rows(rows), ensure_ascii=False)
     return path
 
 

@@ -33,7 +33,7 @@ from rlhfkit.config import check_options, option
 from rlhfkit.data.loading import load_prompts
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.label.ai import read_principles
-from rlhfkit.label.export import write_jsonl
+from rlhfkit.io import write_jsonl
 from rlhfkit.label.lm import instruction_text, load_lm, sample_texts
 
 CHAIN = "{instruction}\nResponse: {response}\nCritique request: {critique_request}\nCritique:"
@@ -137,4 +137,4 @@ def revise(cfg: ReviseConfig) -> Path:
         print(f"label revise: {len(results) - len(rows)} empty revision(s) dropped")
     if not rows:
         raise ValueError("every revision came out empty")
-    return write_jsonl(cfg.out, rows)
+    return write_jsonl(cfg.out, rows, ensure_ascii=False)

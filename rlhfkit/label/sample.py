@@ -11,7 +11,7 @@ import torch
 from rlhfkit.config import check_options, option
 from rlhfkit.data.loading import load_prompts
 from rlhfkit.data.tokenize import encode_prompt
-from rlhfkit.label.export import write_jsonl
+from rlhfkit.io import write_jsonl
 from rlhfkit.label.lm import load_lm, sample_texts
 
 
@@ -65,4 +65,4 @@ def sample_items(cfg: SampleConfig) -> Path:
         raise ValueError(f"no prompt of {cfg.prompts} got two distinct non-empty responses")
     if dropped:
         print(f"label sample: {dropped} prompt(s) dropped with fewer than 2 distinct non-empty responses")
-    return write_jsonl(cfg.out, rows)
+    return write_jsonl(cfg.out, rows, ensure_ascii=False)

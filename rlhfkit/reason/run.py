@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.config import option, save_yaml
+from rlhfkit.io import write_json, write_jsonl
 from rlhfkit.pipeline import run_stage
 from rlhfkit.reason.tasks import Problem, sample_problem, sloppy_working
 
@@ -70,11 +71,6 @@ class ReasonConfig:
 PASS_KS = (1, 2, 4, 8, 16)
 
 
-def _write_jsonl(path: Path, rows) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 def _unique_problems(rng: random.Random, n: int, cfg: ReasonConfig, taken: set) -> list[Problem]:
     out = []
     while len(out) < n:
@@ -116,14 +112,14 @@ def make_data(cfg: ReasonConfig, data: Path) -> dict[str, str]:
     pre = _unique_problems(rng, cfg.pretrain_problems, cfg, taken)
     demos = _unique_problems(rng, cfg.demonstrations, cfg, taken)
     rl = _mix(_unique_problems(rng, cfg.rl_prompts, cfg, taken), cfg.rl_mul_share, cfg.seed)
-    _write_jsonl(Path(paths["eval"]), [{"op": p.op, "a": p.a, "b": p.b} for p in evals])
-    _write_jsonl(Path(paths["pretrain"]), [{"text": p.prompt + sloppy_working(p, rng, cfg.pretrain_slip_rate)}
+    write_jsonl(Path(paths["eval"]), [{"op": p.op, "a": p.a, "b": p.b} for p in evals])
+    write_jsonl(Path(paths["pretrain"]), [{"text": p.prompt + sloppy_working(p, rng, cfg.pretrain_slip_rate)}
                                            for p in pre])
-    _write_jsonl(Path(paths["sft"]), [{"prompt": p.prompt, "completion": sloppy_working(p, rng, cfg.demo_slip_rate)}
+    write_jsonl(Path(paths["sft"]), [{"prompt": p.prompt, "completion": sloppy_working(p, rng, cfg.demo_slip_rate)}
                                       for p in demos])
-    _write_jsonl(Path(paths["rl_prompts"]), [{"prompt": p.prompt, "answer": str(p.answer)} for p in rl])
+    write_jsonl(Path(paths["rl_prompts"]), [{"prompt": p.prompt, "answer": str(p.answer)} for p in rl])
     _init_model(cfg, Path(paths["init"]), [p.prompt + sloppy_working(p, rng, 0.0) for p in pre[:2000]])
-    (data / ".done").write_text("{}")
+    write_json(data / ".done", {})
     return paths
 
 
@@ -182,7 +178,7 @@ def _evaluate(cfg: ReasonConfig, name: str, model_dir: Path, problems: list[Prob
     result = evaluate_policy(str(model_dir), problems, cfg.eval_samples, PASS_KS, cfg.response_length,
                              seed=cfg.seed)
     result["eval_seconds"] = time.perf_counter() - start
-    path.write_text(json.dumps(result, indent=2))
+    write_json(path, result, indent=2)
     return result
 
 
@@ -223,7 +219,7 @@ def run_reason(cfg: ReasonConfig) -> Path:
         "rl_training": _rl_curve(out / "rl" / "metrics.jsonl"),
         "seconds": {**seconds, "total": sum(seconds.values())},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report, indent=2)
     print(summary(report))
     return out
 
