@@ -42,11 +42,11 @@ def _beta_name(beta: float) -> str:
 
 def sweep_kl(cfg: SweepConfig) -> Path:
     from rlhfkit.experiment.data import tasks_of
-    from rlhfkit.io import read_jsonl
     from rlhfkit.experiment.evaluate import evaluate_policy
     from rlhfkit.experiment.options import RunConfig
     from rlhfkit.experiment.report import overoptimisation_points, plot_overoptimisation, read_metrics
     from rlhfkit.experiment.stages import ppo_stage_config, train_ppo_with_gold
+    from rlhfkit.io import read_jsonl
 
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)

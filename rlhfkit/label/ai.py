@@ -36,9 +36,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 from itertools import combinations
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 

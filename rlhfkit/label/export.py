@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import ClassVar
 from itertools import combinations
 from pathlib import Path
 from statistics import mean, median
+from typing import ClassVar
 
 from rlhfkit.config import check_options, option
 from rlhfkit.io import write_jsonl

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from rlhfkit.config import check_options, option
 from rlhfkit.data.loading import load_prompts
 from rlhfkit.data.tokenize import encode_prompt
-from rlhfkit.label.ai import read_principles
 from rlhfkit.io import write_jsonl
+from rlhfkit.label.ai import read_principles
 from rlhfkit.label.lm import instruction_text, load_lm, sample_texts
 
 CHAIN = "{instruction}\nResponse: {response}\nCritique request: {critique_request}\nCritique:"

@@ -3,8 +3,8 @@ and `label ai` judges (InstructGPT's labelers ranked K = 4 to 9 samples per prom
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 

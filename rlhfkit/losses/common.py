@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+
 def check_same_shape(**tensors: torch.Tensor) -> None:
     """Raise if the named tensors differ in shape.
 

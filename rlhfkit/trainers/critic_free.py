@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from rlhfkit.generation.rollout import Rollout
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.losses.grpo import (
     POLICY_LOSSES,
@@ -14,7 +15,6 @@ from rlhfkit.losses.grpo import (
     overlong_keep,
     overlong_penalty,
 )
-from rlhfkit.generation.rollout import Rollout
 
 
 def group_advantages(ro: Rollout, rewards: torch.Tensor, cfg) -> torch.Tensor:

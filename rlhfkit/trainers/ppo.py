@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.collate import pad_sequences
+from rlhfkit.generation.rollout import Rollout, concat_rollouts
+from rlhfkit.generation.samplers import make_sampler
 from rlhfkit.io import write_json
 from rlhfkit.losses.advantages import gae_advantages
 from rlhfkit.losses.common import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
@@ -26,8 +28,6 @@ from rlhfkit.losses.ppo import ppo_value_loss
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.rewards import ScoringBatch, WeightedReward
-from rlhfkit.generation.samplers import make_sampler
-from rlhfkit.generation.rollout import Rollout, concat_rollouts
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.critic_free import (

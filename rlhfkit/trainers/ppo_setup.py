@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rlhfkit.data.loading import ColumnMap, load_prompts
 from rlhfkit.data.tokenize import encode_prompts
+from rlhfkit.generation.rollout import Rollout
 from rlhfkit.io import atomic_write_bytes
 from rlhfkit.losses.kl import kl_penalty
 from rlhfkit.losses.ppo import explained_variance
@@ -21,7 +22,6 @@ from rlhfkit.models.loading import (
     save_pretrained_dir,
 )
 from rlhfkit.rewards import FunctionScorer, RewardModelScorer, WeightedReward, import_function
-from rlhfkit.generation.rollout import Rollout
 from rlhfkit.trainers.data_plan import load_records
 from rlhfkit.trainers.metrics import mean_metrics
 from rlhfkit.trainers.ppo_config import PPOConfig
