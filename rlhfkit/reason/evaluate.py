@@ -27,14 +27,14 @@ def sample(model, tokenizer, prompts: list[str], n: int, temperature: float, max
 
     torch.manual_seed(seed)
     model.eval()
-    gen = make_sampler("local", model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                         max_new_tokens=max_new_tokens, temperature=temperature)
+    sampler = make_sampler("local", model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                           max_new_tokens=max_new_tokens, temperature=temperature)
     draws = 1 if temperature == 0 else n
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(draws)]
     texts = []
     for s in range(0, len(rows), batch_size):
         ids, mask = pad_sequences(rows[s:s + batch_size], tokenizer.pad_token_id, side="left")
-        out = gen.generate(ids, mask)
+        out = sampler.generate(ids, mask)
         texts += tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
     per_prompt = [texts[i * draws:(i + 1) * draws] for i in range(len(prompts))]
     return [r * n if draws == 1 else r for r in per_prompt]
@@ -43,7 +43,7 @@ def sample(model, tokenizer, prompts: list[str], n: int, temperature: float, max
 def score_samples(problems: list[Problem], samples: list[list[str]], ks: tuple[int, ...]) -> dict:
     """pass@k, faithfulness and format over n samples per problem."""
     n = len(samples[0])
-    right = wrong = right_bad_working = wrong_good_working = well_formed = 0
+    right = wrong = right_bad_working = wrong_good_working = well_formed = working_right = 0
     counts, by_op = [], {}
     for p, responses in zip(problems, samples):
         verdicts = [check(p, r) for r in responses]
@@ -56,14 +56,14 @@ def score_samples(problems: list[Problem], samples: list[list[str]], ks: tuple[i
             right_bad_working += v.answer_right and not v.working_right
             wrong_good_working += (not v.answer_right) and v.working_right
             well_formed += v.well_formed
+            working_right += v.working_right
     return {
         "pass_at_1": sum(c / n for c in counts) / len(counts),
         "pass_at_k": {str(k): sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks if k <= n},
         "pass_at_1_by_op": {op: sum(v) / len(v) for op, v in sorted(by_op.items())},
         "right_answer_wrong_working": right_bad_working / right if right else 0.0,
         "wrong_answer_right_working": wrong_good_working / wrong if wrong else 0.0,
-        "working_right": sum(check(p, r).working_right for p, rs in zip(problems, samples) for r in rs)
-        / (n * len(problems)),
+        "working_right": working_right / (n * len(problems)),
         "well_formed": well_formed / (n * len(problems)),
         "samples_per_problem": n,
         "problems": len(problems),
