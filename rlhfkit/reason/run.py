@@ -99,13 +99,18 @@ def _mix(problems: list[Problem], mul_share: float, seed: int) -> list[Problem]:
     return mixed
 
 
+def data_paths(data: Path) -> dict[str, str]:
+    """The data stage's files: pretraining text, demonstrations, RL prompts, evaluation
+    problems, and the untrained model (init)."""
+    paths = {k: str(data / f"{k}.jsonl") for k in ("pretrain", "sft", "rl_prompts", "eval")}
+    paths["init"] = str(data / "init")
+    return paths
+
+
 def make_data(cfg: ReasonConfig, data: Path) -> dict[str, str]:
     """Pretraining text, demonstrations, RL prompts (with answers) and evaluation problems,
     four disjoint sets of problems; the tokenizer and the untrained model. Deterministic."""
-    paths = {k: str(data / f"{k}.jsonl") for k in ("pretrain", "sft", "rl_prompts", "eval")}
-    paths["init"] = str(data / "init")
-    if (data / ".done").exists():
-        return paths
+    paths = data_paths(data)
     data.mkdir(parents=True, exist_ok=True)
     rng, taken = random.Random(cfg.seed), set()
     evals = _unique_problems(rng, cfg.eval_problems, cfg, taken)
@@ -119,7 +124,6 @@ def make_data(cfg: ReasonConfig, data: Path) -> dict[str, str]:
                                       for p in demos])
     write_jsonl(Path(paths["rl_prompts"]), [{"prompt": p.prompt, "answer": str(p.answer)} for p in rl])
     _init_model(cfg, Path(paths["init"]), [p.prompt + sloppy_working(p, rng, 0.0) for p in pre[:2000]])
-    write_json(data / ".done", {})
     return paths
 
 
@@ -199,9 +203,8 @@ def run_reason(cfg: ReasonConfig) -> Path:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
-    t0 = time.perf_counter()
-    paths = make_data(cfg, out / "data")
-    seconds = {"data": time.perf_counter() - t0}
+    paths = data_paths(out / "data")  # a stage like the others: a finished one is skipped
+    seconds = {"data": run_stage("data", out / "data", lambda _cfg: make_data(cfg, out / "data"), None)}
     base, sft, rl = stage_configs(cfg, out, paths)
     seconds["base"] = run_stage("base", out / "base", train_sft, base)
     seconds["sft"] = run_stage("sft", out / "sft", train_sft, sft)
