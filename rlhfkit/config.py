@@ -357,8 +357,9 @@ def _format_default(f: dataclasses.Field) -> str:
 def _stage_classes(cls: type, prefix: str = "") -> list[tuple[str, type]]:
     """(dotted prefix, class) for `cls` and every nested config class under it."""
     out = [(prefix, cls)]
+    hints = _type_hints(cls)
     for f in dataclasses.fields(cls):
-        tp = _type_hints(cls)[f.name]
+        tp = hints[f.name]
         if _is_dataclass_type(tp):
             out.extend(_stage_classes(tp, f"{prefix}{f.name}."))
     return out
