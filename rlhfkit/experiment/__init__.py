@@ -7,7 +7,10 @@ rlhfkit.world; this package is what trains and evaluates in it.
 - run: `run_world`, the stages in order; stages: one function per stage
 - data, sampling, comparisons, reward_figures: the data files, batched sampling,
   the labelled rankings, the reward model's held-out figures
-- evaluate, report: the figures of each model, report.json and report.md
+- layout: where each seed's stages live (--seeds); intervals: every figure's 95%
+  interval over prompts and seeds, the pairwise tests, Kendall's tau
+- evaluate, report (report_markdown, report_plots, labels): the figures of each
+  model, report.json and report.md
 - sweep (`rlhfkit world sweep-kl`), feedback (RLAIF), pretrain (`rlhfkit world
   pretrain`: the base models the world ships)
 """

@@ -4,6 +4,7 @@ where the world's settings override the trainers' (the measurements behind them
 are in docs/results.md)."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -25,6 +26,8 @@ BEST_OF_N = "bon"  # best-of-n samples of SFT by the reward model, reported as b
 ALL_METHODS = ("ppo", "rloo", "grpo", BEST_OF_N, "dpo", "ipo", "orpo", "kto", ORACLE)
 RM_INITS = ("sft_large", "base_large", "sft")
 FEEDBACK = ("labelers", "ai")
+SEED_SCOPES = ("methods", "all")
+ON_A_TERMINAL = sys.stderr.isatty()  # the stages' progress bars: on a terminal, one line per stage otherwise
 
 
 # ----------------------------------------------------------------------------- stage options with world defaults
@@ -41,7 +44,8 @@ class WorldSFTConfig(SFTConfig):
     max_length: int = option(128, "longest demonstration in tokens")
     group_by_length: bool = option(False, "batch demonstrations of similar length (off: it costs the policy gold)")
     log_every: int = option(20, "write metrics every N steps")
-    progress: bool = option(False, "show a progress bar")
+    progress: bool = option(ON_A_TERMINAL, "show a progress bar (step, loss or reward, time left; default: on a "
+                            "terminal)")
 
 
 @dataclass
@@ -66,7 +70,8 @@ class WorldRewardConfig(RewardConfig):
     group_by_length: bool = option(True, "batch prompts of similar length")
     normalize_max_texts: int = option(2048, "SFT comparison responses the normalisation statistics are taken on")
     log_every: int = option(10, "write metrics every N steps")
-    progress: bool = option(False, "show a progress bar")
+    progress: bool = option(ON_A_TERMINAL, "show a progress bar (step, loss or reward, time left; default: on a "
+                            "terminal)")
     reward_form: str = option("mean_logprob", "mean_logprob (LM head kept, mean token log-likelihood) or head "
                               "(InstructGPT's scalar head)")
 
@@ -89,7 +94,8 @@ class WorldPPOConfig(PPOConfig):
     max_length: int = option(256, "longest prompt + response")
     log_every: int = option(1, "write metrics every N PPO steps")
     num_samples_logged: int = option(8, "sample responses written to samples.jsonl per logged step")
-    progress: bool = option(False, "show a progress bar")
+    progress: bool = option(ON_A_TERMINAL, "show a progress bar (step, loss or reward, time left; default: on a "
+                            "terminal)")
 
 
 @dataclass
@@ -102,7 +108,8 @@ class WorldDPOConfig(DPOConfig):
     max_length: int = option(256, "longest prompt + response")
     eval_fraction: float = option(0.05, "pairs held out for the implicit-reward accuracy")
     log_every: int = option(5, "write metrics every N optimizer steps")
-    progress: bool = option(False, "show a progress bar")
+    progress: bool = option(ON_A_TERMINAL, "show a progress bar (step, loss or reward, time left; default: on a "
+                            "terminal)")
 
 
 @dataclass
@@ -119,7 +126,8 @@ class WorldORPOConfig(DPOConfig):
     max_length: int = option(256, "longest prompt + response")
     eval_fraction: float = option(0.02, "pairs held out for the odds-ratio accuracy")
     log_every: int = option(20, "write metrics every N optimizer steps")
-    progress: bool = option(False, "show a progress bar")
+    progress: bool = option(ON_A_TERMINAL, "show a progress bar (step, loss or reward, time left; default: on a "
+                            "terminal)")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -137,6 +145,9 @@ class RunConfig:
         f"rm_init: unknown starting point {v!r}; choose {' or '.join(RM_INITS)}{did_you_mean(str(v), RM_INITS)}",
         "feedback": lambda v: None if v in FEEDBACK else
         f"feedback: unknown source {v!r}; choose {' or '.join(FEEDBACK)}{did_you_mean(str(v), FEEDBACK)}",
+        "seed_scope": lambda v: None if v in SEED_SCOPES else
+        f"seed_scope: unknown scope {v!r}; choose {' or '.join(SEED_SCOPES)}{did_you_mean(str(v), SEED_SCOPES)}",
+        "seeds": lambda v: _seeds_problem(v),
         "algo": lambda v: _algo_problem(v), "k": ">= 2", "rl_group_size": ">= 2", "bon_n": ">= 1",
         "demonstrations": ">= 1", "comparison_prompts": ">= 1", "ppo_prompts": ">= 1", "eval_prompts": ">= 1",
         "validation_prompts": ">= 0", "webtext_eval_docs": ">= 0", "ptx_docs": ">= 1", "max_new_tokens": ">= 1",
@@ -145,7 +156,12 @@ class RunConfig:
         "rm_heldout_fraction": "[0, 1)", "ptx_coef": ">= 0", "num_threads": ">= 0"}
 
     output_dir: str = option("runs/world", "run directory (re-running the same command resumes)")
-    seed: int = option(0, "seed of every split, labeler and stage")
+    seed: int = option(0, "seed of every split, labeler and stage (the run's own seed)")
+    seeds: list[int] = option([], "train and evaluate the methods once per seed, e.g. 0,1,2 (default: --seed "
+                              "alone); the report gives every figure as the mean over seeds with its 95% interval")
+    seed_scope: str = option("methods", "with --seeds: methods (PPO, RLOO, GRPO, the DPO family, the oracle and "
+                             "best-of-n's draws run per seed from one shared SFT, comparisons and reward model) or "
+                             "all (the whole recipe per seed, SFT, comparisons and reward model included)")
     base_small: str = option(DEFAULT_BASE_SMALL, "base model the SFT and RLHF policies start from")
     base_large: str = option(DEFAULT_BASE_LARGE, "the world's GPT-3: the baseline to beat, and the AI labeler")
     rm_init: str = option("sft", "the reward model's starting point: sft (the SFT policy), sft_large (base-large "
@@ -207,6 +223,19 @@ def resolve_model_path(path: str) -> str:
         return str(root / p)
     raise FileNotFoundError(f"base model not found: {path} (train it with `rlhfkit world pretrain` "
                             "or pass --base_small/--base_large)")
+
+
+def run_seeds(cfg: RunConfig) -> list[int]:
+    """The seeds a run trains its methods with: --seeds, or --seed alone."""
+    return list(cfg.seeds) or [cfg.seed]
+
+
+def _seeds_problem(seeds: list[int]) -> str | None:
+    if any(s < 0 for s in seeds):
+        return f"seeds: every seed must be >= 0 (got {seeds})"
+    if len(set(seeds)) != len(seeds):
+        return f"seeds: a seed is listed twice (got {seeds})"
+    return None
 
 
 def labeler_config(cfg: RunConfig) -> LabelerConfig:

@@ -18,8 +18,9 @@
       orpo_data/ orpo/  (with --algo orpo) ORPO from base-small, one stage
       ppo_gold/     (with --algo ppo_gold) PPO against the gold judge: an upper bound
       comparisons_ai/ rm_ai/ ppo_ai/  (with --feedback ai) RLAIF beside RLHF
-      eval/         one JSON per model (figures, per-decoding gold scores) + samples
-      report.json  report.md  *.png
+      eval/         one JSON per model (figures, per-prompt values per decoding) + samples
+      seeds/<s>/    (with --seeds) another seed's method stages and eval/ (experiment/layout.py)
+      report.json  report.md  *.png  (figures over the seeds, each with its 95% interval)
 
 The stages are in rlhfkit/experiment/stages.py, their options and the world's
 defaults in options.py. Every stage writes a `.done` marker
@@ -30,13 +31,17 @@ defaults and the seconds per stage are in docs/results.md.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
 import torch
 
 from rlhfkit.config import save_yaml
-from rlhfkit.experiment.options import BEST_OF_N, ORACLE, RL_METHODS, RunConfig, expand_algo, resolve_model_path
+from rlhfkit.experiment.layout import SeedLayout, seed_layout
+from rlhfkit.experiment.options import (BEST_OF_N, ORACLE, RL_METHODS, RunConfig, expand_algo, resolve_model_path,
+                                        run_seeds)
 from rlhfkit.experiment.report import write_report
 from rlhfkit.experiment.stages import (
     ai_feedback_stages,
@@ -47,6 +52,7 @@ from rlhfkit.experiment.stages import (
     eval_stage,
     log,
     oracle_stage_config,
+    ppo_ai_stage_config,
     ppo_stage_config,
     ptx_data,
     rm_stage,
@@ -61,70 +67,112 @@ from rlhfkit.trainers.sft import SFTConfig, train_sft
 
 
 def run_world(cfg: RunConfig) -> Path:
-    """Run (or resume) the whole world; returns the run directory."""
+    """Run (or resume) the whole world, once per seed of --seeds; returns the run directory."""
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    algo = expand_algo(cfg.algo)  # the options were checked when cfg was built (RunConfig.RULES)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
-    base_small, base_large = resolve_model_path(cfg.base_small), resolve_model_path(cfg.base_large)
-    seconds: dict[str, float] = {}
-
-    seconds["data"] = run_plain_stage("data", out / "data", lambda: data_stage(cfg, out))
-
-    demonstrations = str(out / "data" / "demonstrations.jsonl")
-    sft_cfg = stage_config(SFTConfig, cfg.sft, cfg, model=base_small, data=demonstrations, output_dir=str(out / "sft"))
-    seconds["sft"] = run_stage("sft", out / "sft", train_sft, sft_cfg, log=log)
-
-    rm_init = {"base_large": base_large, "sft": str(out / "sft")}.get(cfg.rm_init)
-    if cfg.rm_init == "sft_large":
-        large_cfg = stage_config(SFTConfig, cfg.sft_large, cfg, model=base_large, data=demonstrations,
-                                 output_dir=str(out / "sft_large"))
-        seconds["sft_large"] = run_stage("sft_large", out / "sft_large", train_sft, large_cfg, log=log)
-        rm_init = str(out / "sft_large")
-
-    seconds["comparisons"] = run_plain_stage("comparisons", out / "comparisons", lambda: comparisons_stage(cfg, out))
-
-    rm_cfg = stage_config(RewardConfig, cfg.rm, cfg, model=rm_init, output_dir=str(out / "rm"),
-                          data=str(out / "comparisons" / "comparisons.jsonl"),
-                          eval_data=str(out / "comparisons" / "heldout.jsonl"), normalize_on="responses")
-    seconds["rm"] = run_stage("rm", out / "rm", lambda c: rm_stage(cfg, out, c), rm_cfg, log=log)
-
-    models = {"base_small": base_small, "base_large": base_large, "sft": str(out / "sft")}
-    if cfg.feedback == "ai":
-        seconds.update(ai_feedback_stages(cfg, out, rm_cfg, base_large))
-        models["ppo_ai"] = str(out / "ppo_ai")
-    for name in [a for a in RL_METHODS if a in algo]:
-        critic_free = {} if name == "ppo" else {"advantage_estimator": name, "samples_per_prompt": cfg.rl_group_size}
-        seconds[name] = run_stage(name, out / name, train_ppo_with_gold,
-                                  ppo_stage_config(cfg, out, out / name, **critic_free), log=log)
-        models[name] = str(out / name)
-    for name in [a for a in algo if a in DIRECT_METHODS]:
-        seconds[name], models[name] = direct_stage(cfg, out, name, base_small)
-    if ORACLE in algo:
-        seconds[ORACLE] = run_stage(ORACLE, out / ORACLE, train_ppo_with_gold, oracle_stage_config(cfg, out), log=log)
-        models[ORACLE] = str(out / ORACLE)
-    if cfg.ptx:
-        ptx_cfg = ppo_stage_config(cfg, out, out / "ppo_ptx", ptx_data=ptx_data(cfg, out), ptx_coef=cfg.ptx_coef)
-        seconds["ppo_ptx"] = run_stage("ppo_ptx", out / "ppo_ptx", train_ppo_with_gold, ptx_cfg, log=log)
-        models["ppo_ptx"] = str(out / "ppo_ptx")
-
-    sft_holder: dict = {}
-    eval_seconds = 0.0
-    for name in ("sft", *[m for m in models if m != "sft"]):
-        if not (out / "eval" / f"{name}.json").exists():  # the figures live beside the marker's directory
-            (out / "eval" / name / DONE).unlink(missing_ok=True)
-        eval_seconds += run_plain_stage(f"eval {name}", out / "eval" / name,
-                                        lambda name=name: eval_stage(cfg, out, name, models[name], sft_holder))
-    if BEST_OF_N in algo:
-        if not all((out / "eval" / f"bon{n}.json").exists() for n in cfg.bon_n):
-            (out / "eval" / BEST_OF_N / DONE).unlink(missing_ok=True)
-        eval_seconds += run_plain_stage(f"eval {BEST_OF_N}", out / "eval" / BEST_OF_N,
-                                        lambda: best_of_n_stage(cfg, out))
-        models.update({f"bon{n}": f"bon{n}" for n in cfg.bon_n})
-    seconds["eval"] = eval_seconds
+    bases = {"base_small": resolve_model_path(cfg.base_small), "base_large": resolve_model_path(cfg.base_large)}
+    shared_seconds = {"data": run_plain_stage("data", out / "data", lambda: data_stage(cfg, out))}
+    seeds: dict[int, tuple[SeedLayout, dict[str, str], dict[str, float]]] = {}
+    recipes_done: set[Path] = set()
+    for seed in run_seeds(cfg):
+        lay = seed_layout(out, cfg.seed, seed, cfg.seed_scope)
+        seconds: dict[str, float] = {}
+        if lay.recipe not in recipes_done:  # sft, comparisons, rm: once per recipe (shared or per seed)
+            recipe_seconds = recipe_stages(dataclasses.replace(cfg, seed=lay.recipe_seed), lay, bases)
+            (seconds if lay.recipe != out else shared_seconds).update(recipe_seconds)
+            recipes_done.add(lay.recipe)
+        seed_cfg = dataclasses.replace(cfg, seed=seed)
+        models = method_stages(seed_cfg, lay, bases, seconds)
+        seconds["eval"] = evaluate_models(seed_cfg, lay, models)
+        if BEST_OF_N in expand_algo(cfg.algo):
+            models.update({f"bon{n}": f"bon{n}" for n in cfg.bon_n})
+        seeds[seed] = (lay, models, seconds)
     start = time.perf_counter()
-    write_report(out, cfg, models, seconds)
+    write_report(out, cfg, seeds, shared_seconds)
     log(f"report: {out / 'report.md'} ({time.perf_counter() - start:.1f}s)")
     return out
+
+
+def recipe_stages(cfg: RunConfig, lay: SeedLayout, bases: dict[str, str]) -> dict[str, float]:
+    """What every method learns from: SFT of base-small on the demonstrations, the SFT
+    samples ranked by the labelers, the reward model (and, with --feedback ai, the AI
+    labeler's rankings and a reward model on them)."""
+    seconds = {}
+    demonstrations = str(lay.data / "demonstrations.jsonl")
+    sft_cfg = stage_config(SFTConfig, cfg.sft, cfg, model=bases["base_small"], data=demonstrations,
+                           output_dir=str(lay.sft))
+    seconds["sft"] = run_stage(lay.stage_name("sft"), lay.sft, train_sft, sft_cfg, log=log)
+    rm_init = {"base_large": bases["base_large"], "sft": str(lay.sft)}.get(cfg.rm_init)
+    if cfg.rm_init == "sft_large":
+        large_dir = lay.recipe / "sft_large"
+        large_cfg = stage_config(SFTConfig, cfg.sft_large, cfg, model=bases["base_large"], data=demonstrations,
+                                 output_dir=str(large_dir))
+        seconds["sft_large"] = run_stage(lay.stage_name("sft_large"), large_dir, train_sft, large_cfg, log=log)
+        rm_init = str(large_dir)
+    seconds["comparisons"] = run_plain_stage(lay.stage_name("comparisons"), lay.comparisons,
+                                             lambda: comparisons_stage(cfg, lay))
+    rm_cfg = stage_config(RewardConfig, cfg.rm, cfg, model=rm_init, output_dir=str(lay.rm),
+                          data=str(lay.comparisons / "comparisons.jsonl"),
+                          eval_data=str(lay.comparisons / "heldout.jsonl"), normalize_on="responses")
+    seconds["rm"] = run_stage(lay.stage_name("rm"), lay.rm, lambda c: rm_stage(cfg, lay, c), rm_cfg, log=log)
+    if cfg.feedback == "ai":
+        seconds.update(ai_feedback_stages(cfg, lay, rm_cfg, bases["base_large"]))
+    return seconds
+
+
+def method_stages(cfg: RunConfig, lay: SeedLayout, bases: dict[str, str], seconds: dict[str, float]) -> dict[str, str]:
+    """Every method of --algo from the recipe, with this seed; returns {model name: path}."""
+    algo = expand_algo(cfg.algo)  # the options were checked when cfg was built (RunConfig.RULES)
+    models = {**bases, "sft": str(lay.sft)}
+
+    def train(name: str, fn, stage_cfg) -> None:
+        seconds[name] = run_stage(lay.stage_name(name), lay.methods / name, fn, stage_cfg, log=log)
+        models[name] = str(lay.methods / name)
+
+    if cfg.feedback == "ai":
+        train("ppo_ai", train_ppo_with_gold, ppo_ai_stage_config(cfg, lay))
+    for name in [a for a in RL_METHODS if a in algo]:
+        critic_free = {} if name == "ppo" else {"advantage_estimator": name, "samples_per_prompt": cfg.rl_group_size}
+        train(name, train_ppo_with_gold, ppo_stage_config(cfg, lay, lay.methods / name, **critic_free))
+    for name in [a for a in algo if a in DIRECT_METHODS]:
+        seconds[name], models[name] = direct_stage(cfg, lay, name, bases["base_small"])
+    if ORACLE in algo:
+        train(ORACLE, train_ppo_with_gold, oracle_stage_config(cfg, lay))
+    if cfg.ptx:
+        train("ppo_ptx", train_ppo_with_gold, ppo_stage_config(cfg, lay, lay.methods / "ppo_ptx",
+                                                               ptx_data=ptx_data(cfg, lay.run), ptx_coef=cfg.ptx_coef))
+    return models
+
+
+def evaluate_models(cfg: RunConfig, lay: SeedLayout, models: dict[str, str]) -> float:
+    """Every model's figures by the gold judge (SFT first: it is every other model's KL
+    reference), then best-of-n; returns the seconds. An evaluation whose figures file is
+    lost, or that predates the per-prompt values the intervals need, runs again."""
+    sft_holder: dict = {}
+    seconds = 0.0
+    for name in ("sft", *[m for m in models if m != "sft"]):
+        eval_dir = lay.eval_dir(name)
+        if not _has_per_prompt_values(eval_dir / f"{name}.json"):
+            (eval_dir / name / DONE).unlink(missing_ok=True)
+        seconds += run_plain_stage(lay.stage_name(f"eval {name}"), eval_dir / name,
+                                   lambda name=name: eval_stage(cfg, lay, name, models[name], sft_holder))
+    if BEST_OF_N in expand_algo(cfg.algo):
+        eval_dir = lay.methods / "eval"
+        if not all(_has_per_prompt_values(eval_dir / f"bon{n}.json") for n in cfg.bon_n):
+            (eval_dir / BEST_OF_N / DONE).unlink(missing_ok=True)
+        seconds += run_plain_stage(lay.stage_name(f"eval {BEST_OF_N}"), eval_dir / BEST_OF_N,
+                                   lambda: best_of_n_stage(cfg, lay))
+    return seconds
+
+
+def _has_per_prompt_values(path: Path) -> bool:
+    """The evaluation file exists and keeps each prompt's values (the report's intervals)."""
+    if not path.exists():
+        return False
+    try:
+        return "per_prompt" in json.loads(path.read_text())["decodings"]["t1"]
+    except (ValueError, KeyError, TypeError):
+        return False

@@ -44,7 +44,8 @@ def sweep_kl(cfg: SweepConfig) -> Path:
     from rlhfkit.experiment.data import tasks_of
     from rlhfkit.experiment.evaluate import evaluate_policy
     from rlhfkit.experiment.options import RunConfig
-    from rlhfkit.experiment.report import overoptimisation_points, plot_overoptimisation, read_metrics
+    from rlhfkit.experiment.layout import SeedLayout
+    from rlhfkit.experiment.report_plots import overoptimisation_points, plot_overoptimisation, read_metrics
     from rlhfkit.experiment.stages import ppo_stage_config, train_ppo_with_gold
     from rlhfkit.io import read_jsonl
 
@@ -71,7 +72,7 @@ def sweep_kl(cfg: SweepConfig) -> Path:
             overrides["total_episodes"] = cfg.total_episodes
         if cfg.learning_rate:
             overrides["learning_rate"] = cfg.learning_rate
-        ppo_cfg = ppo_stage_config(run_cfg, run, out / name, **overrides)
+        ppo_cfg = ppo_stage_config(run_cfg, SeedLayout.single(run, run_cfg.seed), out / name, **overrides)
         seconds = run_stage(name, out / name, train_ppo_with_gold, ppo_cfg, log=lambda m: print(m, flush=True))
         points = overoptimisation_points(out / name / "metrics.jsonl")
         last = read_metrics(out / name / "metrics.jsonl")[-1]
