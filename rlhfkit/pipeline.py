@@ -123,7 +123,12 @@ def run_stage(name: str, directory: Path, train, cfg, log=print) -> float:
     train(cfg)
     seconds = time.perf_counter() - start
     mark_done(directory, seconds, cfg)
+    log(f"[{name}] done in {_duration(seconds)}")
     return seconds
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
 
 
 def run_pipeline(cfg: PipelineConfig) -> Path:

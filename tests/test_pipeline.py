@@ -134,6 +134,7 @@ def test_a_finished_stage_rerun_with_other_options_is_kept_and_named(tmp_path):
     run_stage("ppo", tmp_path, calls.append, dataclasses.replace(cfg, total_episodes=6144, kl_coef=0.1),
               log=logs.append)
     assert calls == [cfg]  # trained once
-    assert logs[1] == f"[ppo] already done: {tmp_path}"
-    assert "total_episodes 2048 -> 6144" in logs[2] and "kl_coef 0.02 -> 0.1" in logs[2]
-    assert f"delete {tmp_path} to train it" in logs[2]
+    assert logs[0] == f"[ppo] -> {tmp_path}" and logs[1].startswith("[ppo] done in ")  # the stage's time
+    assert logs[2] == f"[ppo] already done: {tmp_path}"
+    assert "total_episodes 2048 -> 6144" in logs[3] and "kl_coef 0.02 -> 0.1" in logs[3]
+    assert f"delete {tmp_path} to train it" in logs[3]
