@@ -37,7 +37,7 @@ FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "follows", "follows_
                "length", "kl_to_sft", "webtext_loss", "per_family", "per_constraint", "best_temperature")
 RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement", "exact_pairs",
            "exact_pair_accuracy", "exact_pair_accuracy_per_family", "follows_pairs", "follows_pair_accuracy",
-           "score_correlation", "reward_form", "reward_scale", "init")
+           "score_correlation", "format_preference", "format_pairs", "reward_form", "reward_scale", "init")
 # The method table's rows, in order (those a run trained): SFT, then every method.
 METHOD_ORDER = ("sft", "bon4", "bon16", "ppo", "ppo_ai", "rloo", "grpo", "dpo", "ipo", "orpo", "kto", "ppo_gold")
 TRAINED = ("base_small", "base_large", "sft")  # models that are not an alignment method
