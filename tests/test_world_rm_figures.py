@@ -67,3 +67,32 @@ def test_length_at_fixed_gold_is_zero_for_gold_and_positive_for_a_length_bias():
     resid = lambda y: y - np.polyval(np.polyfit(g, y, 1), g)
     assert partial_correlation(biased, length, gold) == pytest.approx(np.corrcoef(resid(s), resid(n))[0, 1])
     assert math.isnan(partial_correlation(gold, length, gold))  # the score is gold itself: undefined
+
+
+def test_reward_model_figures_of_a_trained_logratio_model(tmp_path):
+    """The figures' whole path on a saved logratio reward model: it loads with its
+    reference, scores the held-out pairs and the format pairs, and records its scale."""
+    from conftest import write_jsonl
+
+    from rlhfkit.experiment.comparisons import label_comparisons
+    from rlhfkit.experiment.reward_figures import reward_model_figures
+    from rlhfkit.testing import save_tiny_model
+    from rlhfkit.trainers.reward import RewardConfig, train_reward_model
+    from rlhfkit.world.demonstrators import near_miss, verbose_answer
+    from rlhfkit.world.labelers import LabelerConfig
+
+    rng = random.Random(0)
+    tasks = make_split("comparisons", 24, 0)
+    responses = [[t.formatted_answer, verbose_answer(t, rng), near_miss(t, rng)] for t in tasks]
+    rows, _, labeler = label_comparisons(tasks, responses, [[True] * 3 for _ in tasks], seed=0,
+                                         labeler=LabelerConfig(), target_agreement=0.73, calibrate=False)
+    out = train_reward_model(RewardConfig(model=save_tiny_model(tmp_path / "base", hidden=32),
+                                          data=write_jsonl(tmp_path / "c.jsonl", rows), output_dir=str(tmp_path / "rm"),
+                                          reward_form="logratio", reward_scale=3.0, num_epochs=1, eval_fraction=0.0,
+                                          per_device_batch_size=8, progress=False))
+    figures = reward_model_figures(str(out), rows, labeler)
+    assert figures["reward_scale"] == 3.0 and figures["pairs"] == 3 * len(rows)
+    assert figures["format_pairs"] == {c: sum(c != "caps" or t.family != "count" for t in tasks)
+                                       for c in ("caps", "brackets", "prefix", "no_period")}
+    assert all(0 <= v <= 1 for v in figures["format_preference"].values())
+    assert set(figures["score_correlation"]) == {"gold", "length", "length_at_fixed_gold"}

@@ -98,10 +98,10 @@ class RewardConfig(TrainConfig):
                                  "x the difference of mean log-likelihoods (ratios) (SimPO uses about 2)")
     head_learning_rate: float = option(0.0, "reward_form=head: peak learning rate of the new scalar head (0: "
                                        "learning_rate); a new head from N(0, 1/sqrt(d+1)) needs more than a trunk "
-                                       "already trained")
+                                       "already trained. A warm start: a likelihood-form reward model as --model")
     center_rewards_coefficient: float = option(0.0, "add coef x (r_chosen + r_rejected)^2 per pair to the loss "
-                                               "(Eisenstein et al. 2023; TRL's option of the same name, 0.01 there): "
-                                               "keeps the reward's level near 0 while it trains")
+                                               "(Eisenstein et al. 2023; TRL's option of the same name, which "
+                                               "suggests 0.01): keeps the reward's level near 0 while it trains")
     length_debias: float = option(0.0, "length control after ODIN (Chen et al. 2024): when > 0 the Bradley-Terry "
                                   "loss is taken on r + w x response tokens with w fitted per batch, and "
                                   "length_debias x |corr(r, length)| is added, so the saved reward r leaves length to "
