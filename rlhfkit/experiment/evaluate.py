@@ -78,7 +78,9 @@ def webtext_loss(model, tokenizer, texts: Sequence[str], batch_size: int = 32, m
 
 
 DECODING_KEYS = ("gold", "likert", "exact", "follows", "follows_constrained", "terminated", "polite", "length",
-                 "scores")
+                 "scores", "per_prompt")
+# the per-prompt values behind each mean, kept so that the report can give every figure its interval
+PER_PROMPT_KEYS = ("exact", "follows", "terminated", "polite")
 
 
 def judge_samples(tasks: Sequence[Task], texts: Sequence[str], terminated: Sequence[bool]) -> list:
@@ -113,6 +115,8 @@ def summarise_judged(tasks: Sequence[Task], results: Sequence, lengths: Sequence
                                "follows": _mean(r.follows for r in rs)}
                            for c, rs in sorted(by_constraint.items(), key=lambda kv: CONSTRAINT_ORDER.index(kv[0]))},
         "scores": [r.gold for r in results],
+        "per_prompt": {**{k: [int(getattr(r, k)) for r in results] for k in PER_PROMPT_KEYS},
+                       "length": list(lengths)},
     }
 
 
@@ -165,7 +169,7 @@ def evaluate_policy(path: str, tasks: Sequence[Task], prompts: Sequence, *, sft_
     if main_key not in decodings:
         raise ValueError(f"evaluation needs temperature {EVAL_TEMPERATURE}")
     main = summarise(tasks, decodings[main_key])
-    kl = float("nan")
+    kl, kl_per_prompt = float("nan"), None
     same_vocab = sft_model is not None and (sft_model.get_input_embeddings().weight.shape[0]
                                             == model.get_input_embeddings().weight.shape[0])
     if same_vocab:
@@ -173,11 +177,12 @@ def evaluate_policy(path: str, tasks: Sequence[Task], prompts: Sequence, *, sft_
         # log pi of the sampled tokens: the sampler's own log-probs at T = 1 (KV-cache pass), no second forward
         own = s.logprob_sums if s.logprob_sums is not None and s.temperature == 1.0 else response_logprob_sums(model, s)
         ref = own if sft_model is model else response_logprob_sums(sft_model, decodings[main_key])
-        kl = sum(a - b for a, b in zip(own, ref)) / max(len(own), 1)
+        kl_per_prompt = [a - b for a, b in zip(own, ref)]
+        kl = sum(kl_per_prompt) / max(len(own), 1)
     figures = {
         "path": str(path),
         "params": count_parameters(model),
-        **{k: main[k] for k in DECODING_KEYS if k != "scores"},
+        **{k: main[k] for k in DECODING_KEYS if k not in ("scores", "per_prompt")},
         "kl_to_sft": kl,
         "webtext_loss": webtext_loss(model, tokenizer, webtext) if webtext else float("nan"),
         "per_family": main["per_family"],
@@ -189,6 +194,8 @@ def evaluate_policy(path: str, tasks: Sequence[Task], prompts: Sequence, *, sft_
     for name, s in decodings.items():
         d = summarise(tasks, s)
         decoding_figures[name] = {k: d[k] for k in DECODING_KEYS}
+    if kl_per_prompt is not None:
+        decoding_figures[main_key]["per_prompt"]["kl_to_sft"] = kl_per_prompt
     if chosen is not None:
         decoding_figures["best"] = {**decoding_figures[f"t{chosen:g}"], "temperature": chosen}
     if samples_out is not None:
@@ -241,7 +248,7 @@ def evaluate_best_of_n(sft_path: str, rm_path: str, tasks: Sequence[Task], promp
         d = summarise_judged(tasks, judge_samples(tasks, texts, ended), lengths)
         decoding = {k: d[k] for k in DECODING_KEYS}
         figures = {"path": f"best-of-{n} of {sft_path} by {rm_path}", "params": sft_figures["params"],
-                   **{k: d[k] for k in DECODING_KEYS if k != "scores"}, "kl_to_sft": best_of_n_kl(n),
+                   **{k: d[k] for k in DECODING_KEYS if k not in ("scores", "per_prompt")}, "kl_to_sft": best_of_n_kl(n),
                    "webtext_loss": sft_figures["webtext_loss"], "per_family": d["per_family"],
                    "per_constraint": d["per_constraint"], "best_temperature": EVAL_TEMPERATURE, "validation_gold": {},
                    "mean_rm_score": _mean(scores[j][i] for i, j in enumerate(pick))}

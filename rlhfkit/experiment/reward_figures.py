@@ -108,6 +108,12 @@ def reward_model_scores(model, tokenizer, prompts: Sequence, responses: Sequence
     return scores
 
 
+# Each held-out figure is a ratio of counts over prompts (numerator, denominator); heldout.json keeps
+# every prompt's counts under per_prompt, so the report can give the figure its interval.
+RATIO_FIGURES = {"val_accuracy": "pairs", "val_accuracy_vs_gold": "pairs", "labeler_agreement": "pairs",
+                 "oracle_agreement": "pairs", "follows_pair_accuracy": "follows_pairs"}
+PER_PROMPT_COUNTS = ("pairs", *RATIO_FIGURES, "follows_pairs")
+
 # gold scores closer than this are a tie: the pair counts one half (RM, labeler and AI judge figures alike)
 GOLD_TIE = 1e-9
 
@@ -121,7 +127,11 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
     exact_pairs: dict[str, list[float]] = {}  # family -> [pairs differing in exactness, RM prefers the exact one]
     follows_pairs = [0, 0.0]  # [pairs where only one response follows the asked format, RM prefers that one]
     all_scores, all_gold, all_length = [], [], []
+    per_prompt: dict[str, list[float]] = {k: [] for k in PER_PROMPT_COUNTS}
     for row in rows:
+        before = {"pairs": pairs, "val_accuracy": acc, "val_accuracy_vs_gold": acc_gold, "labeler_agreement": agree,
+                  "oracle_agreement": oracle, "follows_pairs": follows_pairs[0],
+                  "follows_pair_accuracy": follows_pairs[1]}
         ys = row["responses"]
         k = len(ys)
         s = scores[pos:pos + k]
@@ -156,6 +166,10 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
                     acc_gold += float((s[i] > s[j]) == (g[i] > g[j]))
                     oracle += float(g[i] > g[j])
                 agree += float(other_pos[i] < other_pos[j])
+        after = {"pairs": pairs, "val_accuracy": acc, "val_accuracy_vs_gold": acc_gold, "labeler_agreement": agree,
+                 "oracle_agreement": oracle, "follows_pairs": follows_pairs[0], "follows_pair_accuracy": follows_pairs[1]}
+        for k in per_prompt:  # this prompt's share of each count: the clusters of the figures' intervals
+            per_prompt[k].append(after[k] - before[k])
     if not pairs:
         return {"val_accuracy": float("nan"), "labeler_agreement": float("nan"),
                 "val_accuracy_vs_gold": float("nan"), "oracle_agreement": float("nan"), "pairs": 0}
@@ -171,7 +185,8 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
             "follows_pairs": follows_pairs[0],
             "follows_pair_accuracy": follows_pairs[1] / follows_pairs[0] if follows_pairs[0] else float("nan"),
             "score_correlation": {"gold": _pearson(all_scores, all_gold), "length": _pearson(all_scores, all_length),
-                                  "length_at_fixed_gold": partial_correlation(all_scores, all_length, all_gold)}}
+                                  "length_at_fixed_gold": partial_correlation(all_scores, all_length, all_gold)},
+            "per_prompt": per_prompt}
 
 
 def partial_correlation(a: Sequence[float], b: Sequence[float], c: Sequence[float]) -> float:
