@@ -104,8 +104,9 @@ class RewardConfig(TrainConfig):
                                                "suggests 0.01): keeps the reward's level near 0 while it trains")
     length_debias: float = option(0.0, "length control after ODIN (Chen et al. 2024): when > 0 the Bradley-Terry "
                                   "loss is taken on r + w x response tokens with w fitted per batch, and "
-                                  "length_debias x |corr(r, length)| is added, so the saved reward r leaves length to "
-                                  "the dropped length term")
+                                  "length_debias x |corr(r, length)| is added; r alone is saved. The penalty removes "
+                                  "length's correlation on the training data whatever its cause, also where better "
+                                  "answers really are longer (docs/results.md)")
 
     RULES: ClassVar[dict] = {"reward_form": REWARD_FORMS, "reward_scale": "> 0", "normalize_max_texts": ">= 0",
                              "head_learning_rate": ">= 0", "center_rewards_coefficient": ">= 0",
