@@ -40,9 +40,10 @@ class ScoringBatch:
 
 
 class RewardModelScorer:
-    """Scores a response with a reward model (either form: a sequence classifier read at
-    the last token, the EOS when there is one, or a causal LM's scaled mean response
-    log-likelihood), then applies the stored normalisation."""
+    """Scores a response with a reward model (any form: a sequence classifier read at
+    the last token, the EOS when there is one, a causal LM's scaled mean response
+    log-likelihood, or that minus its frozen reference's), then applies the stored
+    normalisation."""
 
     def __init__(self, model, policy_tokenizer, reward_tokenizer, normalise: bool = True, batch_size: int = 64):
         self.model, self.policy_tokenizer, self.reward_tokenizer = model, policy_tokenizer, reward_tokenizer

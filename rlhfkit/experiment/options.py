@@ -72,8 +72,8 @@ class WorldRewardConfig(RewardConfig):
     log_every: int = option(10, "write metrics every N steps")
     progress: bool = option(ON_A_TERMINAL, "show a progress bar (step, loss or reward, time left; default: on a "
                             "terminal)")
-    reward_form: str = option("mean_logprob", "mean_logprob (LM head kept, mean token log-likelihood) or head "
-                              "(InstructGPT's scalar head)")
+    reward_form: str = option("mean_logprob", "mean_logprob (LM head kept, mean token log-likelihood), logratio (the "
+                              "same minus the frozen starting model's) or head (InstructGPT's scalar head)")
 
 
 @dataclass

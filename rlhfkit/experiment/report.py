@@ -57,7 +57,7 @@ PROMPT_MEANS = {"gold": (0.0, 1.0), "likert": (1.0, 7.0), "exact": (0.0, 1.0), "
                 "kl_to_sft": None}
 RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_agreement", "exact_pairs",
            "exact_pair_accuracy", "exact_pair_accuracy_per_family", "follows_pairs", "follows_pair_accuracy",
-           "score_correlation", "reward_form", "reward_scale", "init")
+           "score_correlation", "format_preference", "format_pairs", "reward_form", "reward_scale", "init")
 # The method table's rows of one seed, in order (those a run trained): SFT, then every method.
 METHOD_ORDER = ("sft", "bon4", "bon16", "ppo", "ppo_ai", "rloo", "grpo", "dpo", "ipo", "orpo", "kto", "ppo_gold")
 TRAINED = ("base_small", "base_large", "sft")  # models that are not an alignment method

@@ -150,6 +150,10 @@ def _rm_form_line(rm: dict) -> list[str]:
     if form == "mean_logprob":
         text = (f"{init} kept whole, LM head included; a response scores {rm.get('reward_scale')} x its mean "
                 "token log-likelihood (SimPO's implicit reward), trained with Bradley-Terry over all pairs per prompt")
+    elif form == "logratio":
+        text = (f"{init} kept whole, LM head included; a response scores {rm.get('reward_scale')} x its mean "
+                "token log-likelihood minus the frozen starting model's (a DPO-style implicit reward that cancels "
+                "the start's prior), trained with Bradley-Terry over all pairs per prompt")
     elif form == "head":
         text = f"{init} with a new scalar head on the last token (InstructGPT), Bradley-Terry over all pairs per prompt"
     else:
@@ -158,18 +162,23 @@ def _rm_form_line(rm: dict) -> list[str]:
 
 
 def _rm_learned_rows(rm: dict) -> list[str]:
-    """What the reward model learned (runs before this figure existed have none)."""
+    """What the reward model learned (runs before these figures existed have none)."""
     if "exact_pair_accuracy" not in rm:
         return []
     per_family = ", ".join(f"{f} {_f(a, '.0%')}" for f, a in rm["exact_pair_accuracy_per_family"].items())
     corr = rm["score_correlation"]
-    return [f"| RM prefers the exactly-right response ({rm['exact_pairs']} pairs where only one is) | "
+    rows = [f"| RM prefers the exactly-right response ({rm['exact_pairs']} pairs where only one is) | "
             f"{_f(rm['exact_pair_accuracy'], '.1%')} |",
-            f"| correlation of the RM score with gold / with length in characters | "
-            f"{_f(corr['gold'], '.2f')} / {_f(corr['length'], '.2f')} |",
+            f"| correlation of the RM score with gold / with length in characters / with length at fixed gold | "
+            f"{_f(corr['gold'], '.2f')} / {_f(corr['length'], '.2f')} / {_f(corr.get('length_at_fixed_gold'), '.2f')} |",
             f"| RM prefers the response in the asked format ({rm.get('follows_pairs')} pairs where only one is) | "
-            f"{_ci(rm.get('follows_pair_accuracy'), '.1%')} |", "",
-            f"Per family, the RM prefers the exactly-right response of such pairs: {per_family}."]
+            f"{_ci(rm.get('follows_pair_accuracy'), '.1%')} |"]
+    formats = rm.get("format_preference") or {}
+    if formats:
+        pairs = sum((rm.get("format_pairs") or {}).values())
+        rows.append(f"| RM prefers the right answer in the asked format to the same answer plain ({' / '.join(formats)}; "
+                    f"{pairs} pairs) | {' / '.join(_f(v, '.0%') for v in formats.values())} |")
+    return [*rows, "", f"Per family, the RM prefers the exactly-right response of such pairs: {per_family}."]
 
 
 def _labelers_and_rm(report: dict, details: dict, lay, cfg) -> list[str]:

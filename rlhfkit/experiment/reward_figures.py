@@ -1,11 +1,15 @@
 """The reward model's held-out figures: on the held-out comparison pairs, how often
 it agrees with the labeler who ranked them, with the gold judge, and on pairs where
 only one response is exact or follows the asked format; a second independent
-labeler and the gold judge give the ceilings."""
+labeler and the gold judge give the ceilings. Beside them, on pairs built from the
+held-out tasks, how often it prefers the exactly right answer in the asked format
+to the same answer without it (format_preference), and how its score correlates
+with gold and with length, also at fixed gold (score_correlation)."""
 from __future__ import annotations
 
+import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -13,7 +17,7 @@ from rlhfkit.data.collate import pad_prompt_response
 from rlhfkit.data.tokenize import prompt_token_ids
 from rlhfkit.world.judge import judge_task
 from rlhfkit.world.labelers import LabelerConfig, rank
-from rlhfkit.world.tasks import parse_instruction
+from rlhfkit.world.tasks import CONSTRAINTS, allowed_constraints, apply_format, constrain, parse_instruction
 
 # Offset of the second, independent labeler (never in the pool) used for the
 # labelers' own agreement on the reward model's held-out pairs.
@@ -26,16 +30,61 @@ def reward_model_figures(rm_dir: str, rows: Sequence[dict], labeler: LabelerConf
     val_accuracy (RM vs the labeler who ranked them), val_accuracy_vs_gold (RM vs
     the gold judge, gold ties count one half), labeler_agreement (a second,
     independent labeler vs the first), oracle_agreement (gold vs the first labeler:
-    the ceiling a reward model that learned the labeler could reach against gold)."""
-    from rlhfkit.models.loading import load_reward_model, load_tokenizer
+    the ceiling a reward model that learned the labeler could reach against gold);
+    format_preference and format_pairs per constraint (format_preference_figures);
+    reward_scale of a likelihood-form model."""
+    from rlhfkit.models.loading import load_reward_model, load_tokenizer, reward_form
 
     tokenizer = load_tokenizer(rm_dir)
     model = load_reward_model(rm_dir, tokenizer).eval()
-    prompts = [row["prompt"] for row in rows for _ in row["responses"]]
-    responses = [y for row in rows for y in row["responses"]]
-    terminated = [t for row in rows for t in row["terminated"]]
-    scores = reward_model_scores(model, tokenizer, prompts, responses, terminated, batch_size=batch_size)
-    return heldout_pair_figures(rows, scores, labeler)
+
+    def score(prompts, responses, terminated):
+        return reward_model_scores(model, tokenizer, prompts, responses, terminated, batch_size=batch_size)
+
+    figures = heldout_pair_figures(rows, score([row["prompt"] for row in rows for _ in row["responses"]],
+                                               [y for row in rows for y in row["responses"]],
+                                               [t for row in rows for t in row["terminated"]]), labeler)
+    figures.update(format_preference_figures(rows, score))
+    form, scale = reward_form(model)
+    if form != "head":
+        figures["reward_scale"] = scale
+    return figures
+
+
+def format_pairs(rows: Sequence[dict]) -> list[tuple[str, list, str, str]]:
+    """(constraint, prompt, formatted, plain) for every held-out task and every constraint
+    allowed for its family: the task's instruction asking for that constraint, its
+    canonical answer in that format, and the same answer plain. Kept only where the
+    world's judge finds both exactly right, the first following the request and the
+    second not, so a pair differs in the asked format alone."""
+    pairs = []
+    for row in rows:
+        task = parse_instruction(row["prompt"][-1]["content"])
+        for constraint in allowed_constraints(task.family):
+            asked = constrain(task, constraint)
+            formatted, plain = apply_format(asked.answer, constraint), asked.answer
+            good, bad = judge_task(asked, formatted, True), judge_task(asked, plain, True)
+            if good.exact and bad.exact and good.follows and not bad.follows:
+                prompt = [*row["prompt"][:-1], {**row["prompt"][-1], "content": asked.instruction}]
+                pairs.append((constraint, prompt, formatted, plain))
+    return pairs
+
+
+def format_preference_figures(rows: Sequence[dict], score: Callable[[list, list, list], Sequence[float]]) -> dict:
+    """format_preference: per constraint, the share of format_pairs(rows) where `score`
+    ranks the answer in the asked format above the same answer without it (ties one
+    half); format_pairs: how many pairs each share is over. `score(prompts, responses,
+    terminated)` gives one score per response, both members ending with EOS."""
+    pairs = format_pairs(rows)
+    prompts = [p for _, p, _, _ in pairs for _ in range(2)]
+    responses = [y for _, _, formatted, plain in pairs for y in (formatted, plain)]
+    s = list(score(prompts, responses, [True] * len(responses))) if pairs else []
+    won: dict[str, list[float]] = {c: [] for c in CONSTRAINTS}
+    for k, (constraint, *_) in enumerate(pairs):
+        a, b = s[2 * k], s[2 * k + 1]
+        won[constraint].append(1.0 if a > b else 0.5 if a == b else 0.0)
+    return {"format_preference": {c: sum(w) / len(w) if w else float("nan") for c, w in won.items()},
+            "format_pairs": {c: len(w) for c, w in won.items()}}
 
 
 @torch.no_grad()
@@ -135,8 +184,24 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
             "exact_pair_accuracy_per_family": {f: r / n for f, (n, r) in sorted(exact_pairs.items()) if n},
             "follows_pairs": follows_pairs[0],
             "follows_pair_accuracy": follows_pairs[1] / follows_pairs[0] if follows_pairs[0] else float("nan"),
-            "score_correlation": {"gold": _pearson(all_scores, all_gold), "length": _pearson(all_scores, all_length)},
+            "score_correlation": {"gold": _pearson(all_scores, all_gold), "length": _pearson(all_scores, all_length),
+                                  "length_at_fixed_gold": partial_correlation(all_scores, all_length, all_gold)},
             "per_prompt": per_prompt}
+
+
+def partial_correlation(a: Sequence[float], b: Sequence[float], c: Sequence[float]) -> float:
+    """Correlation of a and b with c held fixed (linearly): the correlation of their
+    residuals after each is regressed on c,
+
+        r_ab.c = (r_ab - r_ac r_bc) / sqrt((1 - r_ac^2) (1 - r_bc^2)).
+
+    With a the RM score, b length and c gold: does the RM still reward length among
+    responses of equal gold? NaN where undefined (a or b a linear function of c)."""
+    r_ab, r_ac, r_bc = _pearson(a, b), _pearson(a, c), _pearson(b, c)
+    denominator = (1 - r_ac ** 2) * (1 - r_bc ** 2)
+    if not denominator > 1e-12:  # also NaN
+        return float("nan")
+    return (r_ab - r_ac * r_bc) / math.sqrt(denominator)
 
 
 def _pearson(a: Sequence[float], b: Sequence[float]) -> float:

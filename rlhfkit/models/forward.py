@@ -128,16 +128,39 @@ def mean_logprob_scores(model: nn.Module, input_ids: torch.Tensor, attention_mas
     return (logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
+def logratio_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean log-likelihood ratio of each row's response between a LogRatioRewardModel's
+    policy and its frozen reference: a DPO-style implicit reward (Rafailov et al. 2023,
+    Eq. 5, r = beta log pi/ref) taken per token, as SimPO takes its mean,
+
+        s(x, y) = 1/|y| * sum_t [log pi(y_t | x, y_<t) - log ref(y_t | x, y_<t)].
+
+    The reference's prior (a low likelihood of capital letters, say) cancels: only what
+    training moved counts. Shapes as mean_logprob_scores; the reference adds no gradient."""
+    with torch.no_grad():
+        ref = mean_logprob_scores(model.reference, input_ids, attention_mask, target_mask)
+    return mean_logprob_scores(model.policy, input_ids, attention_mask, target_mask) - ref
+
+
+# reward_form -> raw score [B] of (model, input_ids, attention_mask, target_mask), before the scale
+_SCORES = {
+    "head": lambda model, ids, mask, target: scores_at(model, ids, mask),
+    "mean_logprob": mean_logprob_scores,
+    "logratio": logratio_scores,
+}
+
+
 def reward_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   target_mask: torch.Tensor) -> torch.Tensor:
-    """Raw (unnormalised) reward [B] of a reward model of either form (loading.reward_form):
-    the scalar head at each row's last real token, or scale x mean_logprob_scores.
+    """Raw (unnormalised) reward [B] of a reward model of any form (loading.reward_form):
+    the scalar head at each row's last real token, scale x mean_logprob_scores, or
+    scale x logratio_scores.
 
     input_ids, attention_mask, target_mask [B,T] (target_mask: 1 at the response tokens).
     """
     from rlhfkit.models.loading import reward_form
 
     form, scale = reward_form(model)
-    if form == "mean_logprob":
-        return scale * mean_logprob_scores(model, input_ids, attention_mask, target_mask)
-    return scores_at(model, input_ids, attention_mask)
+    scores = _SCORES[form](model, input_ids, attention_mask, target_mask)
+    return scores if form == "head" else scale * scores

@@ -28,11 +28,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 REWARD_MEAN_KEY = "rlhfkit_reward_mean"
 REWARD_STD_KEY = "rlhfkit_reward_std"
 # How a reward model scores (reward_form): "head", a scalar head on the last token of a
-# sequence classifier; or "mean_logprob", a causal LM's mean response log-likelihood
-# times REWARD_SCALE_KEY (SimPO's implicit reward). Stored in config.json.
+# sequence classifier; "mean_logprob", a causal LM's mean response log-likelihood
+# times REWARD_SCALE_KEY (SimPO's implicit reward); or "logratio", the same minus a
+# frozen reference model's mean log-likelihood of the same tokens (a DPO-style implicit
+# reward), the reference saved in the subfolder REWARD_REFERENCE_KEY names. Stored in config.json.
 REWARD_FORM_KEY = "rlhfkit_reward_form"
 REWARD_SCALE_KEY = "rlhfkit_reward_scale"
-REWARD_FORMS = ("head", "mean_logprob")
+REWARD_REFERENCE_KEY = "rlhfkit_reward_reference"
+REWARD_FORMS = ("head", "mean_logprob", "logratio")
+REFERENCE_SUBDIR = "reference"
 
 
 @dataclass
@@ -226,14 +230,57 @@ def reward_form(model_or_config) -> tuple[str, float]:
     return form, float(getattr(config, REWARD_SCALE_KEY, 1.0) or 1.0)
 
 
+class LogRatioRewardModel(nn.Module):
+    """A reward_form=logratio reward model: the trained causal LM (`policy`) and the
+    frozen reference it is measured against (the model it started from). Its `config`
+    is the policy's, so reward_form, the stored normalisation and the scale read as
+    for any reward model; `reference` never trains and stays in eval mode."""
+
+    def __init__(self, policy: nn.Module, reference: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.reference = reference.eval().requires_grad_(False)
+
+    @property
+    def config(self):
+        return model_config(self.policy)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.reference.eval()
+        return self
+
+
+def reference_path(path: str | Path, config) -> str:
+    """Where a logratio reward model at `path` keeps its reference (a subfolder)."""
+    sub = getattr(config, REWARD_REFERENCE_KEY, None) or REFERENCE_SUBDIR
+    return str(Path(path) / sub)
+
+
 def load_reward_model(path: str, tokenizer, *, dtype: str = "float32",
-                      trust_remote_code: bool = False) -> PreTrainedModel:
-    """A trained reward model of either form, as its config.json names it: a one-label
-    sequence classifier ("head"), or a causal LM that scores by mean log-likelihood."""
+                      trust_remote_code: bool = False) -> nn.Module:
+    """A trained reward model of any form, as its config.json names it: a one-label
+    sequence classifier ("head"), a causal LM that scores by mean log-likelihood
+    ("mean_logprob"), or that causal LM with its frozen reference ("logratio")."""
     config = _loading(path, lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
-    if reward_form(config)[0] == "mean_logprob":
-        return load_causal_lm(path, tokenizer, dtype=dtype, trust_remote_code=trust_remote_code)
-    return load_scalar_model(path, tokenizer, dtype=dtype, trust_remote_code=trust_remote_code)
+    common = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    loaders = {
+        "head": lambda: load_scalar_model(path, tokenizer, **common),
+        "mean_logprob": lambda: load_causal_lm(path, tokenizer, **common),
+        "logratio": lambda: LogRatioRewardModel(load_causal_lm(path, tokenizer, **common),
+                                                load_causal_lm(reference_path(path, config), tokenizer, **common)),
+    }
+    return loaders[reward_form(config)[0]]()
+
+
+def save_reward_model(model: nn.Module, tokenizer, path: str | Path) -> None:
+    """A reward model as a plain Hugging Face directory; a logratio model's reference
+    goes into its subfolder, so the directory is all a user needs to score with it."""
+    if isinstance(model, LogRatioRewardModel):
+        save_pretrained_dir(model.policy, tokenizer, path)
+        save_pretrained_dir(model.reference, tokenizer, reference_path(path, model.config))
+        return
+    save_pretrained_dir(model, tokenizer, path)
 
 
 def reward_normalisation(model: nn.Module) -> tuple[float, float]:

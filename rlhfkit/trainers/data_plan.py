@@ -34,16 +34,17 @@ def split_holdout(records: Sequence, fraction: float, seed: int) -> tuple[list, 
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-def optimization(cfg, model, n_examples: int, accelerator, lengths=None):
+def optimization(cfg, model, n_examples: int, accelerator, lengths=None, params=None):
     """AdamW over the trainable parameters, the run's step plan and its learning-rate
     schedule (warmup, then cfg.lr_scheduler); model and optimizer prepared by
-    Accelerate. `lengths` (tokens per example) is used when cfg.group_by_length.
+    Accelerate. `lengths` (tokens per example) is used when cfg.group_by_length;
+    `params`, parameter groups with their own "lr", replace model.parameters().
     Returns (model, optimizer, scheduler, plan)."""
     import torch
 
     from rlhfkit.trainers.optim import lr_schedule, make_adam
 
-    optimizer = make_adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    optimizer = make_adam(model.parameters() if params is None else params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     plan = step_plan(n_examples, cfg.per_device_batch_size * accelerator.num_processes,
                      cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed,
                      lengths if getattr(cfg, "group_by_length", False) else None)

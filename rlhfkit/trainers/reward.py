@@ -6,13 +6,16 @@ al. 2022, sec. 3.5: shuffling pairs separately overfits). After training the
 model is normalised so that reference responses score mean 0 (and, optionally,
 standard deviation 1); the statistics are stored in its config.json.
 
-Two forms of reward model (`reward_form`): InstructGPT's scalar head on the last
-token (a sequence classifier), or a causal LM that keeps its LM head and scores a
+Three forms of reward model (`reward_form`): InstructGPT's scalar head on the last
+token (a sequence classifier); a causal LM that keeps its LM head and scores a
 response by its mean token log-likelihood, scaled by beta (SimPO's implicit reward,
-Meng et al. 2024, Eq. 4, here trained with the Bradley-Terry ranking loss). The
-second starts from what pretraining taught the model: in the instruction world the
-untrained base-large already orders held-out pairs 62% like a labeler by it, while
-a new head starts at chance and, on 2,500 rankings, ends at 54%.
+Meng et al. 2024, Eq. 4, here trained with the Bradley-Terry ranking loss); or the
+same minus the frozen starting model's mean log-likelihood of the same tokens (a
+DPO-style implicit reward), so the starting model's prior cancels and only what the
+comparisons taught counts. The likelihood forms start from what pretraining taught
+the model: in the instruction world the untrained base-large already orders held-out
+pairs 62% like a labeler by it, while a new head starts at chance and, on 2,500
+rankings, ends at 54%.
 """
 from __future__ import annotations
 
@@ -29,14 +32,17 @@ from rlhfkit.config import ConfigError, option
 from rlhfkit.data.collate import RankingCollator, SFTCollator, scatter_scores
 from rlhfkit.data.loading import ColumnMap, as_rankings, load_preferences, load_sft
 from rlhfkit.data.tokenize import encode_rankings, encode_sft
-from rlhfkit.losses.reward import pairwise_accuracy_by_gap, ranking_loss
+from rlhfkit.losses.reward import pairwise_accuracy_by_gap, reward_model_loss
 from rlhfkit.models.forward import reward_scores
 from rlhfkit.models.loading import (
+    REFERENCE_SUBDIR,
     REWARD_FORM_KEY,
     REWARD_FORMS,
     REWARD_MEAN_KEY,
+    REWARD_REFERENCE_KEY,
     REWARD_SCALE_KEY,
     REWARD_STD_KEY,
+    LogRatioRewardModel,
     LoraOptions,
     fold_reward_normalisation,
     is_sequence_classifier,
@@ -45,7 +51,8 @@ from rlhfkit.models.loading import (
     load_tokenizer,
     lora_options,
     model_config,
-    save_pretrained_dir,
+    save_reward_model,
+    scalar_head,
 )
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.checkpoint import open_stage
@@ -83,12 +90,27 @@ class RewardConfig(TrainConfig):
     calibration_bins: list[float] = option([0.0, 0.25, 0.5, 1.0, 2.0, 1e9], "score-gap bin edges for calibration")
     reward_form: str = option("head", "head: a new scalar head on the last token (InstructGPT); mean_logprob: the "
                               "model keeps its LM head and scores a response by reward_scale x its mean token "
-                              "log-likelihood (SimPO's implicit reward), so pretraining's knowledge counts from step 0")
-    reward_scale: float = option(2.0, "beta of reward_form=mean_logprob: the Bradley-Terry logit is beta x the "
-                                 "difference of mean log-likelihoods (SimPO uses about 2)")
+                              "log-likelihood (SimPO's implicit reward), so pretraining's knowledge counts from step 0; "
+                              "logratio: reward_scale x (that mean log-likelihood minus the frozen --model's), a "
+                              "DPO-style implicit reward that cancels the starting model's prior (the reference is "
+                              "saved in the reward model's reference/ folder)")
+    reward_scale: float = option(2.0, "beta of reward_form=mean_logprob or logratio: the Bradley-Terry logit is beta "
+                                 "x the difference of mean log-likelihoods (ratios) (SimPO uses about 2)")
+    head_learning_rate: float = option(0.0, "reward_form=head: peak learning rate of the new scalar head (0: "
+                                       "learning_rate); a new head from N(0, 1/sqrt(d+1)) needs more than a trunk "
+                                       "already trained. A warm start: a likelihood-form reward model as --model")
+    center_rewards_coefficient: float = option(0.0, "add coef x (r_chosen + r_rejected)^2 per pair to the loss "
+                                               "(Eisenstein et al. 2023; TRL's option of the same name, which "
+                                               "suggests 0.01): keeps the reward's level near 0 while it trains")
+    length_debias: float = option(0.0, "length control after ODIN (Chen et al. 2024): when > 0 the Bradley-Terry "
+                                  "loss is taken on r + w x response tokens with w fitted per batch, and "
+                                  "length_debias x |corr(r, length)| is added; r alone is saved. The penalty removes "
+                                  "length's correlation on the training data whatever its cause, also where better "
+                                  "answers really are longer (docs/results.md)")
 
     RULES: ClassVar[dict] = {"reward_form": REWARD_FORMS, "reward_scale": "> 0", "normalize_max_texts": ">= 0",
-                             "calibration_bins": lambda v: _bins_problem(v)}
+                             "head_learning_rate": ">= 0", "center_rewards_coefficient": ">= 0",
+                             "length_debias": ">= 0", "calibration_bins": lambda v: _bins_problem(v)}
 
     def columns(self) -> ColumnMap:
         return ColumnMap(prompt=self.prompt_column, chosen=self.chosen_column, rejected=self.rejected_column,
@@ -122,21 +144,45 @@ def _scores(model, batch, device) -> torch.Tensor:
 
 
 def _load_model(cfg: RewardConfig, tokenizer):
-    """The model to train: a scalar-head classifier, or a causal LM marked as a mean_logprob reward model."""
+    """The model to train, marked with its form in its config: a scalar-head classifier, a
+    causal LM (mean_logprob), or a causal LM with a frozen copy of itself (logratio)."""
     lora = lora_options(cfg)
     common = dict(dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing, lora=lora,
                   trust_remote_code=cfg.trust_remote_code)
-    if cfg.reward_form == "head":
-        return load_scalar_model(cfg.model, tokenizer, **common)
-    init_config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    if is_sequence_classifier(init_config):
-        raise ConfigError(f"reward_form=mean_logprob needs a causal LM with its LM head; {cfg.model} is a "
-                          f"sequence classifier ({init_config.architectures[0]})")
-    model = load_causal_lm(cfg.model, tokenizer, **common)
+    if cfg.reward_form == "head":  # a warm start from a likelihood-form RM keeps its trunk, gets a new head
+        model = load_scalar_model(cfg.model, tokenizer, **common)
+    else:
+        init_config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        if is_sequence_classifier(init_config):
+            raise ConfigError(f"reward_form={cfg.reward_form} needs a causal LM with its LM head; {cfg.model} is a "
+                              f"sequence classifier ({init_config.architectures[0]})")
+        model = load_causal_lm(cfg.model, tokenizer, **common)
     config = model_config(model)
-    setattr(config, REWARD_FORM_KEY, "mean_logprob")
-    setattr(config, REWARD_SCALE_KEY, cfg.reward_scale)
-    return model
+    # what --model's config.json carried (a reward model as the starting point) must not leak
+    for key in (REWARD_MEAN_KEY, REWARD_STD_KEY, REWARD_REFERENCE_KEY):
+        if hasattr(config, key):
+            delattr(config, key)
+    setattr(config, REWARD_FORM_KEY, cfg.reward_form)
+    setattr(config, REWARD_SCALE_KEY, 1.0 if cfg.reward_form == "head" else cfg.reward_scale)
+    if cfg.reward_form != "logratio":
+        return model
+    setattr(config, REWARD_REFERENCE_KEY, REFERENCE_SUBDIR)
+    reference = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    return LogRatioRewardModel(model, reference)
+
+
+def _trained_part(model):
+    """The module whose weights train (and are checkpointed): a logratio model's policy."""
+    return model.policy if isinstance(model, LogRatioRewardModel) else model
+
+
+def _param_groups(cfg: RewardConfig, model: torch.nn.Module) -> list[dict]:
+    """The optimiser's parameter groups: the scalar head at head_learning_rate when set."""
+    if cfg.reward_form != "head" or not cfg.head_learning_rate:
+        return [{"params": list(model.parameters())}]
+    head = {id(p) for p in scalar_head(model).parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in head]},
+            {"params": [p for p in model.parameters() if id(p) in head], "lr": cfg.head_learning_rate}]
 
 
 def _encode(tokenizer, records, cfg) -> list[tuple[list, float | None]]:
@@ -145,15 +191,17 @@ def _encode(tokenizer, records, cfg) -> list[tuple[list, float | None]]:
     return [(group, records[i].margin) for group, i in zip(encoded, encoded.kept)]
 
 
-def _ranking_batch_loss(model, items, collator, device, use_margin: bool):
+def _ranking_batch_loss(model, items, collator, device, cfg: RewardConfig):
     groups = [group for group, _ in items]
     batch = collator(groups)
     scores = _scores(model, batch, device)  # [N]
     rewards = scatter_scores(scores, batch)  # [B,Kmax]: response k of prompt b at rewards[b, k]
+    lengths = scatter_scores(batch["loss_mask"].sum(-1).float(), batch).to(device)  # [B,Kmax] response tokens
     margin = None
-    if use_margin:
+    if cfg.use_margin:
         margin = torch.tensor([m or 0.0 for _, m in items], device=device)
-    return ranking_loss(rewards, batch["valid"].to(device), margin=margin)
+    return reward_model_loss(rewards, batch["valid"].to(device), lengths=lengths, margin=margin,
+                             center_coef=cfg.center_rewards_coefficient, length_debias=cfg.length_debias)
 
 
 @torch.no_grad()
@@ -223,8 +271,10 @@ def train_reward_model(cfg: RewardConfig) -> Path:
 
     model = ScoreForward(_load_model(cfg, tokenizer))
     model, optimizer, scheduler, plan = optimization(cfg, model, len(train_enc), accelerator,
-                                                     [sum(len(e) for e in group) for group, _ in train_enc])
-    saved = {"model": accelerator.unwrap_model(model).model}  # checkpoints hold the reward model's own keys
+                                                     [sum(len(e) for e in group) for group, _ in train_enc],
+                                                     params=_param_groups(cfg, model.model))
+    # checkpoints hold the reward model's own keys (not a logratio model's frozen reference)
+    saved = {"model": _trained_part(accelerator.unwrap_model(model).model)}
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="rm")
     start, _ = checkpoints.resume_training(accelerator, saved, optimizer, scheduler, logs=[logger])
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "rm", accelerator.print)
@@ -239,13 +289,13 @@ def train_reward_model(cfg: RewardConfig) -> Path:
             # the head form runs the trunk and head directly, outside the forward that prepare() wraps
             # in autocast, so --mixed_precision is applied here explicitly
             with accelerator.autocast():
-                loss, metrics = _ranking_batch_loss(model, groups, collator, device, cfg.use_margin)
+                loss, metrics = _ranking_batch_loss(model, groups, collator, device, cfg)
             # prompts weigh equally across micro-batches and processes (InstructGPT's per-prompt mean)
             accelerator.backward(loss * step_share(len(groups), sum(len(m) for m in plan[step]), world))
             rows.append({k: float(v) for k, v in metrics.items()})
         metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
         stepped = apply_step(accelerator, model, optimizer, scheduler, guard, step + 1,
-                             {"loss": metrics["loss/reward"]}, cfg.max_grad_norm)
+                             {"loss": metrics["loss/total"]}, cfg.max_grad_norm)
         if "skipped_nonfinite" in stepped:
             continue
         metrics.update(stepped)
@@ -282,7 +332,7 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     logger.log(len(plan), final)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_pretrained_dir(unwrapped, tokenizer, out)
+        save_reward_model(unwrapped, tokenizer, out)
     end_stage(accelerator)
     checkpoints.close()
     return out
