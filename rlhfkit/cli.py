@@ -60,7 +60,10 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, ...], argparse.ArgumentParser]]:
+    import rlhfkit
+
     parser = ConfigArgumentParser(prog="rlhfkit", description="RLHF the InstructGPT way: SFT, reward model, PPO.")
+    parser.add_argument("--version", action="version", version=f"rlhfkit {rlhfkit.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ConfigArgumentParser)
     groups: dict[str, argparse._SubParsersAction] = {}
     parsers = {}

@@ -300,9 +300,14 @@ def save_pretrained_dir(model: nn.Module, tokenizer, path: str | Path, *, merge_
         tokenizer.save_pretrained(tmp)
         files = sorted((f for f in tmp.rglob("*") if f.is_file()),
                        key=lambda f: (f.suffix not in (".safetensors", ".bin"), str(f)))
+        # safetensors writes the weights through a private temporary file (mode 0600); give them
+        # the mode open() gave config.json, so the directory reads the same for everyone
+        mode = (tmp / "config.json").stat().st_mode & 0o777 if (tmp / "config.json").exists() else None
         for f in files:
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
+            if mode is not None:
+                os.chmod(f, mode)
         for f in files:  # configs last: a directory whose config is new has its new weights
             target = path / f.relative_to(tmp)
             target.parent.mkdir(parents=True, exist_ok=True)
