@@ -8,6 +8,7 @@ from typing import ClassVar
 from rlhfkit.config import check_options, option
 from rlhfkit.trainers.checkpoint import RESUME_MODES
 from rlhfkit.trainers.optim import SCHEDULERS
+from rlhfkit.trainers.trackers import tracker_problem
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # rlhfkit.models.loading.DTYPES
 
@@ -42,7 +43,9 @@ class TrainConfig:
     dtype: str = option("float32", "model weights dtype: float32, bfloat16 or float16")
     mixed_precision: str = option("no", "Accelerate mixed precision: no, bf16 or fp16")
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
-    report_to: list[str] = option([], "Accelerate trackers, e.g. tensorboard, wandb")
+    report_to: list[str] = option([], "experiment trackers (Accelerate's), e.g. tensorboard,wandb: tensorboard, "
+                                  "wandb, trackio, mlflow, comet_ml, aim, clearml, dvclive, swanlab, all "
+                                  "(every installed one) or none; each must be installed")
     on_error: str = option("raise", "bad data records: raise (default) or skip and report counts")
     trust_remote_code: bool = option(False, "allow model code from the checkpoint (off: safer)")
     progress: bool = option(True, "show a progress bar")
@@ -57,7 +60,7 @@ class TrainConfig:
         "log_every": ">= 1", "checkpoint_every": ">= 0", "checkpoint_minutes": ">= 0", "keep_checkpoints": ">= 1",
         "dtype": DTYPE_NAMES, "mixed_precision": ("no", "bf16", "fp16", "fp8"), "on_error": ("raise", "skip"),
         "num_threads": ">= 0", "max_nonfinite_steps": ">= 1", "resume": RESUME_MODES,
-        "lr_scheduler": lambda v: _scheduler_problem(v), "lora_r": ">= 1", "lora_alpha": "> 0",
+        "lr_scheduler": lambda v: _scheduler_problem(v), "report_to": lambda v: tracker_problem(v), "lora_r": ">= 1", "lora_alpha": "> 0",
     }
 
     def __post_init__(self) -> None:
