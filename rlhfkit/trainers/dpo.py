@@ -39,6 +39,7 @@ from rlhfkit.trainers.dpo_data import (
     sequence_logps,
 )
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.model_card import publish
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
 from rlhfkit.trainers.train_config import TrainConfig
 
@@ -273,6 +274,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
+        publish(out, cfg, "dpo", log=accelerator.print)
     end_stage(accelerator)
     checkpoints.close()
     return out

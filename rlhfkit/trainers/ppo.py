@@ -41,6 +41,7 @@ from rlhfkit.trainers.data_plan import episode_prompts
 from rlhfkit.trainers.distributed import end_stage, global_mean, global_whiten, process_share, seed_per_process
 from rlhfkit.trainers.errors import DivergenceError
 from rlhfkit.trainers.metrics import MetricsLogger, mean_metrics, progress_bar, timer
+from rlhfkit.trainers.model_card import publish
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, lr_schedule, make_adam
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.ppo_setup import (
@@ -294,6 +295,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     if accelerator.is_main_process:
         save_models(accelerator.unwrap_model(actor_critic), tokenizer, out)
         write_json(out / "kl_controller.json", kl_ctl.state_dict())
+        publish(out, cfg, "ppo", log=accelerator.print)
     end_stage(accelerator)
     checkpoints.close()
     return out

@@ -30,6 +30,7 @@ from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
 from rlhfkit.trainers.distributed import end_stage, step_share
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.model_card import publish
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
 from rlhfkit.trainers.train_config import TrainConfig
 
@@ -137,6 +138,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
+        publish(out, cfg, "sft", log=accelerator.print)
     end_stage(accelerator)
     checkpoints.close()
     return out

@@ -5,8 +5,9 @@ import difflib
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlhfkit.config import check_options, option
+from rlhfkit.config import ConfigError, check_options, option
 from rlhfkit.trainers.checkpoint import RESUME_MODES
+from rlhfkit.trainers.model_card import hub_problem
 from rlhfkit.trainers.optim import SCHEDULERS
 from rlhfkit.trainers.trackers import tracker_problem
 
@@ -51,6 +52,11 @@ class TrainConfig:
     progress: bool = option(True, "show a progress bar")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
     max_nonfinite_steps: int = option(3, "skip a step whose loss or gradient is not finite; stop after this many in a row")
+    push_to_hub: bool = option(False, "upload the saved model (with its model card, config and metrics; not the "
+                               "checkpoints) to the Hugging Face Hub when training ends (log in first: hf auth login)")
+    hub_model_id: str = option("", "Hub repository for --push_to_hub, user/name or name (default: the output "
+                               "directory's name under your user)")
+    hub_private_repo: bool = option(False, "create the Hub repository private")
 
     # Checked at construction (rlhfkit.config.check_options); subclasses add theirs.
     RULES: ClassVar[dict] = {
@@ -65,6 +71,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
+        problem = hub_problem(self)  # offline: refused now, not after training
+        if problem:
+            raise ConfigError(problem)
 
 
 def _scheduler_problem(name: str) -> str | None:
