@@ -200,7 +200,7 @@ def test_kill_9_loses_no_acknowledged_label_and_each_labeler_resumes(tmp_path):
     stop.set()
     for t in threads:
         t.join()
-    stored = {(lab["labeler"], lab["item_id"]) for lab in read_labels(db)}
+    stored = {(lab["labeler"], lab["item"]) for lab in read_labels(db)}  # the items file's ids, as the API's
     for who, items in acked.items():
         assert {(who, i) for i in items} <= stored, f"{who} lost an acknowledged label"
     proc = _start(db, port, tmp_path, "--data", str(data), "--labelers", "ana,ben,cai")  # adds nothing new
@@ -215,3 +215,23 @@ def test_kill_9_loses_no_acknowledged_label_and_each_labeler_resumes(tmp_path):
         proc.kill()
         proc.wait()
     assert len(links.read_text().splitlines()) == 3 and len(Store(db).progress()["labelers"]) == 3
+
+
+def test_api_item_ids_are_the_items_files_ids(app):
+    base, tokens, store = app
+    ana = Client(base, tokens["ana"])
+    seen = []
+    for _ in range(4):
+        nxt = ana.next()
+        seen.append(nxt["item"]["id"])
+        status, data, _ = ana.submit(nxt)
+        assert status == 200, data
+    assert seen == ["q0", "q1", "q2", "q3"]  # _items' own "id" column
+    assert ana.next()["item"] is None
+    labels = read_labels(store.path)
+    assert [lab["item"] for lab in labels if lab["labeler"] == "ana"] == seen
+    ben = Client(base, tokens["ben"])
+    nxt = ben.next()
+    status, data, _ = ben.call("POST", "/api/submit", {"item_id": "nope", "order": [0, 1, 2], "likert": [4] * 3,
+                                                       "flags": [[], [], []]}, {"X-CSRF-Token": nxt["csrf"]})
+    assert status == 400 and "no item 'nope'" in data["error"]
