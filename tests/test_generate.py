@@ -15,6 +15,7 @@ from rlhfkit.models.loading import (
     load_tokenizer,
     save_pretrained_dir,
 )
+from rlhfkit.models.tokenizer import as_user_message
 
 PROMPTS = [{"prompt": "Say a."}, {"prompt": [{"role": "user", "content": "Say b."}]}, {"prompt": "Count to 3."}]
 
@@ -40,7 +41,9 @@ def test_samples_n_responses_per_prompt(tiny_model_dir, tmp_path):
     path = generate(GenerateConfig(model=str(tiny_model_dir), prompts=prompts, n=3, max_new_tokens=8,
                                    output_dir=str(tmp_path / "g"), per_device_batch_size=4))
     rows = _read(path)
-    assert [r["prompt"] for r in rows] == [p["prompt"] for p in PROMPTS] and [r["index"] for r in rows] == [0, 1, 2]
+    # plain strings as one user message: the tiny model's tokenizer has a chat template of its own
+    assert [r["prompt"] for r in rows] == [as_user_message(p["prompt"]) for p in PROMPTS]
+    assert [r["index"] for r in rows] == [0, 1, 2]
     for r in rows:
         assert len(r["responses"]) == len(r["terminated"]) == 3 and r["response"] == r["responses"][0]
         assert "scores" not in r

@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 
 from rlhfkit.config import check_options, option, save_yaml
+from rlhfkit.models.tokenizer import STRING_PROMPTS
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
@@ -41,6 +42,10 @@ class GenerateConfig:
     dataset_train_split: str = option("train", "split to read when --prompts is a DatasetDict (saved directory or "
                                       "hub id)")
     chat_template: str = option("", "Jinja chat template to use instead of the tokenizer's (message prompts)")
+    string_prompts: str = option("auto", "plain-string prompts: chat (as one user message through the chat "
+                                 "template), text (verbatim), or auto (chat when the model's tokenizer has a chat "
+                                 "template of its own: a model fine-tuned on chat prompts given a bare string often "
+                                 "answers with nothing). Rows keep the prompt as the model saw it")
     max_prompts: int = option(0, "use the first N prompts (0: all)")
     max_new_tokens: int = option(128, "most tokens sampled per response")
     max_prompt_length: int = option(512, "longest prompt in tokens (longer ones are an error, or skipped with "
@@ -56,7 +61,8 @@ class GenerateConfig:
 
     RULES: ClassVar[dict] = {"n": ">= 1", "max_prompts": ">= 0", "max_new_tokens": ">= 1", "max_prompt_length": ">= 1",
                              "temperature": ">= 0", "per_device_batch_size": ">= 1", "num_threads": ">= 0",
-                             "generation_backend": ("local", "hf"), "dtype": DTYPE_NAMES, "on_error": ("raise", "skip")}
+                             "generation_backend": ("local", "hf"), "dtype": DTYPE_NAMES, "on_error": ("raise", "skip"),
+                             "string_prompts": STRING_PROMPTS}
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -119,6 +125,7 @@ def generate(cfg: GenerateConfig) -> Path:
     from rlhfkit.data.tokenize import encode_prompts
     from rlhfkit.io import write_jsonl
     from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer
+    from rlhfkit.models.tokenizer import as_user_message, string_prompts_as_chat
 
     if not cfg.model or not cfg.prompts:
         raise ValueError("generate needs --model and --prompts")
@@ -131,6 +138,9 @@ def generate(cfg: GenerateConfig) -> Path:
         records = records[: cfg.max_prompts]
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
                                chat_template=cfg.chat_template or None)
+    if string_prompts_as_chat(tokenizer, cfg.string_prompts):
+        for r in records:
+            r.prompt = as_user_message(r.prompt)
     encoded = encode_prompts(tokenizer, records, cfg.max_prompt_length, on_error=cfg.on_error)
     kept = [records[i] for i in encoded.kept]
     if not kept:
