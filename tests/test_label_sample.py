@@ -70,3 +70,22 @@ def test_auto_is_chat_only_for_a_tokenizer_with_its_own_template(tmp_path):
     assert not string_prompts_as_chat(plain, "auto") and string_prompts_as_chat(plain, "chat")
     assert chat_model(tiny_tokenizer()) and string_prompts_as_chat(tiny_tokenizer(), "auto")
     assert not string_prompts_as_chat(tiny_tokenizer(), "text")
+
+
+def test_label_commands_take_the_training_commands_names(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from rlhfkit.cli import main
+
+    _spy(monkeypatch, tiny_model_dir)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hi."}])
+    out = tmp_path / "labeling"
+    assert main(["label", "sample", "--model", str(tiny_model_dir), "--prompts", prompts, "--k", "2",
+                 "--output_dir", str(out), "--per_device_batch_size", "2"]) == 0
+    assert (out / "items.jsonl").exists()  # a directory gets the command's file inside it
+    assert main(["label", "sample", "--model", str(tiny_model_dir), "--prompts", prompts, "--k", "2",
+                 "--out", str(tmp_path / "mine.jsonl"), "--batch_size", "2"]) == 0  # the old names still work
+    assert (tmp_path / "mine.jsonl").exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["label", "sample", "--help"])
+    text = capsys.readouterr().out
+    assert "--per_device_batch_size" in text and "--batch_size" not in text

@@ -47,11 +47,15 @@ class LoraOptions:
 
 
 def lora_options(cfg) -> LoraOptions | None:
-    """The adapter a trainer's options ask for (use_lora, lora_r, lora_alpha), or None for
-    full fine-tuning. The trainers' option defaults are LoraOptions' own."""
+    """The adapter a trainer's options ask for (use_lora, lora_r, lora_alpha, lora_dropout,
+    lora_target_modules), or None for full fine-tuning. The trainers' option defaults are
+    LoraOptions' own."""
     if not cfg.use_lora:
         return None
-    return LoraOptions(r=cfg.lora_r, alpha=getattr(cfg, "lora_alpha", LoraOptions.alpha))  # rm has no lora_alpha
+    targets = list(getattr(cfg, "lora_target_modules", [LoraOptions.target_modules]))
+    # peft reads "all-linear" only as a string, and a list as module names
+    return LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=getattr(cfg, "lora_dropout", LoraOptions.dropout),
+                       target_modules="all-linear" if targets == ["all-linear"] else targets)
 
 
 def check_model_path(path: str, *, tokenizer: bool = False) -> None:
