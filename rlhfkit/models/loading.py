@@ -137,12 +137,41 @@ def _apply_common(model: PreTrainedModel, tokenizer, *, dropout: bool, gradient_
     return model
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model of a directory that holds only a PEFT adapter (what
+    --save_adapter_only writes: adapter_config.json, no config.json), else None."""
+    import json
+
+    p = Path(path).expanduser()
+    if not (p / "adapter_config.json").is_file() or (p / "config.json").is_file():
+        return None
+    base = json.loads((p / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"model {path}: adapter_config.json names no base_model_name_or_path")
+    return base
+
+
+def _merged_adapter(path: str, base: str, dtype: str, trust_remote_code: bool) -> PreTrainedModel:
+    """The causal LM `base` with the adapter saved in `path` merged into its weights."""
+    from peft import PeftModel
+
+    model = load_causal_lm(base, None, dtype=dtype, trust_remote_code=trust_remote_code)
+    return PeftModel.from_pretrained(model, path).merge_and_unload()
+
+
 def load_causal_lm(path: str, tokenizer, *, dtype: str = "float32", dropout: bool = False,
                    gradient_checkpointing: bool = False, lora: LoraOptions | None = None,
                    trust_remote_code: bool = False) -> PreTrainedModel:
-    """A policy or reference model from any AutoModelForCausalLM checkpoint."""
-    model = _loading(path, lambda: AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=_prefer_safetensors(path)))
+    """A policy or reference model from any AutoModelForCausalLM checkpoint; a directory
+    holding only an adapter is read as its base model with the adapter merged."""
+    base = adapter_base(path)
+    if base is not None:
+        model = _merged_adapter(path, base, dtype, trust_remote_code)
+    else:
+        model = _loading(path, lambda: AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=_prefer_safetensors(path)))
+    if tokenizer is None:  # the bare weights (an adapter's base, merged by the caller)
+        return model
     return _apply_common(model, tokenizer, dropout=dropout, gradient_checkpointing=gradient_checkpointing,
                          lora=lora, task_type="CAUSAL_LM")
 
@@ -191,13 +220,18 @@ def load_scalar_model(path: str, tokenizer, *, new_head: str = "normal", dtype: 
     one-label sequence classifier (a trained reward model) keeps its head: a value
     model initialised from the reward model starts from its scores (N+ details).
     """
-    config = _loading(path, lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
-    already_scalar = is_sequence_classifier(config)
+    adapter_of = adapter_base(path)  # an adapter-only SFT directory: its base, the adapter merged into the trunk
+    source = adapter_of or path
+    config = _loading(source, lambda: AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code))
+    already_scalar = is_sequence_classifier(config) and adapter_of is None
     config.num_labels = 1
     config.pad_token_id = tokenizer.pad_token_id
-    model = _loading(path, lambda: AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-        use_safetensors=_prefer_safetensors(path)))
+    model = _loading(source, lambda: AutoModelForSequenceClassification.from_pretrained(
+        source, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+        use_safetensors=_prefer_safetensors(source)))
+    if adapter_of is not None:
+        trunk = _merged_adapter(path, adapter_of, dtype, trust_remote_code).base_model.state_dict()
+        model.base_model.load_state_dict(trunk)
     if not already_scalar:
         head = scalar_head(model)
         if new_head == "zero":

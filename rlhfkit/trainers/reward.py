@@ -85,6 +85,12 @@ class RewardConfig(DatasetTrainConfig):
     reward_scale: float = option(2.0, "beta of reward_form=mean_logprob: the Bradley-Terry logit is beta x the "
                                  "difference of mean log-likelihoods (SimPO uses about 2)")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.save_adapter_only:  # PPO and plain transformers read the normalisation from config.json
+            raise ConfigError("save_adapter_only: a reward model is saved whole (its normalisation lives in its "
+                              "config.json); drop save_adapter_only (the adapter is merged)")
+
     RULES: ClassVar[dict] = {"reward_form": REWARD_FORMS, "reward_scale": "> 0", "normalize_max_texts": ">= 0",
                              "calibration_bins": lambda v: _bins_problem(v)}
 
