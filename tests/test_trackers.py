@@ -109,3 +109,9 @@ def test_tensorboard_and_wandb_both_receive_the_metrics(tiny_model_dir, tmp_path
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
     record = next(runs[0].glob("run-*.wandb")).read_bytes()  # the offline run's protobuf records
     assert b"loss/train" in record and b"learning_rate" in record  # a logged metric, the run's config
+
+
+def test_every_tracker_accelerate_drives_is_known():
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    assert set(LOGGER_TYPE_TO_CLASS) <= set(trackers.TRACKERS), set(LOGGER_TYPE_TO_CLASS) - set(trackers.TRACKERS)
