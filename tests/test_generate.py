@@ -77,3 +77,11 @@ def test_best_of_n_keeps_the_highest_scoring_response(tiny_model_dir, reward_mod
 def test_generate_needs_model_and_prompts(capsys):
     assert main(["generate", "--model", "", "--prompts", ""]) == 1
     assert "generate needs --model and --prompts" in capsys.readouterr().err
+
+
+def test_trl_names_are_read_as_generates(tmp_path):
+    from rlhfkit.config import from_dict
+
+    cfg = from_dict(GenerateConfig, {"model_name_or_path": "m", "dataset_name": "p.jsonl", "num_generations": 8,
+                                     "max_completion_length": 64, "reward_model_path": "rm"})
+    assert (cfg.model, cfg.prompts, cfg.n, cfg.max_new_tokens, cfg.reward_model) == ("m", "p.jsonl", 8, 64, "rm")
