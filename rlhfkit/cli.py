@@ -17,6 +17,7 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
     from rlhfkit.experiment.pretrain import PretrainConfig, pretrain_world
     from rlhfkit.experiment.run import run_world
     from rlhfkit.experiment.sweep import SweepConfig, sweep_kl
+    from rlhfkit.generation.generate import GenerateConfig, generate
     from rlhfkit.label.ai import AIConfig, label_ai
     from rlhfkit.label.export import ExportConfig, StatsConfig, export_labels, labeling_stats
     from rlhfkit.label.revise import ReviseConfig, revise
@@ -39,6 +40,8 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
         ("dpo",): ("direct preference optimisation and its family (--loss sigmoid|ipo|cdpo|robust|hinge|simpo|orpo|kto)",
                    DPOConfig, train_dpo),
         ("pipeline",): ("SFT -> reward model -> PPO in one run directory", PipelineConfig, run_pipeline),
+        ("generate",): ("sample N responses per prompt; with --reward_model keep the best of N (best-of-n)",
+                        GenerateConfig, generate),
         ("world", "pretrain"): ("pretrain the world's base models on its web text", PretrainConfig, pretrain_world),
         ("world", "reason"): ("the reasoning world: SFT, then RL with an answer checker as the only reward; "
                               "pass@k and faithfulness of the working", ReasonConfig, run_reason),
@@ -60,7 +63,10 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, ...], argparse.ArgumentParser]]:
+    import rlhfkit
+
     parser = ConfigArgumentParser(prog="rlhfkit", description="RLHF the InstructGPT way: SFT, reward model, PPO.")
+    parser.add_argument("--version", action="version", version=f"rlhfkit {rlhfkit.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ConfigArgumentParser)
     groups: dict[str, argparse._SubParsersAction] = {}
     parsers = {}

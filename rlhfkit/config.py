@@ -61,6 +61,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "dataset_name": ("data", "prompts"),
     "dataset_text_field": ("text_column",),
     "num_train_epochs": ("num_epochs",),
+    "batch_size": ("per_device_batch_size",),  # the label commands' old name
+    "output_dir": ("out",),  # label commands write files: --output_dir names the file (or a directory for it)
     "per_device_train_batch_size": ("per_device_batch_size",),
     "logging_steps": ("log_every",),
     "save_steps": ("checkpoint_every",),
@@ -74,8 +76,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "num_mini_batches": ("num_minibatches",),
     "cliprange": ("clip_range",),
     "cliprange_value": ("clip_range_value",),
-    "num_generations": ("samples_per_prompt",),
-    "max_completion_length": ("response_length",),
+    "num_generations": ("samples_per_prompt", "n"),
+    "max_completion_length": ("response_length", "max_new_tokens"),
     "epsilon_high": ("clip_range_high",),
     "loss_type": ("loss",),
     "precompute_ref_log_probs": ("precompute_ref_logprobs",),
@@ -89,8 +91,7 @@ _EVAL = (("eval_every", "--eval_every N (every N optimizer steps; 0: at the end)
 _SAVE = (("checkpoint_every", "--checkpoint_every N (optimizer steps) or --checkpoint_minutes M"),)
 INSTEAD: dict[str, tuple[tuple[str, str], ...]] = {
     "max_steps": (("total_episodes", "--total_episodes (responses over the run; a PPO step takes "
-                                     "rollout_batch_size of them)"),
-                  ("num_epochs", "--num_epochs (passes over the data; fractions allowed)")),
+                                     "rollout_batch_size of them)"),),
     "bf16": (("mixed_precision", "--mixed_precision bf16 (or --dtype bfloat16 for bfloat16 weights)"),),
     "fp16": (("mixed_precision", "--mixed_precision fp16 (or --dtype float16 for float16 weights)"),),
     "warmup_steps": (("warmup_ratio", "--warmup_ratio (a share of the optimizer steps)"),),
@@ -100,7 +101,6 @@ INSTEAD: dict[str, tuple[tuple[str, str], ...]] = {
     "save_strategy": _SAVE,
     "logging_strategy": (("log_every", "--log_every N (optimizer steps)"),),
     "per_device_eval_batch_size": (("per_device_batch_size", "--per_device_batch_size (evaluation uses it too)"),),
-    "lora_dropout": (("use_lora", "nothing: rlhfkit's LoRA dropout is 0, so log-probs stay deterministic"),),
 }
 
 

@@ -79,6 +79,16 @@ def atomic_write_text(path: str | Path, text: str, fault: str = "") -> None:
     atomic_write_bytes(path, text.encode("utf-8"), fault)
 
 
+def output_file(path: str | Path, default_name: str) -> Path:
+    """The file a command's --out (or --output_dir) option names: a directory (one that
+    exists, a path ending in '/', or a name without a suffix) gets `default_name` inside it."""
+    text = str(path)
+    p = Path(path)
+    if p.is_dir() or text.endswith(("/", "\\")) or not p.suffix:
+        return p / default_name
+    return p
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict], *, ensure_ascii: bool = True) -> Path:
     """One JSON object a line, written atomically: a resumed run or a reader never sees half
     a file. ensure_ascii=False keeps non-ASCII text as UTF-8 (people's labels) instead of

@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from rlhfkit.config import check_options, check_sets_itself, did_you_mean, nested, option, save_yaml
 from rlhfkit.io import write_json
+from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, for_method, train_dpo
 from rlhfkit.trainers.fingerprint import NOT_RESULT_OPTIONS, options_of
 from rlhfkit.trainers.ppo import train_ppo
@@ -67,6 +68,9 @@ class PipelineConfig:
 def _algo_problem(algo: str) -> str | None:
     if algo == "ppo" or algo in DIRECT_METHODS:
         return None
+    if algo in GROUP_ADVANTAGES:  # critic-free RL runs as the PPO stage with a group baseline
+        return (f"algo: {algo} is an advantage estimator of the RL stage, not a method of its own: use --algo ppo "
+                f"--ppo.advantage_estimator {algo} --ppo.samples_per_prompt 4 (K responses per prompt, 2 or more)")
     return (f"algo: unknown method {algo!r}; choose ppo or one of {sorted(DIRECT_METHODS)}"
             f"{did_you_mean(str(algo), ['ppo', *DIRECT_METHODS])}")
 

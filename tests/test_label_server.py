@@ -200,7 +200,7 @@ def test_kill_9_loses_no_acknowledged_label_and_each_labeler_resumes(tmp_path):
     stop.set()
     for t in threads:
         t.join()
-    stored = {(lab["labeler"], lab["item_id"]) for lab in read_labels(db)}
+    stored = {(lab["labeler"], lab["item"]) for lab in read_labels(db)}  # the items file's ids, as the API's
     for who, items in acked.items():
         assert {(who, i) for i in items} <= stored, f"{who} lost an acknowledged label"
     proc = _start(db, port, tmp_path, "--data", str(data), "--labelers", "ana,ben,cai")  # adds nothing new
@@ -215,3 +215,47 @@ def test_kill_9_loses_no_acknowledged_label_and_each_labeler_resumes(tmp_path):
         proc.kill()
         proc.wait()
     assert len(links.read_text().splitlines()) == 3 and len(Store(db).progress()["labelers"]) == 3
+
+
+def test_api_item_ids_are_the_items_files_ids(app):
+    base, tokens, store = app
+    ana = Client(base, tokens["ana"])
+    seen = []
+    for _ in range(4):
+        nxt = ana.next()
+        seen.append(nxt["item"]["id"])
+        status, data, _ = ana.submit(nxt)
+        assert status == 200, data
+    assert seen == ["q0", "q1", "q2", "q3"]  # _items' own "id" column
+    assert ana.next()["item"] is None
+    labels = read_labels(store.path)
+    assert [lab["item"] for lab in labels if lab["labeler"] == "ana"] == seen
+    ben = Client(base, tokens["ben"])
+    nxt = ben.next()
+    status, data, _ = ben.call("POST", "/api/submit", {"item_id": "nope", "order": [0, 1, 2], "likert": [4] * 3,
+                                                       "flags": [[], [], []]}, {"X-CSRF-Token": nxt["csrf"]})
+    assert status == 400 and "no item 'nope'" in data["error"]
+
+
+def test_curl_as_documented(app, tmp_path):
+    """The curl session in docs/labeling.md, run as written against a live server."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    base, tokens, store = app
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "labeling.md").read_text(encoding="utf-8")
+    script = re.search(r"test_curl_as_documented runs the block below -->\n```bash\n(.*?)```", doc, re.S).group(1)
+    script = re.sub(r"^BASE=.*$", f"BASE={base}", script, flags=re.M)
+    script = re.sub(r"^TOKEN=.*$", f"TOKEN={tokens['ana']}", script, flags=re.M)
+    shell = f'python() {{ "{sys.executable}" "$@"; }}\nset -e\n{script}'
+    done = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    submitted, progress = map(json.loads, done.stdout.strip().splitlines()[-2:])
+    assert submitted["ok"] is True
+    assert progress["labels"] == 1 and progress["labelers"] == {"ana": 1, "ben": 0}
+    (label,) = read_labels(store.path)
+    assert label["item"] == "q0" and label["ranking"] == [1, 0, 2] and label["likert"] == [5, 6, 2]
+    assert label["flags"] == [[], [], ["made_up"]] and label["seconds"] == 30

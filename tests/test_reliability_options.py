@@ -121,8 +121,9 @@ def test_bad_option_is_one_line_naming_it(command, name, value, message, capsys,
 def test_defaults_are_valid_and_python_construction_checks_too(cls):
     cls()
     if cls is not PipelineConfig:
-        with pytest.raises(ConfigError, match="per_device_batch_size must be >= 1"):
-            cls(per_device_batch_size=-4)
+        name = "per_device_train_batch_size" if cls is PPOConfig else "per_device_batch_size"  # PPO's micro-batch
+        with pytest.raises(ConfigError, match=f"{name} must be >= 1"):
+            cls(**{name: -4})
 
 
 def test_yaml_values_are_checked_and_the_file_named(tmp_path):

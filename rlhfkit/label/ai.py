@@ -46,7 +46,7 @@ from rlhfkit.config import check_options, option
 from rlhfkit.data.formats import Where
 from rlhfkit.data.loading import read_rows
 from rlhfkit.data.records import Prompt
-from rlhfkit.io import write_jsonl
+from rlhfkit.io import output_file, write_jsonl
 from rlhfkit.label.export import pair_rows
 from rlhfkit.label.lm import instruction_text, load_lm, model_device, pad_left
 from rlhfkit.label.store import parse_item
@@ -209,15 +209,16 @@ class AIConfig:
     principles: str = option("", "a constitution: one principle a line, put before each comparison (empty: none)")
     ensemble: bool = option(False, "average every principle for each pair (cost x principles) instead of drawing one")
     template: str = option(TEMPLATE, "the judge's template: {instruction}, {answer_a}, {answer_b}; the letter follows it")
-    out: str = option("ai_rankings.jsonl", "K-way rankings (the format `rlhfkit rm` reads) with ai_wins per response")
+    out: str = option("ai_rankings.jsonl", "K-way rankings (the format `rlhfkit rm` reads) with ai_wins per response; a "
+                      "directory gets ai_rankings.jsonl inside (--output_dir is the same option)")
     pairs_out: str = option("", "also write every (chosen, rejected) pair, for DPO (empty: none)")
-    batch_size: int = option(16, "sequences per judge forward pass")
+    per_device_batch_size: int = option(16, "sequences per judge forward pass")
     seed: int = option(0, "seed for drawing a principle per pair")
     dtype: str = option("float32", "judge weights dtype: float32, bfloat16 or float16")
     trust_remote_code: bool = option(False, "allow model code from the checkpoint")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
 
-    RULES: ClassVar[dict] = {"batch_size": ">= 1", "num_threads": ">= 0", "dtype": ("float32", "bfloat16", "float16"), "template": lambda t: next(
+    RULES: ClassVar[dict] = {"per_device_batch_size": ">= 1", "num_threads": ">= 0", "dtype": ("float32", "bfloat16", "float16"), "template": lambda t: next(
         (f"template must contain {f}" for f in ("{instruction}", "{answer_a}", "{answer_b}") if f not in t), None)}
 
     def __post_init__(self) -> None:
@@ -233,8 +234,8 @@ def label_ai(cfg: AIConfig) -> Path:
     model, tokenizer = load_lm(cfg.judge, cfg.dtype, cfg.trust_remote_code, cfg.num_threads)
     stats: dict = {}
     rows = rank_items(model, tokenizer, items, principles, template=cfg.template, ensemble=cfg.ensemble,
-                      seed=cfg.seed, batch_size=cfg.batch_size, stats=stats)
-    path = write_jsonl(cfg.out, rows, ensure_ascii=False)
+                      seed=cfg.seed, batch_size=cfg.per_device_batch_size, stats=stats)
+    path = write_jsonl(output_file(cfg.out, "ai_rankings.jsonl"), rows, ensure_ascii=False)
     if cfg.pairs_out:
         write_jsonl(cfg.pairs_out, pair_rows(rows), ensure_ascii=False)
     print(f"label ai: {len(rows)} items, {sum(len(r['responses']) * (len(r['responses']) - 1) // 2 for r in rows)} "

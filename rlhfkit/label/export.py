@@ -26,7 +26,7 @@ from statistics import mean, median
 from typing import ClassVar
 
 from rlhfkit.config import check_options, option
-from rlhfkit.io import write_jsonl
+from rlhfkit.io import output_file, write_jsonl
 from rlhfkit.label.store import FLAGS, connect
 
 
@@ -144,7 +144,8 @@ class ExportConfig:
     """Write the labels as K-way rankings (`rlhfkit rm --data`) and pairs (`rlhfkit dpo --data`)."""
 
     db: str = option("labels.sqlite", "the labeling database")
-    out: str = option("rankings.jsonl", "K-way rankings: prompt, responses, ranking (0 = best) + labeler metadata")
+    out: str = option("rankings.jsonl", "K-way rankings: prompt, responses, ranking (0 = best) + labeler metadata; a "
+                      "directory gets rankings.jsonl inside (--output_dir is the same option)")
     pairs_out: str = option("", "also write every (chosen, rejected) pair here, for DPO (empty: no pairs file)")
     combine: str = option("all", "all: a row per label; mean: a row per item, ranked by the mean rank of its labelers")
 
@@ -158,7 +159,7 @@ def export_labels(cfg: ExportConfig) -> Path:
     rows = ranking_rows(read_labels(cfg.db), cfg.combine)
     if not rows:
         raise ValueError(f"{cfg.db}: no labels yet")
-    path = write_jsonl(cfg.out, rows, ensure_ascii=False)
+    path = write_jsonl(output_file(cfg.out, "rankings.jsonl"), rows, ensure_ascii=False)
     if cfg.pairs_out:
         write_jsonl(cfg.pairs_out, pair_rows(rows), ensure_ascii=False)
     return path
@@ -169,7 +170,8 @@ class StatsConfig:
     """Inter-labeler agreement on shared items, and per-labeler counts, Likert and flags."""
 
     db: str = option("labels.sqlite", "the labeling database")
-    out: str = option("", "write the figures as JSON here (empty: print only)")
+    out: str = option("", "write the figures as JSON here, a directory gets stats.json (empty: print only; "
+                      "--output_dir is the same option)")
 
 
 def labeling_stats(cfg: StatsConfig) -> Path | str:
@@ -181,6 +183,8 @@ def labeling_stats(cfg: StatsConfig) -> Path | str:
         print(f"  {who}: {s['labels']} labels, mean Likert {s['mean_likert']}, agreement with others "
               f"{stats['per_labeler'].get(who, 'n/a')}, median {s['median_seconds']} s/item")
     if cfg.out:
-        Path(cfg.out).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-        return Path(cfg.out)
+        path = output_file(cfg.out, "stats.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        return path
     return "stats to stdout"

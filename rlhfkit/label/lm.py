@@ -7,13 +7,14 @@ import torch
 from rlhfkit.data.records import Prompt
 
 
-def load_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, num_threads: int = 0):
+def load_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, num_threads: int = 0,
+            chat_template: str = ""):
     """(model in eval mode, tokenizer) from a Hugging Face causal LM directory."""
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
     if num_threads > 0:
         torch.set_num_threads(num_threads)
-    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, chat_template=chat_template or None)
     model = load_causal_lm(path, tokenizer, dtype=dtype, trust_remote_code=trust_remote_code)
     return model.eval(), tokenizer
 

@@ -32,7 +32,7 @@ import torch
 from rlhfkit.config import check_options, option
 from rlhfkit.data.loading import load_prompts
 from rlhfkit.data.tokenize import encode_prompt
-from rlhfkit.io import write_jsonl
+from rlhfkit.io import output_file, write_jsonl
 from rlhfkit.label.ai import read_principles
 from rlhfkit.label.lm import instruction_text, load_lm, sample_texts
 
@@ -97,17 +97,17 @@ class ReviseConfig:
                        "otherwise the model answers first")
     principles: str = option("", "the constitution: one principle a line, or 'critique request | revision request'")
     out: str = option("revisions.jsonl", "SFT records: prompt, completion (the final revision), original, critiques, "
-                      "principles")
+                      "principles; a directory gets revisions.jsonl inside (--output_dir is the same option)")
     rounds: int = option(1, "critique-revision rounds, each under a freshly drawn principle")
     max_new_tokens: int = option(128, "longest response, critique or revision in tokens")
     temperature: float = option(0.0, "sampling temperature of every generation (0: greedy)")
-    batch_size: int = option(16, "sequences generated together")
+    per_device_batch_size: int = option(16, "sequences generated together")
     seed: int = option(0, "seed for drawing principles and sampling")
     dtype: str = option("float32", "model weights dtype: float32, bfloat16 or float16")
     trust_remote_code: bool = option(False, "allow model code from the checkpoint")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
 
-    RULES: ClassVar[dict] = {"rounds": ">= 1", "max_new_tokens": ">= 1", "temperature": ">= 0", "batch_size": ">= 1",
+    RULES: ClassVar[dict] = {"rounds": ">= 1", "max_new_tokens": ">= 1", "temperature": ">= 0", "per_device_batch_size": ">= 1",
                              "num_threads": ">= 0", "dtype": ("float32", "bfloat16", "float16")}
 
     def __post_init__(self) -> None:
@@ -125,16 +125,16 @@ def revise(cfg: ReviseConfig) -> Path:
     if missing:
         ids = [encode_prompt(tokenizer, prompts[i], None) for i in missing]
         texts, _ = sample_texts(model, tokenizer, ids, max_new_tokens=cfg.max_new_tokens,
-                                temperature=cfg.temperature, batch_size=cfg.batch_size)
+                                temperature=cfg.temperature, batch_size=cfg.per_device_batch_size)
         for i, text in zip(missing, texts):
             responses[i] = text.strip()
     results = critique_and_revise(model, tokenizer, prompts, responses, principles, rounds=cfg.rounds,
                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
-                                  batch_size=cfg.batch_size)
+                                  batch_size=cfg.per_device_batch_size)
     rows = [{"prompt": p, "completion": r["revision"], "original": o, "critiques": r["critiques"],
              "principles": r["principles"]} for p, o, r in zip(prompts, responses, results) if r["revision"]]
     if len(rows) < len(results):
         print(f"label revise: {len(results) - len(rows)} empty revision(s) dropped")
     if not rows:
         raise ValueError("every revision came out empty")
-    return write_jsonl(cfg.out, rows, ensure_ascii=False)
+    return write_jsonl(output_file(cfg.out, "revisions.jsonl"), rows, ensure_ascii=False)

@@ -166,7 +166,9 @@ def _api(app, store: Store, labeler_of, max_request_bytes: int) -> None:
                 "progress": store.progress(who, full=False), "item": None}
         if item is not None:
             order = display_order(item.id, who, len(item.responses))
-            body["item"] = {"id": item.id, "prompt": item.prompt,
+            # the id is the items file's own `id` (or, for a row without one, its content hash),
+            # the same `item` that `label export` and read_labels report
+            body["item"] = {"id": item.key, "prompt": item.prompt,
                             "responses": [{"index": i, "text": item.responses[i]} for i in order]}
         return body
 
@@ -193,8 +195,12 @@ def _api(app, store: Store, labeler_of, max_request_bytes: int) -> None:
             data = json.loads(body)
             if not isinstance(data, dict):
                 raise ValueError("expected an object")
+            item_id = store.item_id_for(data.get("item_id"))
+            if item_id is None:
+                raise LabelError(f"item_id: no item {data.get('item_id')!r} (the id /api/next gave, the items "
+                                 "file's id)")
             # committed (and fsynced) before the reply: the page advances only on this 200
-            await run_in_threadpool(store.submit, who, data.get("item_id"), data.get("order"), data.get("likert"),
+            await run_in_threadpool(store.submit, who, item_id, data.get("order"), data.get("likert"),
                                     data.get("flags"), data.get("seconds"))
         except (ValueError, LabelError) as e:  # json.JSONDecodeError is a ValueError
             return error(400, str(e))

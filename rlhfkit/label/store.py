@@ -181,6 +181,14 @@ class Store:
     def check_csrf(self, labeler: str, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(self.csrf_token(labeler), token)
 
+    def item_id_for(self, key: Any) -> int | None:
+        """The database id of the item whose items-file `id` is `key` (a string, or the
+        number the file held), or None."""
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            return None
+        row = self._one("SELECT id FROM items WHERE key = ?", (str(key),))
+        return row["id"] if row else None
+
     def item(self, item_id: int) -> Item | None:
         row = self._one("SELECT * FROM items WHERE id = ?", (item_id,))
         return _item(row) if row else None

@@ -51,11 +51,15 @@ class LoraOptions:
 
 
 def lora_options(cfg) -> LoraOptions | None:
-    """The adapter a trainer's options ask for (use_lora, lora_r, lora_alpha), or None for
-    full fine-tuning. The trainers' option defaults are LoraOptions' own."""
+    """The adapter a trainer's options ask for (use_lora, lora_r, lora_alpha, lora_dropout,
+    lora_target_modules), or None for full fine-tuning. The trainers' option defaults are
+    LoraOptions' own."""
     if not cfg.use_lora:
         return None
-    return LoraOptions(r=cfg.lora_r, alpha=getattr(cfg, "lora_alpha", LoraOptions.alpha))  # rm has no lora_alpha
+    targets = list(getattr(cfg, "lora_target_modules", [LoraOptions.target_modules]))
+    # peft reads "all-linear" only as a string, and a list as module names
+    return LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=getattr(cfg, "lora_dropout", LoraOptions.dropout),
+                       target_modules="all-linear" if targets == ["all-linear"] else targets)
 
 
 def check_model_path(path: str, *, tokenizer: bool = False) -> None:
@@ -137,12 +141,41 @@ def _apply_common(model: PreTrainedModel, tokenizer, *, dropout: bool, gradient_
     return model
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model of a directory that holds only a PEFT adapter (what
+    --save_adapter_only writes: adapter_config.json, no config.json), else None."""
+    import json
+
+    p = Path(path).expanduser()
+    if not (p / "adapter_config.json").is_file() or (p / "config.json").is_file():
+        return None
+    base = json.loads((p / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"model {path}: adapter_config.json names no base_model_name_or_path")
+    return base
+
+
+def _merged_adapter(path: str, base: str, dtype: str, trust_remote_code: bool) -> PreTrainedModel:
+    """The causal LM `base` with the adapter saved in `path` merged into its weights."""
+    from peft import PeftModel
+
+    model = load_causal_lm(base, None, dtype=dtype, trust_remote_code=trust_remote_code)
+    return PeftModel.from_pretrained(model, path).merge_and_unload()
+
+
 def load_causal_lm(path: str, tokenizer, *, dtype: str = "float32", dropout: bool = False,
                    gradient_checkpointing: bool = False, lora: LoraOptions | None = None,
                    trust_remote_code: bool = False) -> PreTrainedModel:
-    """A policy or reference model from any AutoModelForCausalLM checkpoint."""
-    model = _loading(path, lambda: AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=_prefer_safetensors(path)))
+    """A policy or reference model from any AutoModelForCausalLM checkpoint; a directory
+    holding only an adapter is read as its base model with the adapter merged."""
+    base = adapter_base(path)
+    if base is not None:
+        model = _merged_adapter(path, base, dtype, trust_remote_code)
+    else:
+        model = _loading(path, lambda: AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=_prefer_safetensors(path)))
+    if tokenizer is None:  # the bare weights (an adapter's base, merged by the caller)
+        return model
     return _apply_common(model, tokenizer, dropout=dropout, gradient_checkpointing=gradient_checkpointing,
                          lora=lora, task_type="CAUSAL_LM")
 
@@ -191,13 +224,18 @@ def load_scalar_model(path: str, tokenizer, *, new_head: str = "normal", dtype: 
     one-label sequence classifier (a trained reward model) keeps its head: a value
     model initialised from the reward model starts from its scores (N+ details).
     """
-    config = _loading(path, lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
-    already_scalar = is_sequence_classifier(config)
+    adapter_of = adapter_base(path)  # an adapter-only SFT directory: its base, the adapter merged into the trunk
+    source = adapter_of or path
+    config = _loading(source, lambda: AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code))
+    already_scalar = is_sequence_classifier(config) and adapter_of is None
     config.num_labels = 1
     config.pad_token_id = tokenizer.pad_token_id
-    model = _loading(path, lambda: AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-        use_safetensors=_prefer_safetensors(path)))
+    model = _loading(source, lambda: AutoModelForSequenceClassification.from_pretrained(
+        source, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+        use_safetensors=_prefer_safetensors(source)))
+    if adapter_of is not None:
+        trunk = _merged_adapter(path, adapter_of, dtype, trust_remote_code).base_model.state_dict()
+        model.base_model.load_state_dict(trunk)
     if not already_scalar:
         head = scalar_head(model)
         if new_head == "zero":
@@ -273,14 +311,14 @@ def load_reward_model(path: str, tokenizer, *, dtype: str = "float32",
     return loaders[reward_form(config)[0]]()
 
 
-def save_reward_model(model: nn.Module, tokenizer, path: str | Path) -> None:
+def save_reward_model(model: nn.Module, tokenizer, path: str | Path, merge_lora: bool = True) -> None:
     """A reward model as a plain Hugging Face directory; a logratio model's reference
     goes into its subfolder, so the directory is all a user needs to score with it."""
     if isinstance(model, LogRatioRewardModel):
-        save_pretrained_dir(model.policy, tokenizer, path)
+        save_pretrained_dir(model.policy, tokenizer, path, merge_lora=merge_lora)
         save_pretrained_dir(model.reference, tokenizer, reference_path(path, model.config))
         return
-    save_pretrained_dir(model, tokenizer, path)
+    save_pretrained_dir(model, tokenizer, path, merge_lora=merge_lora)
 
 
 def reward_normalisation(model: nn.Module) -> tuple[float, float]:
@@ -347,9 +385,14 @@ def save_pretrained_dir(model: nn.Module, tokenizer, path: str | Path, *, merge_
         tokenizer.save_pretrained(tmp)
         files = sorted((f for f in tmp.rglob("*") if f.is_file()),
                        key=lambda f: (f.suffix not in (".safetensors", ".bin"), str(f)))
+        # safetensors writes the weights through a private temporary file (mode 0600); give them
+        # the mode open() gave config.json, so the directory reads the same for everyone
+        mode = (tmp / "config.json").stat().st_mode & 0o777 if (tmp / "config.json").exists() else None
         for f in files:
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
+            if mode is not None:
+                os.chmod(f, mode)
         for f in files:  # configs last: a directory whose config is new has its new weights
             target = path / f.relative_to(tmp)
             target.parent.mkdir(parents=True, exist_ok=True)

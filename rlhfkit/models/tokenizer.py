@@ -42,7 +42,33 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, *, chat_template: str 
         tokenizer.chat_template = chat_template
     elif not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+        tokenizer.rlhfkit_default_template = True  # the checkpoint brought none: see chat_model()
     return added
+
+
+def chat_model(tokenizer) -> bool:
+    """Whether the model's own tokenizer carries a chat template (a chat or instruction
+    model, or any model rlhfkit saved), rather than rlhfkit's default set by prepare_tokenizer."""
+    return bool(getattr(tokenizer, "chat_template", None)) and not getattr(tokenizer, "rlhfkit_default_template", False)
+
+
+STRING_PROMPTS = ("auto", "chat", "text")
+
+
+def string_prompts_as_chat(tokenizer, mode: str) -> bool:
+    """How a command that samples a model reads plain-string prompts (`--string_prompts`):
+    chat wraps each as one user message through the chat template, text uses it verbatim,
+    auto is chat for a model whose tokenizer has a chat template of its own. A model
+    fine-tuned on chat-formatted prompts (the world's SFT model) given a bare string never
+    sees its assistant cue and often ends at once: empty responses."""
+    if mode not in STRING_PROMPTS:
+        raise ValueError(f"string_prompts must be one of {', '.join(STRING_PROMPTS)}, got {mode!r}")
+    return mode == "chat" or (mode == "auto" and chat_model(tokenizer))
+
+
+def as_user_message(prompt):
+    """A plain-string prompt as a one-turn conversation; a message list as it is."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
 def train_bpe_tokenizer(

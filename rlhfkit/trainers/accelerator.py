@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from rlhfkit.trainers.distributed import cpu_only_launch
+from rlhfkit.trainers.trackers import check_started, prepare_environment, resolve_trackers
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -35,15 +36,18 @@ def make_accelerator(cfg: TrainConfig, project_dir: str | Path) -> Accelerator:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     _allow_new_mixed_precision(cfg.mixed_precision)
+    trackers = resolve_trackers(cfg.report_to)  # names checked, packages found: TrainConfig's RULES
+    prepare_environment(trackers)
     accelerator = Accelerator(
         gradient_accumulation_steps=1,  # trainers accumulate explicitly, normalising by token counts
         cpu=cpu_only_launch(),
         mixed_precision=cfg.mixed_precision,
-        log_with=cfg.report_to or None,
+        log_with=trackers or None,
         project_dir=str(project_dir),
     )
-    if cfg.report_to:  # TensorBoard / W&B through Accelerate's trackers; metrics.jsonl is always written
+    if trackers:  # TensorBoard / W&B / ... through Accelerate's trackers; metrics.jsonl is always written
         flat = {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(Path(project_dir).name or "rlhfkit", config=flat)
+        check_started(accelerator, trackers)
     set_seed(cfg.seed)
     return accelerator

@@ -13,13 +13,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
-def load_records(loader: Callable[..., Any], path: str, columns, on_error: str, accelerator=None) -> list:
-    """Call a data loader; with on_error="skip", print how much was skipped and why."""
-    records = loader(path, columns=columns, on_error=on_error)
+def load_records(loader: Callable[..., Any], path: str, columns, on_error: str, accelerator=None,
+                 split: str | None = None) -> list:
+    """Call a data loader (`split`: a DatasetDict's split, None for the loader's default);
+    with on_error="skip", print how much was skipped and why."""
+    records = loader(path, columns=columns, on_error=on_error, split=split or None)
     report = getattr(records, "skipped", None)
     if report:
         (accelerator.print if accelerator else print)(f"{path}: {report.summary()}")
     return records
+
+
+def train_and_eval_records(loader: Callable[..., Any], cfg, columns, accelerator=None) -> tuple[list, list]:
+    """(training records, held-out records) of a dataset stage: the training split of
+    cfg.data; held out, cfg.eval_data if given, else cfg.data's dataset_test_split if
+    given, else a seeded eval_fraction of the training records."""
+    records = load_records(loader, cfg.data, columns, cfg.on_error, accelerator, split=cfg.dataset_train_split)
+    if cfg.eval_data:
+        return records, load_records(loader, cfg.eval_data, columns, cfg.on_error, accelerator)
+    if cfg.dataset_test_split:
+        return records, load_records(loader, cfg.data, columns, cfg.on_error, accelerator, split=cfg.dataset_test_split)
+    return split_holdout(records, cfg.eval_fraction, cfg.seed)
 
 
 def split_holdout(records: Sequence, fraction: float, seed: int) -> tuple[list, list]:
@@ -44,16 +58,26 @@ def optimization(cfg, model, n_examples: int, accelerator, lengths=None, params=
 
     from rlhfkit.trainers.optim import lr_schedule, make_adam
 
-    optimizer = make_adam(model.parameters() if params is None else params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    plan = step_plan(n_examples, cfg.per_device_batch_size * accelerator.num_processes,
-                     cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.seed,
-                     lengths if getattr(cfg, "group_by_length", False) else None)
+    optimizer = make_adam(model.parameters() if params is None else params, lr=cfg.learning_rate,
+                          weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    plan = run_plan(cfg, n_examples, accelerator.num_processes, lengths)
     if not plan:
         raise ValueError("the plan has no optimizer steps (num_epochs too small for the data?); nothing would be trained")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
     model, optimizer = accelerator.prepare(model, optimizer)
     return model, optimizer, scheduler, plan
+
+
+def run_plan(cfg, n_examples: int, num_processes: int = 1, lengths=None) -> list[list[list[int]]]:
+    """The step plan of a dataset stage: num_epochs passes, or, with max_steps, exactly
+    max_steps optimizer steps over as many passes as they take (TrainingArguments' max_steps)."""
+    args = (n_examples, cfg.per_device_batch_size * num_processes, cfg.gradient_accumulation_steps)
+    grouped = lengths if getattr(cfg, "group_by_length", False) else None
+    if not getattr(cfg, "max_steps", 0):
+        return step_plan(*args, cfg.num_epochs, cfg.seed, grouped)
+    per_epoch = len(step_plan(*args, 1.0, cfg.seed))
+    return step_plan(*args, float(math.ceil(cfg.max_steps / per_epoch)), cfg.seed, grouped)[: cfg.max_steps]
 
 
 GROUP_WINDOW = 50  # micro-batches whose examples are sorted together when grouping by length

@@ -21,26 +21,26 @@ from typing import ClassVar
 import torch
 
 from rlhfkit.config import option
-from rlhfkit.data.loading import ColumnMap
+from rlhfkit.data.loading import ColumnMap, load_labeled, load_preferences
 from rlhfkit.losses.common import tie_half_accuracy
 from rlhfkit.losses.dpo import DPO_LOSSES, DPOLossConfig, PreferenceLogps, dpo_loss
-from rlhfkit.models.loading import LoraOptions, load_causal_lm, load_tokenizer, lora_options, save_pretrained_dir
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer, lora_options, save_pretrained_dir
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.data_plan import optimization, split_holdout
+from rlhfkit.trainers.data_plan import optimization, train_and_eval_records
 from rlhfkit.trainers.distributed import end_stage, step_share
 from rlhfkit.trainers.dpo_data import (
     PreferenceItems,
     encode_items,
     has_label_column,
     item_rows,
-    load_dpo_records,
     reference_table,
     sequence_logps,
 )
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.model_card import publish
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.trainers.train_config import DatasetTrainConfig
 
 REFERENCE_FREE = frozenset({"simpo", "orpo"})
 # Method names `--algo` accepts (pipeline, world run) -> the DPO-family loss. All train
@@ -50,7 +50,7 @@ DIRECT_METHODS = {"dpo": "sigmoid", "ipo": "ipo", "cdpo": "cdpo", "robust": "rob
 
 
 @dataclass
-class DPOConfig(TrainConfig):
+class DPOConfig(DatasetTrainConfig):
     """Preference optimisation of a causal LM without a reward model (DPO family)."""
 
     model: str = option("", "policy to train (usually the SFT model): local Hugging Face directory or hub id")
@@ -74,9 +74,8 @@ class DPOConfig(TrainConfig):
     kto_undesirable_weight: float = option(1.0, "KTO weight lambda_U of undesirable responses")
     precompute_ref_logprobs: bool = option(True, "compute reference log-probs once before training and free "
                                            "the reference (False: keep it and run it every micro-batch)")
-    use_lora: bool = option(False, "train a LoRA adapter (the reference is the disabled adapter; merged on save)")
-    lora_r: int = option(LoraOptions.r, "LoRA rank")
-    lora_alpha: int = option(LoraOptions.alpha, "LoRA alpha")
+    use_lora: bool = option(False, "train a LoRA adapter (the reference is the disabled adapter; merged on save "
+                            "unless save_adapter_only)")
     lr_scheduler: str = option("linear", "learning-rate schedule after warmup: cosine, linear or constant")
     learning_rate: float = option(5e-6, "peak learning rate (AdamW)")
 
@@ -218,14 +217,12 @@ def train_dpo(cfg: DPOConfig) -> Path:
     accelerator = make_accelerator(cfg, out)
     checkpoints = open_stage(cfg, "dpo", accelerator)
     device = accelerator.device
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template or None)
     pad = tokenizer.pad_token_id
-    unpaired = cfg.loss == "kto" and has_label_column(cfg.data, cfg.label_column)
-    records = load_dpo_records(cfg.data, cfg.columns(), cfg, unpaired, accelerator)
-    if cfg.eval_data:
-        held_records = load_dpo_records(cfg.eval_data, cfg.columns(), cfg, unpaired, accelerator)
-    else:  # split prompts before expanding rankings, so no prompt is on both sides
-        records, held_records = split_holdout(records, cfg.eval_fraction, cfg.seed)
+    unpaired = cfg.loss == "kto" and has_label_column(cfg.data, cfg.label_column, cfg.dataset_train_split)
+    # a held-out share is split by prompt before rankings expand to pairs: no prompt is on both sides
+    records, held_records = train_and_eval_records(load_labeled if unpaired else load_preferences, cfg, cfg.columns(),
+                                                   accelerator)
     train = encode_items(records, tokenizer, cfg, unpaired)
     held = encode_items(held_records, tokenizer, cfg, unpaired) if held_records else PreferenceItems([])
 
@@ -272,7 +269,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
     logger.log(len(plan), final)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
+        save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only)
+        publish(out, cfg, "dpo", log=accelerator.print)
     end_stage(accelerator)
     checkpoints.close()
     return out

@@ -38,10 +38,10 @@ class PreferenceItems:
         return len(self.sequences)
 
 
-def has_label_column(path: str, label_column: str) -> bool:
-    """Whether the first record of the data has the KTO label column."""
+def has_label_column(path: str, label_column: str, split: str | None = None) -> bool:
+    """Whether the first record of the data (of `split`) has the KTO label column."""
     try:
-        _, _, row = next(iter(read_rows(path)))
+        _, _, row = next(iter(read_rows(path, split or None)))
     except (StopIteration, DataError):
         return False
     return label_column in row

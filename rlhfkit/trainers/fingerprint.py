@@ -13,7 +13,7 @@ from typing import Any
 # resumes (and a finished pipeline stage counts as the same run).
 NOT_RESULT_OPTIONS = frozenset({"output_dir", "progress", "num_threads", "log_every", "report_to", "checkpoint_every",
                                 "checkpoint_minutes", "keep_checkpoints", "resume", "eval_every",
-                                "num_samples_logged"})
+                                "num_samples_logged", "push_to_hub", "hub_model_id", "hub_private_repo"})
 # Options naming data files (hashed: size and SHA-256) and models (config.json hashed, weight sizes).
 DATA_OPTIONS = ("data", "eval_data", "prompts", "ptx_data", "normalize_on")
 MODEL_OPTIONS = ("model", "ref_model", "reward_model", "value_model")

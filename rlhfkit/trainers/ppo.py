@@ -41,6 +41,7 @@ from rlhfkit.trainers.data_plan import episode_prompts
 from rlhfkit.trainers.distributed import end_stage, global_mean, global_whiten, process_share, seed_per_process
 from rlhfkit.trainers.errors import DivergenceError
 from rlhfkit.trainers.metrics import MetricsLogger, mean_metrics, progress_bar, timer
+from rlhfkit.trainers.model_card import publish
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, lr_schedule, make_adam
 from rlhfkit.trainers.ppo_config import PPOConfig
 from rlhfkit.trainers.ppo_setup import (
@@ -214,14 +215,16 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     sizes = cfg.derived(accelerator.num_processes)
     checkpoints = open_stage(cfg, "ppo", accelerator)
     device = accelerator.device
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template or None)
     tokenizer.padding_side = "left"
     prompt_records, prompt_tokens = load_prompt_set(cfg, tokenizer, accelerator)
     actor_critic, ref_policy = build_models(cfg, tokenizer, device)
     reward = build_reward(cfg, tokenizer, device, reward_fns)
     groups = [{"params": actor_critic.policy.parameters()},
               {"params": actor_critic.critic_parameters(), "lr": cfg.critic_learning_rate or cfg.learning_rate}]
-    optimizer = make_adam(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, decoupled=False)
+    # Adam, as lm-human-preferences; AdamW only when weight decay is asked for (with 0 the two are the same)
+    optimizer = make_adam(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+                          decoupled=cfg.weight_decay > 0)
     warmup = round(cfg.warmup_ratio * sizes["optimizer_steps"])  # linear warmup, then linear decay to 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", sizes["optimizer_steps"], warmup))
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
@@ -292,8 +295,9 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_models(accelerator.unwrap_model(actor_critic), tokenizer, out)
+        save_models(accelerator.unwrap_model(actor_critic), tokenizer, out, merge_lora=not cfg.save_adapter_only)
         write_json(out / "kl_controller.json", kl_ctl.state_dict())
+        publish(out, cfg, "ppo", log=accelerator.print)
     end_stage(accelerator)
     checkpoints.close()
     return out

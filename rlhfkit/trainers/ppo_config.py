@@ -7,7 +7,6 @@ from typing import ClassVar
 
 from rlhfkit.config import ConfigError, check_divisible, option, option_problem
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
-from rlhfkit.models.loading import LoraOptions
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -34,9 +33,9 @@ class PPOConfig(TrainConfig):
                               "checkpoint with a zero-initialised head)")
     value_head_on_policy: bool = option(False, "value function as a zero-initialised head on the policy trunk "
                                         "(lm-human-preferences) instead of a separate value model")
-    use_lora: bool = option(False, "train a LoRA adapter on the policy; the reference is the adapter disabled")
-    lora_r: int = option(LoraOptions.r, "LoRA rank")
-    lora_alpha: int = option(LoraOptions.alpha, "LoRA alpha")
+    use_lora: bool = option(False, "train a LoRA adapter on the policy; the reference is the adapter disabled "
+                            "(merged on save unless save_adapter_only)")
+    max_length: int = option(512, "longest PPO-ptx pretraining text in tokens (ptx_data)")
     prompts: str = option("", "RL prompts: a file or dataset with a prompt column (string or messages)")
     prompt_column: str = option("prompt", "column holding the prompt")
     total_episodes: int = option(1024, "prompts sampled over the whole run (one response each)")

@@ -69,7 +69,8 @@ def build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, object
 
 def load_prompt_set(cfg: PPOConfig, tokenizer, accelerator):
     """The prompt records and their token ids; an error when every prompt was skipped."""
-    records = load_records(load_prompts, cfg.prompts, ColumnMap(prompt=cfg.prompt_column), cfg.on_error, accelerator)
+    records = load_records(load_prompts, cfg.prompts, ColumnMap(prompt=cfg.prompt_column), cfg.on_error, accelerator,
+                           split=cfg.dataset_train_split)
     tokens = encode_prompts(tokenizer, records, cfg.max_prompt_length, on_error=cfg.on_error)
     if not tokens.kept:
         raise ValueError(f"{cfg.prompts}: no prompts left to train on (every one was skipped; see above)")
@@ -87,10 +88,10 @@ def log_samples(samples, step: int, ro: Rollout, tokenizer, prompt_records, n: i
             "score": float(ro.scores[i]), "kl": float(ro.kl[i].sum()), "eos": bool(ro.eos[i])})
 
 
-def save_models(actor_critic: ActorCritic, tokenizer, out: Path) -> None:
-    """The policy as a plain HF directory (LoRA merged); the value model beside it
-    (value_model/, or value_head.safetensors for a head on the policy trunk)."""
-    save_pretrained_dir(actor_critic.policy, tokenizer, out)
+def save_models(actor_critic: ActorCritic, tokenizer, out: Path, merge_lora: bool = True) -> None:
+    """The policy as a plain HF directory (LoRA merged, or the adapter alone); the value
+    model beside it (value_model/, or value_head.safetensors for a head on the policy trunk)."""
+    save_pretrained_dir(actor_critic.policy, tokenizer, out, merge_lora=merge_lora)
     if not actor_critic.has_critic:
         return
     if actor_critic.shared:

@@ -43,7 +43,6 @@ from rlhfkit.models.loading import (
     REWARD_SCALE_KEY,
     REWARD_STD_KEY,
     LogRatioRewardModel,
-    LoraOptions,
     fold_reward_normalisation,
     is_sequence_classifier,
     load_causal_lm,
@@ -56,15 +55,16 @@ from rlhfkit.models.loading import (
 )
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
+from rlhfkit.trainers.data_plan import load_records, optimization, train_and_eval_records
 from rlhfkit.trainers.distributed import end_stage, step_share
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.model_card import publish
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.trainers.train_config import DatasetTrainConfig
 
 
 @dataclass
-class RewardConfig(TrainConfig):
+class RewardConfig(DatasetTrainConfig):
     """Reward model training on pairwise comparisons or K-way rankings."""
 
     model: str = option("", "initial model: a causal LM (a new scalar head is added) or a reward model")
@@ -85,8 +85,6 @@ class RewardConfig(TrainConfig):
                                       "of 2,048 of them put the mean within 0.02 std and the std within 1.5% of the "
                                       "full pass's (the world's reward model)")
     lr_scheduler: str = option("cosine", "learning-rate schedule after warmup: cosine, linear or constant")
-    use_lora: bool = option(False, "train a LoRA adapter (merged into the saved model)")
-    lora_r: int = option(LoraOptions.r, "LoRA rank")
     calibration_bins: list[float] = option([0.0, 0.25, 0.5, 1.0, 2.0, 1e9], "score-gap bin edges for calibration")
     reward_form: str = option("head", "head: a new scalar head on the last token (InstructGPT); mean_logprob: the "
                               "model keeps its LM head and scores a response by reward_scale x its mean token "
@@ -107,6 +105,12 @@ class RewardConfig(TrainConfig):
                                   "length_debias x |corr(r, length)| is added; r alone is saved. The penalty removes "
                                   "length's correlation on the training data whatever its cause, also where better "
                                   "answers really are longer (docs/results.md)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.save_adapter_only:  # PPO and plain transformers read the normalisation from config.json
+            raise ConfigError("save_adapter_only: a reward model is saved whole (its normalisation lives in its "
+                              "config.json); drop save_adapter_only (the adapter is merged)")
 
     RULES: ClassVar[dict] = {"reward_form": REWARD_FORMS, "reward_scale": "> 0", "normalize_max_texts": ">= 0",
                              "head_learning_rate": ">= 0", "center_rewards_coefficient": ">= 0",
@@ -258,13 +262,9 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     accelerator = make_accelerator(cfg, out)
     checkpoints = open_stage(cfg, "rm", accelerator)
     device = accelerator.device
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    records = as_rankings(load_records(load_preferences, cfg.data, cfg.columns(), cfg.on_error, accelerator))
-    if cfg.eval_data:
-        eval_records = as_rankings(load_records(load_preferences, cfg.eval_data, cfg.columns(), cfg.on_error, accelerator))
-        train_records = records
-    else:
-        train_records, eval_records = split_holdout(records, cfg.eval_fraction, cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template or None)
+    train_records, eval_records = map(as_rankings, train_and_eval_records(load_preferences, cfg, cfg.columns(),
+                                                                          accelerator))
     train_enc = _encode(tokenizer, train_records, cfg)
     eval_enc = _encode(tokenizer, eval_records, cfg)
     collator = RankingCollator(tokenizer.pad_token_id)
@@ -332,7 +332,8 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     logger.log(len(plan), final)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_reward_model(unwrapped, tokenizer, out)
+        save_reward_model(unwrapped, tokenizer, out, merge_lora=not cfg.save_adapter_only)
+        publish(out, cfg, "rm", log=accelerator.print)
     end_stage(accelerator)
     checkpoints.close()
     return out

@@ -19,7 +19,6 @@ from rlhfkit.data.tokenize import encode_sft
 from rlhfkit.losses.sft import masked_nll_loss
 from rlhfkit.models.loading import (
     DTYPES,
-    LoraOptions,
     load_causal_lm,
     load_tokenizer,
     lora_options,
@@ -27,15 +26,16 @@ from rlhfkit.models.loading import (
 )
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.data_plan import load_records, optimization, split_holdout
+from rlhfkit.trainers.data_plan import optimization, train_and_eval_records
 from rlhfkit.trainers.distributed import end_stage, step_share
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
+from rlhfkit.trainers.model_card import publish
 from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.trainers.train_config import DatasetTrainConfig
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(DatasetTrainConfig):
     """Supervised fine-tuning of a causal LM on demonstrations."""
 
     model: str = option("", "base model: local Hugging Face directory or hub id")
@@ -49,10 +49,6 @@ class SFTConfig(TrainConfig):
     packing: bool = option(False, "pack several examples per row; attention never crosses documents")
     lr_scheduler: str = option("cosine", "learning-rate schedule after warmup: cosine, linear or constant")
     disable_dropout: bool = option(False, "turn the model's dropout off (InstructGPT kept 0.2 residual dropout for SFT)")
-    use_lora: bool = option(False, "train a LoRA adapter instead of all weights (merged into the saved model)")
-    lora_r: int = option(LoraOptions.r, "LoRA rank")
-    lora_alpha: int = option(LoraOptions.alpha, "LoRA alpha")
-    chat_template: str = option("", "Jinja chat template to use instead of the tokenizer's")
 
     def columns(self) -> ColumnMap:
         return ColumnMap(prompt=self.prompt_column, completion=self.completion_column,
@@ -89,11 +85,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     checkpoints = open_stage(cfg, "sft", accelerator)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
                                chat_template=cfg.chat_template or None)
-    records = load_records(load_sft, cfg.data, cfg.columns(), cfg.on_error, accelerator)
-    if cfg.eval_data:
-        train_records, eval_records = records, load_records(load_sft, cfg.eval_data, cfg.columns(), cfg.on_error, accelerator)
-    else:
-        train_records, eval_records = split_holdout(records, cfg.eval_fraction, cfg.seed)
+    train_records, eval_records = train_and_eval_records(load_sft, cfg, cfg.columns(), accelerator)
     train_examples = _encode_all(train_records, tokenizer, cfg)
     eval_examples = _encode_all(eval_records, tokenizer, cfg)
     if cfg.packing:
@@ -136,7 +128,8 @@ def train_sft(cfg: SFTConfig) -> Path:
         logger.log(total_steps, {"loss/val": val, "final": True})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
+        save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only)
+        publish(out, cfg, "sft", log=accelerator.print)
     end_stage(accelerator)
     checkpoints.close()
     return out
