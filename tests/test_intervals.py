@@ -108,3 +108,16 @@ def test_a_ratio_of_counts_clusters_by_prompt():
     assert figure["mean"] == pytest.approx(0.5)
     half = (figure["ci95"][1] - figure["ci95"][0]) / 2
     assert half == pytest.approx(t_quantile(0.975, 49) * math.sqrt(0.25 / 49), rel=1e-6)
+
+
+def test_model_flops_count_parameters_and_the_share_of_the_peak(tmp_path):
+    from rlhfkit.experiment.flops import flops_table, parameters
+    from rlhfkit.models.loading import count_parameters
+    from rlhfkit.testing import tiny_llama, tiny_tokenizer
+
+    model = tiny_llama(tiny_tokenizer())
+    model.save_pretrained(tmp_path)
+    # float32 safetensors, tied weights stored once (the header adds a few hundred bytes)
+    assert parameters(tmp_path) == pytest.approx(count_parameters(model), rel=0.05)
+    table = flops_table({"sft": 6e9, "rm": 0.0}, {"sft": 3.0, "rm": 1.0}, 1e10)
+    assert table == {"sft": {"flops": 6e9, "seconds": 3.0, "peak_fraction": pytest.approx(0.2)}}

@@ -70,7 +70,7 @@ def test_report_has_every_key(micro_run):
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"world_version", "seeds", "seed_scope", "models", "win_rates", "method_table", "pairwise",
                            "kendall_tau", "likert_ratio_vs_base_large", "paper_likert_ratio", "training",
-                           "reward_model", "eval", "seconds", "per_seed", "ai_labeler"}
+                           "reward_model", "eval", "seconds", "flops", "per_seed", "ai_labeler"}
     assert report["world_version"] == 2 and report["seeds"] == [0] and set(report["per_seed"]) == {"0"}
     assert set(report["models"]) == {"base_small", "base_large", "sft", *METHODS}
     for name, figures in report["models"].items():
@@ -198,8 +198,9 @@ def test_a_lost_evaluation_file_is_recomputed_not_an_error(micro_run, capsys):
     """An eval stage's figures live in eval/NAME.json, beside its marker directory: without
     the file a rerun evaluates that model again (it once stopped at the report instead)."""
     cfg, out = micro_run
-    def figures() -> dict:  # report.json without the seconds (the whole run's and each seed's)
-        report = {k: v for k, v in json.loads((out / "report.json").read_text()).items() if k != "seconds"}
+    def figures() -> dict:  # report.json without the timings (the whole run's and each seed's)
+        report = {k: v for k, v in json.loads((out / "report.json").read_text()).items()
+                  if k not in ("seconds", "flops")}
         return {**report, "per_seed": {s: {k: v for k, v in r.items() if k != "seconds"}
                                        for s, r in report["per_seed"].items()}}
 

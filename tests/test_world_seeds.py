@@ -49,10 +49,12 @@ def two_seeds(standins, tmp_path_factory):
 
 
 def figures(out: Path) -> dict:
-    """report.json without the seconds and the run directory's own paths."""
+    """report.json without the timings (seconds, and the FLOPs' share of the peak) and the
+    run directory's own paths."""
     text = (out / "report.json").read_text().replace(str(out), "RUN")
     report = json.loads(text)
     report.pop("seconds")
+    report.pop("flops")
     for seed in report["per_seed"].values():
         seed.pop("seconds")
     return report
@@ -78,6 +80,14 @@ def test_two_seeds_share_the_recipe_and_report_means_with_intervals(two_seeds):
     assert report["models"]["sft"]["gold"]["seed_std"] is None and report["models"]["sft"]["evaluations"] == 1
     assert report["models"]["ppo"]["evaluations"] == 2
     assert set(report["kendall_tau"]["pairs"]) == {"0-1"}
+    # each stage's model FLOPs against the machine's measured peak: the shared recipe
+    # counted once, every seed's methods summed
+    flops = report["flops"]["stages"]
+    assert report["flops"]["matmul_peak"]["flops_per_second"] > 1e8
+    assert {"sft", "comparisons", "rm", "ppo", "dpo", "eval"} <= set(flops)
+    assert all(0 < row["peak_fraction"] < 1 for row in flops.values())
+    seed0 = json.loads((out / "flops_peak.json").read_text())
+    assert seed0 == report["flops"]["matmul_peak"]  # measured once, so a rebuilt report is the same
     assert "2 seeds (0, 1;" in (out / "report.md").read_text()
 
 

@@ -29,6 +29,8 @@ report.json:
                  follows_pair_accuracy (each with its interval over the held-out prompts), ...
     eval         prompts, validation prompts, temperature, the run's seed and its seeds
     seconds      per stage, summed over the seeds
+    flops        the machine's measured float32 matrix-product peak and, per stage, its model
+                 FLOPs (experiment/flops.py), seconds and the fraction of the peak achieved
     per_seed     {seed: the same report for that seed alone, figures as plain numbers}
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ from itertools import combinations
 from pathlib import Path
 
 from rlhfkit.experiment.data import tasks_of
+from rlhfkit.experiment.flops import flops_table, run_flops
 from rlhfkit.experiment.intervals import kendall_tau, mean_interval, pairwise_table, ratio_interval
 from rlhfkit.experiment.layout import SeedLayout
 from rlhfkit.experiment.report_markdown import PAPER_LIKERT_RATIO, render_markdown
@@ -355,6 +358,10 @@ def build_report(out: Path, cfg, seeds: dict[int, tuple[SeedLayout, dict[str, st
                        "temperature": 1.0, "seed": cfg.seed, "seeds": list(seeds)},
               "seconds": _seconds(shared_seconds, [seconds for _, _, seconds in seeds.values()]),
               "per_seed": {str(s): r for s, (r, _) in per_seed.items()}}
+    flops = run_flops(out, cfg, seeds)
+    report["flops"] = {"matmul_peak": flops["matmul_peak"],
+                       "stages": flops_table(flops["stages"], report["seconds"],
+                                             flops["matmul_peak"]["flops_per_second"])}
     own = per_seed.get(cfg.seed, next(iter(per_seed.values())))[1]
     decodings = _aggregate_decodings(per_seed, tasks)
     details = {"decodings": decodings, "sft_best_temperature": own["sft_best_temperature"], "rm": own["rm"]}

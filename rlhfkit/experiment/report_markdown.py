@@ -231,9 +231,20 @@ def _plots_and_time(report: dict) -> list[str]:
              "Gold score (evaluated on the PPO rollouts during training by a weight-0 reward function) and the proxy "
              "(normalised RM score) against sqrt(KL to SFT) per logged PPO step:", "",
              "![over-optimisation](overoptimisation.png)", "",
-             "## Time (seconds, summed over the seeds)", "", "| stage | seconds |", "|---|---:|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in report["seconds"].items()]
-    return lines + [f"| total | {sum(report['seconds'].values()):.1f} |", ""]
+             "## Time (seconds, summed over the seeds)", ""]
+    flops = report.get("flops") or {"stages": {}, "matmul_peak": {}}
+    peak = flops["matmul_peak"]
+    if peak:
+        lines += [f"Model FLOPs per stage (2N a token forward, 6N trained; an estimate from the tokens each stage "
+                  f"processed, padding not counted) against this machine's measured float32 matrix-product peak, "
+                  f"{_f(peak['flops_per_second'] / 1e9, '.1f')} GFLOP/s on {peak['threads']} thread(s):", ""]
+    lines += ["| stage | seconds | model GFLOP | share of the peak |", "|---|---:|---:|---:|"]
+    for k, v in report["seconds"].items():
+        row = flops["stages"].get(k, {})
+        gflop = _f(row["flops"] / 1e9, ",.0f") if row.get("flops") else ""
+        share = _f(row.get("peak_fraction"), ".1%") if row.get("peak_fraction") is not None else ""
+        lines.append(f"| {k} | {v:.1f} | {gflop} | {share} |")
+    return lines + [f"| total | {sum(report['seconds'].values()):.1f} | | |", ""]
 
 
 def _settings(report: dict, cfg) -> list[str]:
