@@ -217,6 +217,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
     checkpoints = open_stage(cfg, "dpo", accelerator)
+    if checkpoints.finished:  # the directory already holds the model these settings train
+        return checkpoints.skip(accelerator)
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     pad = tokenizer.pad_token_id
@@ -274,7 +276,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     if accelerator.is_main_process:
         save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
     end_stage(accelerator)
-    checkpoints.close()
+    checkpoints.finish()  # records the settings that made the model, beside it
     return out
 
 

@@ -213,6 +213,10 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     accelerator = make_accelerator(cfg, out)
     sizes = cfg.derived(accelerator.num_processes)
     checkpoints = open_stage(cfg, "ppo", accelerator)
+    if checkpoints.finished:  # the directory already holds the model these settings train
+        return checkpoints.skip(accelerator)
+    accelerator.print(f"plan: {sizes['ppo_steps']} PPO steps of {cfg.rollout_batch_size} episodes "
+                      f"({sizes['ppo_steps'] * cfg.rollout_batch_size} episodes, {sizes['optimizer_steps']} optimizer steps)")
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer.padding_side = "left"
@@ -295,5 +299,5 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         save_models(accelerator.unwrap_model(actor_critic), tokenizer, out)
         write_json(out / "kl_controller.json", kl_ctl.state_dict())
     end_stage(accelerator)
-    checkpoints.close()
+    checkpoints.finish()  # records the settings that made the model, beside it
     return out

@@ -87,6 +87,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
     checkpoints = open_stage(cfg, "sft", accelerator)
+    if checkpoints.finished:  # the directory already holds the model these settings train
+        return checkpoints.skip(accelerator)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
                                chat_template=cfg.chat_template or None)
     records = load_records(load_sft, cfg.data, cfg.columns(), cfg.on_error, accelerator)
@@ -138,7 +140,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     if accelerator.is_main_process:
         save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out)
     end_stage(accelerator)
-    checkpoints.close()
+    checkpoints.finish()  # records the settings that made the model, beside it
     return out
 
 
