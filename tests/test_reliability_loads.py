@@ -273,3 +273,18 @@ def test_label_serve_without_the_extra_names_it(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "pip install 'rlhfkit[label]'" in err and "uvicorn is not installed" in err and _one_line(err), err
     assert not (tmp_path / "l.sqlite").exists(), "no database is created before the check"
+
+
+@pytest.mark.parametrize("error", [RuntimeError("an internal bug"), KeyError("model.layers.0"), TypeError("bug")])
+def test_an_internal_error_while_loading_keeps_its_traceback(tiny_model_dir, monkeypatch, error):
+    """Only the library's own errors about the files become one line; anything else is a bug
+    to be seen whole."""
+    import rlhfkit.models.loading as loading
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", broken)
+    with pytest.raises(type(error)) as info:
+        load_causal_lm(tiny_model_dir, load_tokenizer(tiny_model_dir))
+    assert info.value is error
