@@ -115,14 +115,17 @@ def test_reward_function_import_errors_name_it(tmp_path, source, spec, message):
 
 # ----------------------------------------------------------------------------- models and data
 
-@pytest.mark.parametrize("kind", ["missing", "file", "empty_dir"])
+@pytest.mark.parametrize("kind", ["missing", "file", "empty_dir", "fifo"])
 def test_bad_model_path_is_a_one_line_error(tmp_path, kind, tiny_model_dir):
     path = tmp_path / "m"
     if kind == "file":
         path.write_text("not a model")
     elif kind == "empty_dir":
         path.mkdir()
-    message = {"missing": "no such directory", "file": "is a file", "empty_dir": "no config.json"}[kind]
+    elif kind == "fifo":
+        os.mkfifo(path)
+    message = {"missing": "no such directory", "file": "is a file", "empty_dir": "no config.json",
+               "fifo": "is a named pipe or a device"}[kind]
     with pytest.raises(ValueError, match=message):
         load_tokenizer(str(path))
     with pytest.raises(ValueError, match=message):

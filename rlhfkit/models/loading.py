@@ -59,6 +59,8 @@ def check_model_path(path: str, *, tokenizer: bool = False) -> None:
     """A clear error for a model argument that cannot be a model: a missing local path, a
     file, or a directory without config.json (hub ids, `org/name`, pass through)."""
     p = Path(path).expanduser()
+    if p.exists() and not p.is_file() and not p.is_dir():  # not "no such directory": it is there
+        raise ValueError(f"model {path}: is a named pipe or a device, not a Hugging Face model directory")
     if p.is_file():
         raise ValueError(f"model {path}: is a file; expected a Hugging Face model directory (config.json, "
                          "*.safetensors, tokenizer) or a hub id")
