@@ -50,13 +50,38 @@ def _config_not_json(d):
     (d / "config.json").write_text("{ not json")
 
 
+def _config(**changes):
+    def change(d):
+        config = json.loads((d / "config.json").read_text())
+        config.update(changes)
+        (d / "config.json").write_text(json.dumps(config))
+    change.__name__ = "_config_" + "_".join(changes)
+    return change
+
+
+def _write(name, data: bytes):
+    def write(d):
+        (d / name).write_bytes(data)
+    write.__name__ = f"_{name.replace('.', '_')}_{len(data)}_bytes"
+    return write
+
+
 DAMAGED = [  # (what is done to a copy of a good model, text of the error)
     (_truncate, "model.safetensors is damaged or not a safetensors file"),
     (_random_bytes, "model.safetensors is damaged or not a safetensors file"),
     (_broken_header, "model.safetensors is damaged or not a safetensors file"),
+    (_write("model.safetensors", b""), "model.safetensors is damaged or not a safetensors file"),
     (_resized_config, "its weights do not fit its config.json (first: model.embed_tokens.weight is [300, 32] in "
                       "model.safetensors, [300, 64] by config.json)"),
-    (_config_not_json, "cannot load it"),
+    (_config(vocab_size=100), "its weights do not fit its config.json"),
+    (_config_not_json, "config.json is not valid JSON (Expecting property name"),
+    (_write("config.json", b""), "config.json is not valid JSON (Expecting value"),
+    (_write("config.json", b"[]"), "config.json holds a JSON list, not an object"),
+    (_write("config.json", b'{"model_type": "llama", "name": "caf\xe9"}'), "config.json is not UTF-8 text"),
+    (_write("config.json", b"{}"), "cannot load it (Unrecognized model"),
+    (_config(model_type="no_such_architecture"), "cannot load it (The checkpoint you are trying to load has model "
+                                                 "type `no_such_architecture`"),
+    (_config(hidden_size="wide"), "config.json: Validation error for field 'hidden_size'"),
 ]
 LOADERS = {  # how each model option is loaded
     "model": lambda path, tok: load_causal_lm(path, tok),
@@ -86,6 +111,8 @@ def test_damaged_weights_are_one_line_naming_the_model(tmp_path, tiny_model_dir,
     damage(bad)
     if loader == "reward_model" and damage is _resized_config:
         message = "its weights do not fit its config.json"  # the first mismatch may be the head's
+    if loader == "reward_model" and "model_type" in damage.__name__:
+        message = "cannot load it"  # transformers words it otherwise for a sequence classifier
     with pytest.raises(ValueError) as info:
         LOADERS[loader](str(bad), load_tokenizer(tiny_model_dir))
     assert str(info.value).startswith(f"model {bad}: ") and message in str(info.value)
@@ -138,6 +165,23 @@ def test_cli_ppo_refuses_a_plain_causal_lm_as_reward_model(tmp_path, tiny_model_
     err = capsys.readouterr().err
     assert "has no trained score head" in err and "rlhfkit rm" in err and _one_line(err), err
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "tokenizer.json").write_text((d / "tokenizer.json").read_text()[:100]),
+     "tokenizer.json is not valid JSON (Expecting"),
+    (_write("tokenizer.json", b""), "tokenizer.json is not valid JSON"),
+    (_write("tokenizer_config.json", b"{ nope"), "tokenizer_config.json is not valid JSON"),
+    (_write("config.json", b"[1, 2]"), "config.json holds a JSON list, not an object"),
+], ids=["truncated", "empty", "config_not_json", "model_config_a_list"])
+def test_damaged_tokenizer_files_are_one_line_naming_the_file(tmp_path, tiny_model_dir, damage, message):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    damage(bad)
+    with pytest.raises(ValueError) as info:
+        load_tokenizer(str(bad))
+    assert str(info.value).startswith(f"model {bad}: ") and message in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
 
 
 def test_a_model_directory_without_tokenizer_files_says_so(tmp_path, tiny_model_dir):

@@ -79,8 +79,10 @@ def _loading(path: str, load, tokenizer: bool = False):
     """Call load() for the model or tokenizer at `path`, turning a failure to find or read
     it into a one-line ValueError naming the path and what is wrong: a missing or
     unreadable file (OSError, e.g. an uncached hub id offline), damaged weights
-    (safetensors' own error), a config.json that is not JSON, weights whose shapes do not
-    match the config. Any other exception is a bug and keeps its traceback."""
+    (safetensors' own error), a JSON file that does not parse or holds the wrong thing,
+    a config transformers refuses, weights whose shapes do not match the config. Any
+    other exception is a bug and keeps its traceback."""
+    from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
 
     check_model_path(path, tokenizer=tokenizer)
@@ -88,18 +90,43 @@ def _loading(path: str, load, tokenizer: bool = False):
         return load()
     except FileNotFoundError:  # names the missing file already
         raise
-    except OSError as e:
-        raise ValueError(f"model {path}: cannot load it ({_first_line(e)})") from e
     except SafetensorError as e:
         raise ValueError(f"model {path}: {_weights_name(path)} is damaged or not a safetensors file "
                          f"({_first_line(e)}); copy or save the model again") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"model {path}: config.json is not valid JSON ({_first_line(e)})") from e
     except RuntimeError as e:
         if not any(s in str(e) for s in ("size mismatch", "ignore_mismatched_sizes", "automatic conversion")):
             raise
         raise ValueError(f"model {path}: its weights do not fit its config.json"
                          f"{_first_mismatch(path)}; the config and the weights come from different models") from e
+    except StrictDataclassError as e:  # a config.json field of the wrong type
+        raise ValueError(f"model {path}: config.json: {' '.join(str(e).split())}") from e
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        # transformers' words for a file it cannot use (OSError, ValueError), or a JSON file
+        # holding the wrong thing (TypeError, AttributeError: only when a file is found at fault)
+        problem = _bad_json(path)
+        if problem is None and isinstance(e, (TypeError, AttributeError)):
+            raise
+        raise ValueError(f"model {path}: {problem or f'cannot load it ({_first_line(e)})'}") from e
+
+
+def _bad_json(path: str) -> str | None:
+    """What is wrong with the first JSON file of a local model directory that does not
+    parse or is not an object (config.json, tokenizer.json, ...), or None."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    for f in sorted(p.glob("*.json"), key=lambda f: (f.name != "config.json", f.name)):
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            return f"{f.name} is not UTF-8 text (byte {e.start})"
+        except (ValueError, RecursionError) as e:
+            return f"{f.name} is not valid JSON ({_first_line(e)})"
+        except OSError as e:
+            return f"{f.name} cannot be read ({e.strerror or e})"
+        if not isinstance(data, dict):
+            return f"{f.name} holds a JSON {type(data).__name__}, not an object"
+    return None
 
 
 def _first_line(e: BaseException) -> str:
