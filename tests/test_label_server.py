@@ -168,6 +168,15 @@ def test_no_body_under_the_limit_is_a_server_error(app, body, message):
     assert ana.next()["item"]["id"] == nxt["item"]["id"] and read_labels(store.path) == []  # nothing written
 
 
+def test_a_csrf_header_with_non_ascii_bytes_is_refused_not_a_server_error(app):
+    base, tokens, _ = app
+    ana = Client(base, tokens["ana"])
+    nxt = ana.next()
+    status, data, _ = ana.call("POST", "/api/submit", _label(nxt["item"]["id"]),
+                               {"X-CSRF-Token": "caf\xe9".encode("latin-1"), "Content-Type": "application/json"})
+    assert status == 403 and "CSRF" in data["error"]
+
+
 def test_serve_binds_loopback_unless_told(tmp_path):
     with pytest.raises(ValueError, match="allow_remote"):
         serve(ServeConfig(db=str(tmp_path / "l.sqlite"), host="0.0.0.0"))

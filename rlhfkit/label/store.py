@@ -209,7 +209,8 @@ class Store:
         return hmac.new(self._secret, f"csrf:{labeler}".encode(), "sha256").hexdigest()
 
     def check_csrf(self, labeler: str, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(self.csrf_token(labeler), token)
+        # as bytes: compare_digest refuses str with non-ASCII characters (a header's latin-1 bytes)
+        return bool(token) and hmac.compare_digest(self.csrf_token(labeler).encode(), token.encode("utf-8", "replace"))
 
     def item(self, item_id: int) -> Item | None:
         row = self._one("SELECT * FROM items WHERE id = ?", (item_id,))
