@@ -194,3 +194,24 @@ def test_absurd_total_episodes_is_refused_with_the_count(tmp_path, tiny_model_di
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "total_episodes 1e+18 makes 2.5e+17 PPO steps of 4 episodes" in err and "lower --total_episodes" in err
+
+
+def test_a_full_disk_outside_the_saves_is_one_line_and_other_os_errors_keep_their_traceback(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import errno
+
+    import rlhfkit.trainers.sft as sft
+
+    def write_fails(number, text):
+        def train(cfg):
+            raise OSError(number, text, str(tmp_path / "metrics.jsonl"))
+        return train
+
+    monkeypatch.setattr(sft, "train_sft", write_fails(errno.ENOSPC, "No space left on device"))
+    assert main(["sft", "--output_dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"disk full: could not write {tmp_path / 'metrics.jsonl'} (No space left on device)" in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(sft, "train_sft", write_fails(errno.EIO, "Input/output error"))
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["sft", "--output_dir", str(tmp_path)])
