@@ -215,3 +215,13 @@ def test_a_full_disk_outside_the_saves_is_one_line_and_other_os_errors_keep_thei
     monkeypatch.setattr(sft, "train_sft", write_fails(errno.EIO, "Input/output error"))
     with pytest.raises(OSError, match="Input/output error"):
         main(["sft", "--output_dir", str(tmp_path)])
+
+
+def test_a_finished_marker_without_its_model_trains_again(tmp_path, tiny_model_dir, files, capsys):
+    out = tmp_path / "out"
+    argv = _argv("sft", tiny_model_dir, files, out)
+    assert main(argv) == 0
+    (out / "model.safetensors").unlink()  # the model moved away: the marker alone does not make the stage done
+    assert main(argv) == 0
+    assert "is there but the model is not; the stage runs again" in capsys.readouterr().out
+    assert (out / "model.safetensors").exists() and (out / FINISHED).exists()

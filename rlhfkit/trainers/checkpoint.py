@@ -240,6 +240,10 @@ class CheckpointManager:
         out = self.root.parent
         if self.fingerprint is None or not (out / FINISHED).exists():
             return False
+        if not (out / "config.json").is_file() or not any(out.glob("model*.safetensors")):
+            # the model it describes is gone (deleted, or moved away): train, or resume, again
+            self.log(f"warning: {out / FINISHED} is there but the model is not; the stage runs again")
+            return False
         stored = _read_json(out / FINISHED)
         if not isinstance(stored, dict):
             self.log(f"warning: {out / FINISHED} is unreadable; the finished model's settings cannot be compared")
