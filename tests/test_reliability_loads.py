@@ -332,3 +332,13 @@ def test_an_internal_error_while_loading_keeps_its_traceback(tiny_model_dir, mon
     with pytest.raises(type(error)) as info:
         load_causal_lm(tiny_model_dir, load_tokenizer(tiny_model_dir))
     assert info.value is error
+
+
+def test_a_models_own_invalid_chat_template_names_the_model(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    (bad / "chat_template.jinja").write_text("{% if %}")
+    with pytest.raises(ValueError) as info:
+        load_tokenizer(str(bad))
+    assert str(info.value).startswith(f"chat template of {bad}: not a valid Jinja template (line 1:")
+    load_tokenizer(str(bad), chat_template="{{ messages[0]['content'] }}")  # --chat_template replaces it
