@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     name = " ".join(path)
     if unknown:  # reported by the sub-command's parser, which knows its options for a did-you-mean
         parsers[path].error(f"unrecognized arguments: {' '.join(unknown)}")
-    from rlhfkit.trainers.errors import CheckpointError, DivergenceError
+    from rlhfkit.trainers.errors import CheckpointError, DivergenceError, MissingExtraError
 
     _help, cls, fn = _commands()[path]
     vars(args).pop("subcommand", None)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = fn(cfg)
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, DivergenceError,
-            CheckpointError) as e:
+            CheckpointError, MissingExtraError) as e:
         # Bad input is reported in one line naming the file, line and field; no traceback.
         print(f"rlhfkit {name}: error: {e}", file=sys.stderr)
         return 1
@@ -133,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhfkit {name}: interrupted; rerun the same command to resume from the last checkpoint saved",
               file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk outside the saves that say so themselves (a log line, config.yaml)
+        from rlhfkit.io import out_of_space
+
+        if not out_of_space(e):
+            raise
+        print(f"rlhfkit {name}: error: disk full: could not write {e.filename or 'a file'} ({e.strerror or e}); "
+              "free some space and rerun the command", file=sys.stderr)
+        return 1
     except (MemoryError, RuntimeError) as e:
         import torch
 

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import re
 import sys
 import types
 import typing
@@ -295,13 +296,26 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():  # opening a named pipe would wait for a writer
+        raise ConfigError(f"{path}: not a regular file (a named pipe or a device?); --config takes a YAML file")
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; --config takes a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                          "save the recipe as UTF-8") from None
+    except OSError as e:  # permission denied, a named pipe, ...
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except yaml.YAMLError as e:  # one line: where and what, without the parser's multi-line context
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path}: not valid YAML: {where}{what}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -459,6 +473,11 @@ class ConfigArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # `--learning_rate -1e-4` is a value, not an option: argparse's own pattern knows
+        # only -1 and -.5, so an exponent or inf read as a missing value (the range check
+        # then names the option)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$",
+                                                   re.IGNORECASE)
         self.config_class: type | None = None  # set by add_config_arguments
         self.stages: dict[str, tuple[str, int]] = {}  # stage -> (help, options listed)
 

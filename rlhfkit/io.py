@@ -12,6 +12,7 @@ process SIGKILL itself the n-th time (default 1st) it passes `fault_point(<point
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -19,6 +20,59 @@ import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+# ----------------------------------------------------------------------------- a full disk
+
+# "No space left on device", "File too large" (a file-size limit: RLIMIT_FSIZE, a
+# filesystem's largest file), "Disk quota exceeded"
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+# the same errors as torch's and safetensors' writers word them (a RuntimeError and a
+# SafetensorError that carry no errno)
+_NO_SPACE_TEXT = ("no space left on device", "file too large", "disk quota exceeded", "storagefull",
+                  "filetoolarge", "os error 28", "os error 27", "os error 122")
+
+
+def out_of_space(e: BaseException | None) -> bool:
+    """Whether `e`, or an exception it was raised from, says the disk (or a size limit) is full."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+            return True
+        if any(t in str(e).lower() for t in _NO_SPACE_TEXT):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state dict: what saving it will write, near enough."""
+    if hasattr(obj, "element_size") and hasattr(obj, "numel"):
+        return obj.element_size() * obj.numel()
+    if isinstance(obj, dict):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} bytes"
+
+
+def disk_full_message(directory: str | Path, needed: int, advice: str = "free some space and rerun the command") -> str:
+    """One line for a save that ran out of space: where, how much it needs, how much is free."""
+    import shutil
+
+    try:
+        free = f"{_size(shutil.disk_usage(directory).free)} free there"
+    except OSError:
+        free = "free space unknown"
+    return f"disk full: writing {directory} needs about {_size(needed)} ({needed} bytes; {free}); {advice}"
+
 
 # ----------------------------------------------------------------------------- fault injection
 

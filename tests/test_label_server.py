@@ -131,6 +131,52 @@ def test_responses_are_shuffled_per_labeler_and_mapped_back(app):
         assert [labels[who][i] for i in shown] == [0, 1, 2]
 
 
+def _label(item_id, **changes):
+    return json.dumps({"item_id": item_id, "order": [0, 1, 2], "likert": [4, 4, 4], "flags": [[], [], []],
+                       **changes}).encode()
+
+
+HOSTILE_BODIES = [  # (body under the size limit, text of the 400's error)
+    (_label(10 ** 30), "no item 1000000000000000000000000000000"),
+    (_label(-(10 ** 30)), "no item -1000000000000000000000000000000"),
+    (b'{"item_id": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "JSON nested too deeply"),
+    (b"[" * 32_000 + b"]" * 32_000, "JSON nested too deeply"),
+    (b'{"item_id": 1' + b"0" * 5000 + b"}", "integer string conversion"),
+    (_label(1, flags=[[["instruction"]], [], []]), "flags: expected 3 lists of"),
+    (_label(1, flags=[[{"a": 1}], [], []]), "flags: expected 3 lists of"),
+    (_label(1, order=[10 ** 30, 0, 1]), "order: expected every response index"),
+    (_label(1, likert=[1e308, 4, 4]), "likert: expected 3 integers"),
+    (_label(1, seconds=10 ** 30), "seconds: expected a non-negative number"),
+    (_label(1.5), "item_id: expected an integer"),
+    (_label(True), "item_id: expected an integer"),
+    (b'{"item_id": NaN}', "item_id: expected an integer"),
+    (b"\x92{}", "codec can't decode"),
+    (b'"just a string"', "expected an object"),
+    (b"", "Expecting value"),
+]
+
+
+@pytest.mark.parametrize("body,message", HOSTILE_BODIES, ids=range(len(HOSTILE_BODIES)))
+def test_no_body_under_the_limit_is_a_server_error(app, body, message):
+    base, tokens, store = app
+    ana = Client(base, tokens["ana"])
+    nxt = ana.next()
+    assert len(body) < 65536
+    status, data, _ = ana.call("POST", "/api/submit", body, {"X-CSRF-Token": nxt["csrf"],
+                                                              "Content-Type": "application/json"})
+    assert status == 400 and message in data["error"], (status, data)
+    assert ana.next()["item"]["id"] == nxt["item"]["id"] and read_labels(store.path) == []  # nothing written
+
+
+def test_a_csrf_header_with_non_ascii_bytes_is_refused_not_a_server_error(app):
+    base, tokens, _ = app
+    ana = Client(base, tokens["ana"])
+    nxt = ana.next()
+    status, data, _ = ana.call("POST", "/api/submit", _label(nxt["item"]["id"]),
+                               {"X-CSRF-Token": "caf\xe9".encode("latin-1"), "Content-Type": "application/json"})
+    assert status == 403 and "CSRF" in data["error"]
+
+
 def test_serve_binds_loopback_unless_told(tmp_path):
     with pytest.raises(ValueError, match="allow_remote"):
         serve(ServeConfig(db=str(tmp_path / "l.sqlite"), host="0.0.0.0"))

@@ -83,7 +83,7 @@ def test_head_with_a_bias_holds_the_whole_normalisation(tmp_path):
 def test_mean_logprob_reward_model_is_left_alone(tmp_path):
     base = save_tiny_model(tmp_path / "base")
     tokenizer = load_tokenizer(base)
-    model = load_reward_model(base, tokenizer)
+    model = load_scalar_model(base, tokenizer)  # a base model has no trained head to load as a reward model
     model.config.rlhfkit_reward_form = "mean_logprob"
     setattr(model.config, REWARD_STD_KEY, 3.0)
     assert not fold_reward_normalisation(model)

@@ -85,7 +85,13 @@ def test_ppo_cli_with_python_reward_and_with_reward_model(setup, tmp_path):
     fn = subprocess.run(cli + common + ["--output_dir", str(tmp_path / "fn"), "--reward_functions",
                                         f"{reward_file}:brevity"], capture_output=True, text=True, env=env)
     assert fn.returncode == 0, fn.stderr
-    rm_dir = save_tiny_model(tmp_path / "rm")  # a causal LM checkpoint gets a fresh scalar head
+    # a reward model as `rlhfkit rm` saves it: a one-label sequence classifier (a plain causal LM is refused)
+    from rlhfkit.models.loading import load_scalar_model, load_tokenizer, save_pretrained_dir
+
+    base = save_tiny_model(tmp_path / "base")
+    tokenizer = load_tokenizer(base)
+    rm_dir = str(tmp_path / "rm")
+    save_pretrained_dir(load_scalar_model(base, tokenizer), tokenizer, rm_dir)
     rm = subprocess.run(cli + common + ["--output_dir", str(tmp_path / "rm_run"), "--reward_model", rm_dir],
                         capture_output=True, text=True, env=env)
     assert rm.returncode == 0, rm.stderr

@@ -5,6 +5,7 @@ or data refuses to resume unless forced (and then applies them), a second run in
 the same directory fails at once naming the first one's pid, leftovers of killed
 saves are removed, and every JSON file is strict."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -114,14 +115,17 @@ def test_reward_function_import_errors_name_it(tmp_path, source, spec, message):
 
 # ----------------------------------------------------------------------------- models and data
 
-@pytest.mark.parametrize("kind", ["missing", "file", "empty_dir"])
+@pytest.mark.parametrize("kind", ["missing", "file", "empty_dir", "fifo"])
 def test_bad_model_path_is_a_one_line_error(tmp_path, kind, tiny_model_dir):
     path = tmp_path / "m"
     if kind == "file":
         path.write_text("not a model")
     elif kind == "empty_dir":
         path.mkdir()
-    message = {"missing": "no such directory", "file": "is a file", "empty_dir": "no config.json"}[kind]
+    elif kind == "fifo":
+        os.mkfifo(path)
+    message = {"missing": "no such directory", "file": "is a file", "empty_dir": "no config.json",
+               "fifo": "is a named pipe or a device"}[kind]
     with pytest.raises(ValueError, match=message):
         load_tokenizer(str(path))
     with pytest.raises(ValueError, match=message):
@@ -275,6 +279,68 @@ def test_bad_data_file_is_a_file_line_error(tmp_path, name, content, message):
     with pytest.raises(DataError) as info:
         load_sft(str(tmp_path / name))
     assert message in str(info.value)
+
+
+def _text_only_directory(path):
+    path.mkdir()
+    (path / "notes.txt").write_text("hello")
+
+
+def _empty_prompt(path):
+    path.write_text(json.dumps({"prompt": "", "completion": "x"}) + "\n")
+
+
+NOT_DATA = [  # (how the --data path is made, text of the DataError) for what used to load silently or wrongly
+    (_text_only_directory, "a directory with no data files (expected .jsonl"),
+    (lambda p: os.mkfifo(p), "is a named pipe, not a regular file"),
+    (_empty_prompt, ":1: field 'prompt': empty string"),
+]
+
+
+@pytest.mark.parametrize("make,message", NOT_DATA, ids=["txt_directory", "fifo", "empty_prompt"])
+def test_what_is_not_sft_data_is_a_data_error(tmp_path, make, message):
+    from rlhfkit.data.errors import DataError
+    from rlhfkit.data.loading import load_sft
+
+    path = tmp_path / ("data.jsonl" if make is _empty_prompt else "data")
+    make(path)
+    with pytest.raises(DataError) as info:
+        load_sft(str(path))
+    assert str(info.value).startswith(str(path)) and message in str(info.value)
+
+
+def test_a_directory_of_jsonl_files_is_still_data(tmp_path):
+    from rlhfkit.data.loading import load_sft
+
+    (tmp_path / "d").mkdir()
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"prompt": "Say a.", "completion": "a."}] * 3)
+    (tmp_path / "d" / "README.txt").write_text("notes beside the data are ignored")
+    assert len(load_sft(str(tmp_path / "d"))) == 3
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
+def test_an_eval_fraction_leaving_nothing_to_train_on_names_it(tmp_path, tiny_model_dir, stage, capsys):
+    rows = ([{"prompt": f"Say {w}.", "completion": f"{w}."} for w in "abcdef"] if stage == "sft"
+            else [{"prompt": f"Say {w}.", "chosen": f"{w}.", "rejected": "no"} for w in "abcdef"])
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    assert main([stage, "--model", tiny_model_dir, "--data", data, "--output_dir", str(tmp_path / "out"),
+                 "--eval_fraction", "0.99", "--progress", "false"]) == 1
+    err = capsys.readouterr().err
+    assert "--eval_fraction 0.99 holds out 6 of the 6 records, leaving none to train on" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_rm_use_margin_on_data_without_margins_is_refused(tmp_path, tiny_model_dir, capsys):
+    rows = [{"prompt": f"Say {w}.", "chosen": f"{w}.", "rejected": "no"} for w in "abcdef"]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    argv = ["rm", "--model", tiny_model_dir, "--data", data, "--output_dir", str(tmp_path / "out"), "--eval_fraction",
+            "0", "--progress", "false", "--use_margin", "true"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--use_margin true: 6 of 6 comparisons have no margin (column 'margin'" in err and "d.jsonl:1" in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    write_jsonl(tmp_path / "d.jsonl", [{**r, "margin": 1.0} for r in rows])
+    assert main(argv) == 0  # with the column it trains
 
 
 def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_data_on_purpose(tmp_path):

@@ -147,3 +147,28 @@ def test_a_zero_step_plan_is_refused_never_a_saved_base_model():
     with pytest.raises(ValueError, match="no training examples"):
         step_plan(0, 4, 1, 1.0, seed=0)
     assert len(step_plan(10, 4, 1, 1e-9, seed=0)) == 1 and not math.isnan(1e-9)
+
+
+NEGATIVE_AFTER_A_SPACE = [  # `--option -value` (no "="): a value, whatever its spelling, then the range check
+    (["sft", "--learning_rate", "-1e-4"], "learning_rate must be positive, got -0.0001"),
+    (["sft", "--weight_decay", "-1E2"], "weight_decay must be >= 0, got -100.0"),
+    (["sft", "--num_epochs", "-inf"], "num_epochs must be positive, got -inf"),
+    (["sft", "--warmup_ratio", "-.5"], "warmup_ratio must be in [0, 1], got -0.5"),
+    (["ppo", "--kl_coef", "-2.5e-1"], "kl_coef must be >= 0, got -0.25"),
+    (["sft", "--per_device_batch_size", "-4"], "per_device_batch_size must be >= 1, got -4"),
+]
+
+
+@pytest.mark.parametrize("argv,message", NEGATIVE_AFTER_A_SPACE, ids=[a[2] for a, _ in NEGATIVE_AFTER_A_SPACE])
+def test_a_negative_number_after_a_space_is_the_options_value(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "expected one argument" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_an_option_after_an_option_is_still_a_missing_value(capsys):
+    with pytest.raises(SystemExit):
+        main(["sft", "--learning_rate", "--seed", "1"])
+    assert "argument --learning_rate: expected one argument" in capsys.readouterr().err

@@ -438,7 +438,9 @@ def parse_sft_row(row: dict, cols: ColumnMap, where: Where) -> SFTRecord:
     if present(row, cols.completion) or (
         present(row, cols.prompt) and not present(row, cols.messages) and not present(row, cols.text)
     ):
-        prompt = as_prompt(require(row, cols, "prompt", where), where, cols.prompt, allow_empty=True)
+        # an empty prompt is refused as PPO refuses it (a completion with no instruction is the
+        # text format's job: --text_column, loss on every token)
+        prompt = as_prompt(require(row, cols, "prompt", where), where, cols.prompt)
         raw = require(row, cols, "completion", where)
         completion = as_response(raw, where, cols.completion)
         if isinstance(raw, list) and isinstance(prompt, str):  # conversational: the prompt is a user turn

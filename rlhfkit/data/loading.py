@@ -55,6 +55,8 @@ __all__ = [
 
 MEMORY = "<memory>"
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
+# what a plain directory of data files may hold for datasets.load_dataset (its own .arrow too)
+_DIRECTORY_SUFFIXES = (*_SUFFIXES, ".arrow")
 R = TypeVar("R")
 Row = dict[str, Any]
 _Item = tuple[str, int | None, "Row | DataError"]
@@ -123,6 +125,9 @@ def _from_path(path: str, split: str | None) -> Iterator[_Item]:
         yield from _from_directory(p, split)
         return
     kind = _SUFFIXES.get(p.suffix.lower())
+    if p.exists() and not p.is_file():  # a named pipe, socket or device: not "no such file"
+        raise DataError(f"is a {_special_kind(p)}, not a regular file; write the data to a file (it is read more "
+                        "than once: hashed for the checkpoint fingerprint, then loaded)", source=path, reason="format")
     if p.is_file():
         if kind is None:
             raise DataError(f"unsupported file type {p.suffix!r} (expected one of {sorted(_SUFFIXES)})",
@@ -133,6 +138,14 @@ def _from_path(path: str, split: str | None) -> Iterator[_Item]:
     if looks_local:
         raise DataError("no such file or directory", source=path, reason="not_found")
     yield from _from_hub(path, split)
+
+
+def _special_kind(p: Path) -> str:
+    import stat
+
+    mode = p.stat().st_mode
+    return ("named pipe" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+            else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
 
 
 def _from_dataset(ds, source: str) -> Iterator[_Item]:
@@ -162,6 +175,13 @@ def _from_directory(p: Path, split: str | None) -> Iterator[_Item]:
             raise DataError(f"cannot load the saved dataset: {type(e).__name__}: {e}", source=source, reason="load") from e
         yield from _from_dataset(_pick_split(ds, split, source), source)
         return
+    files = [f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+    if not any(f.suffix.lower() in _DIRECTORY_SUFFIXES for f in files):
+        # datasets.load_dataset would read anything else as text, one record a line
+        found = ", ".join(sorted(str(f.relative_to(p)) for f in files)[:5]) or "nothing"
+        raise DataError(f"a directory with no data files (expected {', '.join(_DIRECTORY_SUFFIXES)} files, or a "
+                        f"saved dataset with dataset_dict.json/state.json); found: {found}", source=source,
+                        reason="format")
     try:
         ds = datasets.load_dataset(str(p), split=split or "train")
     except Exception as e:  # noqa: BLE001

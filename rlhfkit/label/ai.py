@@ -200,6 +200,35 @@ def rank_items(model, tokenizer, items: list[dict], principles: list[str] | None
     return rows
 
 
+TEMPLATE_FIELDS = ("instruction", "answer_a", "answer_b")
+
+
+def template_problem(template: str) -> str | None:
+    """What is wrong with a judge template (str.format syntax), or None: a field it must
+    have is missing, it names a field there is no value for, or its braces do not pair
+    (a lone `{` or `}`: literal braces are written `{{` and `}}`)."""
+    import string
+
+    fields = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+    try:
+        named = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        return f"template is not a valid format string ({e}); the fields are {fields}, literal braces are {{{{ and }}}}"
+    roots = [n.split(".")[0].split("[")[0] for n in named]
+    unknown = next((n for n, root in zip(named, roots) if root not in TEMPLATE_FIELDS), None)
+    if unknown is not None:
+        return (f"template has an unknown field {{{unknown}}}; the fields are {fields} "
+                "(literal braces are {{ and }})")
+    missing = next((f for f in TEMPLATE_FIELDS if f not in roots), None)
+    if missing is not None:
+        return f"template must contain {{{missing}}}"
+    try:
+        template.format(**{f: "x" for f in TEMPLATE_FIELDS})
+    except (AttributeError, IndexError, KeyError, ValueError, TypeError) as e:
+        return f"template cannot be filled in ({type(e).__name__}: {e}); the fields are {fields}"
+    return None
+
+
 @dataclass
 class AIConfig:
     """Rank items with a causal LM judge (Constitutional AI's multiple-choice method, both orders)."""
@@ -218,8 +247,8 @@ class AIConfig:
     trust_remote_code: bool = option(False, "allow model code from the checkpoint")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
 
-    RULES: ClassVar[dict] = {"per_device_batch_size": ">= 1", "num_threads": ">= 0", "dtype": ("float32", "bfloat16", "float16"), "template": lambda t: next(
-        (f"template must contain {f}" for f in ("{instruction}", "{answer_a}", "{answer_b}") if f not in t), None)}
+    RULES: ClassVar[dict] = {"per_device_batch_size": ">= 1", "num_threads": ">= 0",
+                             "dtype": ("float32", "bfloat16", "float16"), "template": lambda t: template_problem(t)}
 
     def __post_init__(self) -> None:
         check_options(self)

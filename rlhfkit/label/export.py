@@ -18,6 +18,7 @@ then response order).
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
@@ -32,13 +33,13 @@ from rlhfkit.label.store import FLAGS, connect
 
 def read_labels(db: str | Path) -> list[dict]:
     """Every label joined with its item, ordered by item then labeler."""
-    if not Path(db).exists():
-        raise FileNotFoundError(f"no labels database at {db}")
-    conn = connect(db)
+    conn = connect(db, create=False)
     try:
         rows = conn.execute("""SELECT i.id, i.key, i.prompt, i.responses, i.extra, l.labeler, l.ranking, l.likert,
                                       l.flags, l.seconds FROM labels l JOIN items i ON i.id = l.item_id
                                ORDER BY i.id, l.labeler""").fetchall()
+    except sqlite3.DatabaseError as e:  # a damaged file behind a valid header
+        raise ValueError(f"labels database {db}: cannot read its labels ({e})") from None
     finally:
         conn.close()
     return [{"item_id": r["id"], "item": r["key"], "prompt": json.loads(r["prompt"]),

@@ -192,7 +192,10 @@ def _api(app, store: Store, labeler_of, max_request_bytes: int) -> None:
             if len(body) > max_request_bytes:
                 return error(413, f"request body over {max_request_bytes} bytes")
         try:
-            data = json.loads(body)
+            try:
+                data = json.loads(body)
+            except RecursionError:  # nesting deeper than the parser's stack, well under the size limit
+                raise ValueError("JSON nested too deeply") from None
             if not isinstance(data, dict):
                 raise ValueError("expected an object")
             item_id = store.item_id_for(data.get("item_id"))
@@ -249,6 +252,9 @@ def background_server(store: Store, host: str = "127.0.0.1", port: int = 0, max_
 
 
 def serve(cfg: ServeConfig) -> Path:
+    from rlhfkit.trainers.errors import require_extra
+
+    require_extra("label", "fastapi", "uvicorn")  # before the database is opened or created
     import uvicorn
 
     if not _is_loopback(cfg.host) and not cfg.allow_remote:

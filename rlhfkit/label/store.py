@@ -74,11 +74,41 @@ class Item:
     extra: dict  # other columns of the data row (e.g. "terminated")
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")  # fsync at each commit: a label is on disk before the reply
-    conn.execute("PRAGMA foreign_keys=ON")
+TABLES = ("meta", "items", "labelers", "assignments", "labels")
+
+
+def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
+    """An open labeling database. Anything that is not one is refused in one line naming
+    the path, before a byte is written: a directory, a missing parent directory (or a
+    missing file when `create` is False), a file that is not SQLite, and another
+    program's SQLite file (it is never given this schema or switched to WAL)."""
+    p = Path(path)
+    where = f"labels database {path}"
+    if p.is_dir():
+        raise ValueError(f"{where}: is a directory; expected an SQLite file (created if missing)")
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{where}: not a regular file (a pipe or a device?)")
+    if not p.exists():
+        if not create:
+            raise FileNotFoundError(f"no labels database at {path}")
+        if not p.parent.is_dir():
+            raise ValueError(f"{where}: its directory {p.parent} does not exist")
+    try:
+        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:  # "file is not a database", "unable to open database file", ...
+        raise ValueError(f"{where}: cannot open it as an SQLite database ({e})") from None
+    if tables and not {"items", "labels"} <= tables:
+        conn.close()
+        raise ValueError(f"{where}: is another program's SQLite database (tables: {', '.join(sorted(tables))}), "
+                         f"not a labeling database ({', '.join(TABLES)}); give a new --db path")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # fsync at each commit: a label is on disk before the reply
+        conn.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.DatabaseError as e:  # e.g. a read-only file or directory
+        conn.close()
+        raise ValueError(f"{where}: cannot open it for writing ({e})") from None
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -179,7 +209,8 @@ class Store:
         return hmac.new(self._secret, f"csrf:{labeler}".encode(), "sha256").hexdigest()
 
     def check_csrf(self, labeler: str, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(self.csrf_token(labeler), token)
+        # as bytes: compare_digest refuses str with non-ASCII characters (a header's latin-1 bytes)
+        return bool(token) and hmac.compare_digest(self.csrf_token(labeler).encode(), token.encode("utf-8", "replace"))
 
     def item_id_for(self, key: Any) -> int | None:
         """The database id of the item whose items-file `id` is `key` (a string, or the
@@ -229,6 +260,8 @@ class Store:
         response. A labeler may resubmit an item (the last submission counts)."""
         if not isinstance(item_id, int) or isinstance(item_id, bool):
             raise LabelError("item_id: expected an integer")
+        if not -(1 << 63) <= item_id < 1 << 63:  # SQLite's integers are 64-bit: no such item
+            raise LabelError(f"no item {item_id}")
         with self._tx() as c:
             row = c.execute("SELECT responses FROM items WHERE id = ?", (item_id,)).fetchone()
             if row is None:
@@ -283,7 +316,7 @@ def _validate(k: int, order: Any, likert: Any, flags: Any) -> tuple[list[int], l
     if flags is None:
         flags = [[] for _ in range(k)]
     if (not isinstance(flags, list) or len(flags) != k
-            or not all(isinstance(f, list) and all(x in FLAGS for x in f) for f in flags)):
+            or not all(isinstance(f, list) and all(isinstance(x, str) and x in FLAGS for x in f) for f in flags)):
         raise LabelError(f"flags: expected {k} lists of {sorted(FLAGS)}")
     ranking = [0] * k
     for rank, i in enumerate(order):

@@ -4,6 +4,7 @@ distinct from EOS, dropout off, scalar heads initialised N(0, 1/sqrt(d+1)).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,8 @@ def check_model_path(path: str, *, tokenizer: bool = False) -> None:
     """A clear error for a model argument that cannot be a model: a missing local path, a
     file, or a directory without config.json (hub ids, `org/name`, pass through)."""
     p = Path(path).expanduser()
+    if p.exists() and not p.is_file() and not p.is_dir():  # not "no such directory": it is there
+        raise ValueError(f"model {path}: is a named pipe or a device, not a Hugging Face model directory")
     if p.is_file():
         raise ValueError(f"model {path}: is a file; expected a Hugging Face model directory (config.json, "
                          "*.safetensors, tokenizer) or a hub id")
@@ -82,18 +85,109 @@ def check_model_path(path: str, *, tokenizer: bool = False) -> None:
 
 def _loading(path: str, load, tokenizer: bool = False):
     """Call load() for the model or tokenizer at `path`, turning a failure to find or read
-    it (OSError, e.g. an uncached hub id offline) into a one-line ValueError."""
+    it into a one-line ValueError naming the path and what is wrong: a missing or
+    unreadable file (OSError, e.g. an uncached hub id offline), damaged weights
+    (safetensors' own error), a JSON file that does not parse or holds the wrong thing,
+    a config transformers refuses, weights whose shapes do not match the config. Any
+    other exception is a bug and keeps its traceback."""
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
     check_model_path(path, tokenizer=tokenizer)
     try:
         return load()
     except FileNotFoundError:  # names the missing file already
         raise
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"model {path}: cannot load it ({first[:300]})") from e
+    except SafetensorError as e:
+        raise ValueError(f"model {path}: {_weights_name(path)} is damaged or not a safetensors file "
+                         f"({_first_line(e)}); copy or save the model again") from e
+    except RuntimeError as e:
+        if not any(s in str(e) for s in ("size mismatch", "ignore_mismatched_sizes", "automatic conversion")):
+            raise
+        raise ValueError(f"model {path}: its weights do not fit its config.json"
+                         f"{_first_mismatch(path)}; the config and the weights come from different models") from e
+    except StrictDataclassError as e:  # a config.json field of the wrong type
+        raise ValueError(f"model {path}: config.json: {' '.join(str(e).split())}") from e
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        # transformers' words for a file it cannot use (OSError, ValueError), or a JSON file
+        # holding the wrong thing (TypeError, AttributeError: only when a file is found at fault)
+        problem = _bad_json(path)
+        if problem is None and isinstance(e, (TypeError, AttributeError)):
+            raise
+        raise ValueError(f"model {path}: {problem or f'cannot load it ({_first_line(e)})'}") from e
+
+
+def _bad_json(path: str) -> str | None:
+    """What is wrong with the first JSON file of a local model directory that does not
+    parse or is not an object (config.json, tokenizer.json, ...), or None."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    for f in sorted(p.glob("*.json"), key=lambda f: (f.name != "config.json", f.name)):
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            return f"{f.name} is not UTF-8 text (byte {e.start})"
+        except (ValueError, RecursionError) as e:
+            return f"{f.name} is not valid JSON ({_first_line(e)})"
+        except OSError as e:
+            return f"{f.name} cannot be read ({e.strerror or e})"
+        if not isinstance(data, dict):
+            return f"{f.name} holds a JSON {type(data).__name__}, not an object"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _weights_name(path: str) -> str:
+    """The weight file(s) of a local model directory, for a message."""
+    files = sorted(p.name for p in Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    return files[0] if len(files) == 1 else "a weights file" if not files else f"one of {', '.join(files)}"
+
+
+def _first_mismatch(path: str) -> str:
+    """' (first: <name> is [a, b] in the weights, [c, d] by config.json)' for the first
+    tensor whose shape differs from the model config.json describes (built without
+    memory, on the meta device), or '' when that cannot be told."""
+    try:
+        from safetensors import safe_open
+
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            expected = {k: list(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+        for f in sorted(Path(path).glob("*.safetensors")):
+            with safe_open(str(f), "pt") as st:
+                for key in st.keys():
+                    got = list(st.get_slice(key).get_shape())
+                    want = next((v for k, v in expected.items() if k == key or k.endswith("." + key)
+                                 or key.endswith("." + k)), None)
+                    if want is not None and want != got:
+                        return f" (first: {key} is {got} in {f.name}, {want} by config.json)"
+    except Exception:  # noqa: BLE001 - only a detail for the message; the error itself is raised anyway
+        return ""
+    return ""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def _check_tokenizer_files(path: str) -> None:
+    """A local model directory with no tokenizer file at all: say so (transformers would
+    guess a slow tokenizer and ask to install sentencepiece)."""
+    p = Path(path).expanduser()
+    if p.is_dir() and not any((p / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"model {path}: no tokenizer files (tokenizer.json or tokenizer_config.json); copy them "
+                         "from the model it was trained from, or save the tokenizer there with "
+                         "tokenizer.save_pretrained")
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat_template: str | None = None):
+    check_model_path(path, tokenizer=True)
+    _check_tokenizer_files(path)
     tokenizer = _loading(path, lambda: AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code),
                          tokenizer=True)
     prepare_tokenizer(tokenizer, chat_template=chat_template)
@@ -301,6 +395,11 @@ def load_reward_model(path: str, tokenizer, *, dtype: str = "float32",
     sequence classifier ("head"), a causal LM that scores by mean log-likelihood
     ("mean_logprob"), or that causal LM with its frozen reference ("logratio")."""
     config = _loading(path, lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+    if not is_sequence_classifier(config) and reward_form(config)[0] == "head":  # scores from a fresh random head
+        names = ", ".join(config.architectures or []) or "no architectures listed"
+        raise ValueError(f"reward model {path}: has no trained score head (config.json: {names}); train one "
+                         f"with `rlhfkit rm --model {path} --data comparisons.jsonl`, or score with "
+                         "--reward_functions instead")
     common = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     loaders = {
         "head": lambda: load_scalar_model(path, tokenizer, **common),
@@ -365,11 +464,14 @@ def count_parameters(model: nn.Module) -> int:
 def save_pretrained_dir(model: nn.Module, tokenizer, path: str | Path, *, merge_lora: bool = True) -> None:
     """A plain Hugging Face directory (safetensors, config, tokenizer + chat template).
     Written into a temporary directory beside the files, each file fsync'd and renamed
-    into place, so a kill never leaves a torn weight file (an earlier file stays whole)."""
+    into place, so a kill never leaves a torn weight file (an earlier file stays whole).
+    A full disk, however torch, safetensors or the OS word it, is a DiskFullError naming
+    the directory and the bytes needed, with the temporary directory removed."""
     import os
     import shutil
 
-    from rlhfkit.io import fsync_dir
+    from rlhfkit.io import disk_full_message, fsync_dir, nbytes, out_of_space
+    from rlhfkit.trainers.errors import DiskFullError
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -379,8 +481,8 @@ def save_pretrained_dir(model: nn.Module, tokenizer, path: str | Path, *, merge_
         model = copy.deepcopy(model).merge_and_unload()
     tmp = path / f".{path.name}.tmp-save-{os.getpid()}"  # removed at the next start if a kill leaves it
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         files = sorted((f for f in tmp.rglob("*") if f.is_file()),
@@ -398,5 +500,10 @@ def save_pretrained_dir(model: nn.Module, tokenizer, path: str | Path, *, merge_
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(f, target)
         fsync_dir(path)
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a full disk
+        if not out_of_space(e):
+            raise
+        raise DiskFullError(f"could not save the model: {disk_full_message(path, nbytes(model.state_dict()))}") \
+            from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

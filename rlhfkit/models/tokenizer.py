@@ -43,6 +43,8 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, *, chat_template: str 
     elif not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         tokenizer.rlhfkit_default_template = True  # the checkpoint brought none: see chat_model()
+    check_chat_template(tokenizer.chat_template,
+                        "--chat_template" if chat_template is not None else f"of {tokenizer.name_or_path}")
     return added
 
 
@@ -69,6 +71,23 @@ def string_prompts_as_chat(tokenizer, mode: str) -> bool:
 def as_user_message(prompt):
     """A plain-string prompt as a one-turn conversation; a message list as it is."""
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def check_chat_template(template, source: str) -> None:
+    """Parse a chat template (or each of a dict of named ones) now, so a syntax error is one
+    line naming where the template came from, not a Jinja traceback at the first record."""
+    import jinja2
+    from transformers.utils.chat_template_utils import _compile_jinja_template  # its own extensions and filters
+
+    templates = template if isinstance(template, dict) else {"": template}
+    for name, text in templates.items():
+        if not isinstance(text, str):
+            continue
+        try:
+            _compile_jinja_template(text)
+        except jinja2.TemplateSyntaxError as e:
+            where = f"chat template {name + ' ' if name else ''}{source}"
+            raise ValueError(f"{where}: not a valid Jinja template (line {e.lineno}: {e.message})") from None
 
 
 def train_bpe_tokenizer(

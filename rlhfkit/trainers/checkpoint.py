@@ -12,7 +12,10 @@ moments).
 A checkpoint is `<output_dir>/checkpoints/step-N`: safetensors per model,
 `state.pt` (optimizer, scheduler, RNG, data position, row counts of the stage's
 logs) and a manifest of their sizes and SHA-256 sums, plus `fingerprint.json`
-(outside the manifest: `--resume force` rewrites it, atomically). It is written
+(outside the manifest: `--resume force` rewrites it, atomically). A finished stage
+writes the same fingerprint beside its final model (`<output_dir>/fingerprint.json`,
+after the model's files): a rerun with the same settings does nothing, one with other
+settings is refused like a checkpoint's, and `--resume force` trains again. It is written
 into a temporary directory, every file fsync'd, and renamed into place; loading
 verifies the manifest and falls back to the newest intact one. Temporary
 directories and files a kill leaves are removed by the next open_stage.
@@ -30,13 +33,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhfkit.io import atomic_write_text, dumps, fault_point, fsync_dir
-from rlhfkit.trainers.errors import CheckpointError
+from rlhfkit.io import atomic_write_text, disk_full_message, dumps, fault_point, fsync_dir, nbytes, out_of_space
+from rlhfkit.trainers.errors import CheckpointError, DiskFullError
 from rlhfkit.trainers.fingerprint import MODEL_OPTIONS, _sha256, fingerprint, fingerprint_changes
 from rlhfkit.trainers.run_info import write_run_info
 from rlhfkit.trainers.runlock import acquire_lock, release_lock
 
 RESUME_MODES = ("auto", "force")
+# Written into the output directory after a stage's final model: the fingerprint of the
+# settings that made it. A rerun compares against it as against a checkpoint's.
+FINISHED = "fingerprint.json"
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -80,6 +86,8 @@ class CheckpointManager:
         self.stage, self.log = stage, log
         self.logs: list = []  # logs whose row counts go into each checkpoint (metrics.jsonl, samples.jsonl)
         self.forced: list[str] = []  # the changes a --resume force accepted
+        self.finished: Path | None = None  # set when the output directory already holds this run's finished model
+        self.replacing_finished = False  # --resume force over a finished model made with other settings
         self.lock: Path | None = None
         self._last_save = time.monotonic()
         self._resume_from: Path | None = None
@@ -121,7 +129,8 @@ class CheckpointManager:
             for name, sd in tensors.items():
                 save_file({k: v.detach().cpu().clone() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
             fault_point("checkpoint.save")
-            torch.save(state, tmp / "state.pt")
+            with open(tmp / "state.pt", "wb") as f:  # through a Python file: a full disk keeps its OSError
+                torch.save(state, f)                  # (as __context__ of torch's "unexpected pos" RuntimeError)
             files = sorted(tmp.iterdir())
             for p in files:
                 with open(p, "rb") as f:
@@ -135,10 +144,16 @@ class CheckpointManager:
                 self._remove(final)
             os.replace(tmp, final)
             fsync_dir(self.root)
-        except OSError as e:
+        except Exception as e:  # torch and safetensors report a full disk as RuntimeError / SafetensorError
             shutil.rmtree(tmp, ignore_errors=True)
-            hint = " (disk full: free space or lower keep_checkpoints)" if getattr(e, "errno", None) == 28 else ""
-            raise CheckpointError(f"could not write checkpoint {final}: {e}{hint}") from e
+            if out_of_space(e):
+                needed = nbytes(tensors) + nbytes(state)
+                raise DiskFullError(f"could not write checkpoint {final}: " + disk_full_message(
+                    self.root, needed, "free some space or lower --keep_checkpoints, and rerun the command to resume "
+                    "from the last checkpoint")) from None
+            if isinstance(e, OSError):
+                raise CheckpointError(f"could not write checkpoint {final}: {e}") from e
+            raise
         self._rotate()
         return final
 
@@ -216,6 +231,54 @@ class CheckpointManager:
     def latest(self, log=print) -> Path | None:
         good = self.intact(log)
         return good[0] if good else None
+
+    def check_finished(self) -> bool:
+        """Compare a finished model's settings (FINISHED) with this run's, as a checkpoint's
+        are compared: the same settings mean the stage is done (True: nothing to train);
+        other settings are refused, naming them, unless resume='force', which trains again
+        and replaces the model. False when there is no finished model to compare."""
+        out = self.root.parent
+        if self.fingerprint is None or not (out / FINISHED).exists():
+            return False
+        if not (out / "config.json").is_file() or not any(out.glob("model*.safetensors")):
+            # the model it describes is gone (deleted, or moved away): train, or resume, again
+            self.log(f"warning: {out / FINISHED} is there but the model is not; the stage runs again")
+            return False
+        stored = _read_json(out / FINISHED)
+        if not isinstance(stored, dict):
+            self.log(f"warning: {out / FINISHED} is unreadable; the finished model's settings cannot be compared")
+            return False
+        changes = fingerprint_changes(stored, self.fingerprint)
+        if not changes:
+            self.finished = out
+            self.log(f"{self.stage or 'stage'}: {out} already holds the model these settings train; nothing to do "
+                     "(use a new --output_dir to train again)")
+            return True
+        if self.resume_mode != "force":
+            raise CheckpointError(
+                f"{self.stage or 'stage'}: {out} holds a finished model made with other settings: "
+                f"{'; '.join(changes)}. Rerun with its settings (nothing to do), use a new --output_dir, "
+                "or add --resume force to train again with the new settings and replace it")
+        self.replacing_finished = True
+        self.log(f"{self.stage}: training again over the finished model in {out} with changed settings "
+                 f"(--resume force): {'; '.join(changes)}")
+        return False
+
+    def skip(self, accelerator) -> Path:
+        """End a stage that found its finished model (`finished`) without training: trackers
+        finished, the directory released; returns the directory."""
+        from rlhfkit.trainers.distributed import end_stage
+
+        end_stage(accelerator)
+        self.close()
+        return self.root.parent
+
+    def finish(self) -> None:
+        """After the stage's final model is saved (every process there): record the settings
+        that made it, then release the directory."""
+        if self.is_main and self.fingerprint is not None:
+            atomic_write_text(self.root.parent / FINISHED, dumps(self.fingerprint, log=None, indent=1))
+        self.close()
 
     def check_resume(self) -> Path | None:
         """Find the checkpoint to resume from and compare its fingerprint with this run's:
@@ -337,9 +400,11 @@ def _row_step(line: str) -> int:
 
 def open_stage(cfg, stage: str, accelerator) -> CheckpointManager:
     """The start of every stage, before any data is read: lock the output directory,
-    remove unfinished checkpoint directories, check that the newest checkpoint was made
-    with these options and data (else refuse, unless --resume force), then record the
-    resolved config and run info. Returns the stage's CheckpointManager."""
+    remove unfinished checkpoint directories, check that a finished model there, else
+    the newest checkpoint, was made with these options and data (else refuse, unless
+    --resume force), then record the resolved config and run info. Returns the stage's
+    CheckpointManager; its `finished` is set when the directory already holds the model
+    these settings train, and the trainer then returns it without training."""
     from rlhfkit.models.loading import check_model_path
 
     for name in MODEL_OPTIONS:  # before anything is written: a wrong path fails at once, naming its option
@@ -362,7 +427,12 @@ def open_stage(cfg, stage: str, accelerator) -> CheckpointManager:
         manager.lock = acquire_lock(out)
         manager.clean_orphans()
     accelerator.wait_for_everyone()
+    if manager.check_finished():  # the trainer returns at once; config.yaml and run_info.json stay the finished run's
+        return manager
     manager.check_resume()
+    accelerator.wait_for_everyone()  # every process has read the finished model's settings
+    if is_main and manager.replacing_finished:  # a kill while retraining must not leave it looking finished
+        (out / FINISHED).unlink(missing_ok=True)
     if is_main:  # one writer: processes writing the same files at once could tear them
         write_run_info(out, cfg)
     return manager

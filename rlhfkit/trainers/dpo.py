@@ -216,6 +216,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
     checkpoints = open_stage(cfg, "dpo", accelerator)
+    if checkpoints.finished:  # the directory already holds the model these settings train
+        return checkpoints.skip(accelerator)
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template or None)
     pad = tokenizer.pad_token_id
@@ -272,7 +274,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
         save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only)
         publish(out, cfg, "dpo", log=accelerator.print)
     end_stage(accelerator)
-    checkpoints.close()
+    checkpoints.finish()  # records the settings that made the model, beside it
     return out
 
 

@@ -214,6 +214,10 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     accelerator = make_accelerator(cfg, out)
     sizes = cfg.derived(accelerator.num_processes)
     checkpoints = open_stage(cfg, "ppo", accelerator)
+    if checkpoints.finished:  # the directory already holds the model these settings train
+        return checkpoints.skip(accelerator)
+    accelerator.print(f"plan: {sizes['ppo_steps']} PPO steps of {cfg.rollout_batch_size} episodes "
+                      f"({sizes['ppo_steps'] * cfg.rollout_batch_size} episodes, {sizes['optimizer_steps']} optimizer steps)")
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template or None)
     tokenizer.padding_side = "left"
@@ -299,5 +303,5 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         write_json(out / "kl_controller.json", kl_ctl.state_dict())
         publish(out, cfg, "ppo", log=accelerator.print)
     end_stage(accelerator)
-    checkpoints.close()
+    checkpoints.finish()  # records the settings that made the model, beside it
     return out

@@ -146,6 +146,12 @@ class PPOConfig(TrainConfig):
         if steps < 1:
             raise ConfigError(f"total_episodes ({self.total_episodes}) is smaller than rollout_batch_size "
                               f"({self.rollout_batch_size})")
+        from rlhfkit.trainers.data_plan import MAX_STEPS
+
+        if steps * self.ppo_epochs * self.num_minibatches > MAX_STEPS:  # a mistake, not a run: say so before loading
+            raise ConfigError(f"total_episodes {self.total_episodes:.3g} makes {steps:.3g} PPO steps of "
+                              f"{self.rollout_batch_size} episodes, more than {MAX_STEPS:.0e} optimizer steps in all; "
+                              "lower --total_episodes")
         return {"local_rollout": local_rollout, "minibatch": minibatch, "micro": micro,
                 "accumulation": accumulation, "ppo_steps": steps,
                 "optimizer_steps": steps * self.ppo_epochs * self.num_minibatches}

@@ -255,16 +255,30 @@ def _normalisation_examples(cfg: RewardConfig, tokenizer, train_enc, accelerator
     return examples
 
 
+def _check_margins(cfg: RewardConfig, records) -> None:
+    """--use_margin needs a margin on every comparison: a missing one would silently count as 0."""
+    if not cfg.use_margin:
+        return
+    missing = [r for r in records if r.margin is None]
+    if missing:
+        raise ValueError(f"--use_margin true: {len(missing)} of {len(records)} comparisons have no margin (column "
+                         f"{cfg.margin_column!r}, --margin_column; pairs only), e.g. {missing[0].source}; add the "
+                         "column or drop --use_margin")
+
+
 def train_reward_model(cfg: RewardConfig) -> Path:
     if not cfg.model or not cfg.data:
         raise ValueError("rm needs --model and --data")
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
     checkpoints = open_stage(cfg, "rm", accelerator)
+    if checkpoints.finished:  # the directory already holds the model these settings train
+        return checkpoints.skip(accelerator)
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template or None)
     train_records, eval_records = map(as_rankings, train_and_eval_records(load_preferences, cfg, cfg.columns(),
                                                                           accelerator))
+    _check_margins(cfg, [*train_records, *eval_records])
     train_enc = _encode(tokenizer, train_records, cfg)
     eval_enc = _encode(tokenizer, eval_records, cfg)
     collator = RankingCollator(tokenizer.pad_token_id)
@@ -335,5 +349,5 @@ def train_reward_model(cfg: RewardConfig) -> Path:
         save_reward_model(unwrapped, tokenizer, out, merge_lora=not cfg.save_adapter_only)
         publish(out, cfg, "rm", log=accelerator.print)
     end_stage(accelerator)
-    checkpoints.close()
+    checkpoints.finish()  # records the settings that made the model, beside it
     return out

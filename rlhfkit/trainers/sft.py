@@ -83,6 +83,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
     checkpoints = open_stage(cfg, "sft", accelerator)
+    if checkpoints.finished:  # the directory already holds the model these settings train
+        return checkpoints.skip(accelerator)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
                                chat_template=cfg.chat_template or None)
     train_records, eval_records = train_and_eval_records(load_sft, cfg, cfg.columns(), accelerator)
@@ -131,7 +133,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only)
         publish(out, cfg, "sft", log=accelerator.print)
     end_stage(accelerator)
-    checkpoints.close()
+    checkpoints.finish()  # records the settings that made the model, beside it
     return out
 
 
