@@ -136,20 +136,20 @@ def _label(item_id, **changes):
                        **changes}).encode()
 
 
-HOSTILE_BODIES = [  # (body under the size limit, text of the 400's error)
+HOSTILE_BODIES = [  # (body under the size limit, text of the 400's error); "q0": the first item's id
     (_label(10 ** 30), "no item 1000000000000000000000000000000"),
     (_label(-(10 ** 30)), "no item -1000000000000000000000000000000"),
     (b'{"item_id": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "JSON nested too deeply"),
     (b"[" * 32_000 + b"]" * 32_000, "JSON nested too deeply"),
     (b'{"item_id": 1' + b"0" * 5000 + b"}", "integer string conversion"),
-    (_label(1, flags=[[["instruction"]], [], []]), "flags: expected 3 lists of"),
-    (_label(1, flags=[[{"a": 1}], [], []]), "flags: expected 3 lists of"),
-    (_label(1, order=[10 ** 30, 0, 1]), "order: expected every response index"),
-    (_label(1, likert=[1e308, 4, 4]), "likert: expected 3 integers"),
-    (_label(1, seconds=10 ** 30), "seconds: expected a non-negative number"),
-    (_label(1.5), "item_id: expected an integer"),
-    (_label(True), "item_id: expected an integer"),
-    (b'{"item_id": NaN}', "item_id: expected an integer"),
+    (_label("q0", flags=[[["instruction"]], [], []]), "flags: expected 3 lists of"),
+    (_label("q0", flags=[[{"a": 1}], [], []]), "flags: expected 3 lists of"),
+    (_label("q0", order=[10 ** 30, 0, 1]), "order: expected every response index"),
+    (_label("q0", likert=[1e308, 4, 4]), "likert: expected 3 integers"),
+    (_label("q0", seconds=10 ** 30), "seconds: expected a non-negative number"),
+    (_label(1.5), "item_id: no item 1.5"),
+    (_label(True), "item_id: no item True"),
+    (b'{"item_id": NaN}', "item_id: no item nan"),
     (b"\x92{}", "codec can't decode"),
     (b'"just a string"', "expected an object"),
     (b"", "Expecting value"),
