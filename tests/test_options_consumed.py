@@ -31,9 +31,13 @@ def recording(cls, reads: set):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    from rlhfkit.models.loading import load_scalar_model, load_tokenizer, save_pretrained_dir
+
     root = tmp_path_factory.mktemp("consumed")
     model = save_tiny_model(root / "m")
-    return {"root": root, "model": model,
+    tokenizer = load_tokenizer(model)  # PPO's reward model: a one-label sequence classifier, as `rlhfkit rm` saves
+    save_pretrained_dir(load_scalar_model(model, tokenizer), tokenizer, root / "rm")
+    return {"root": root, "model": model, "reward_model": str(root / "rm"),
             "demos": write_jsonl(root / "d.jsonl", [{"prompt": "Say a.", "completion": "a."}] * 8),
             "prefs": write_jsonl(root / "p.jsonl", [{"prompt": "Say a.", "chosen": "a.", "rejected": "b."}] * 8),
             "prompts": write_jsonl(root / "q.jsonl", [{"prompt": "Say a."}] * 8)}
@@ -48,7 +52,7 @@ def _runs(f):
 
     lora = dict(use_lora=True, save_adapter_only=True)
     small = dict(per_device_batch_size=4)
-    ppo = dict(prompts=f["prompts"], reward_model=f["model"], total_episodes=8, rollout_batch_size=4,
+    ppo = dict(prompts=f["prompts"], reward_model=f["reward_model"], total_episodes=8, rollout_batch_size=4,
                response_length=3)
     return {  # command -> (config class, function, runs: the options of each run)
         "sft": (SFTConfig, train_sft, [dict(data=f["demos"], **small), dict(data=f["demos"], **small, **lora)]),
