@@ -78,6 +78,7 @@ def ppo_config(spec: dict):
         learning_rate=h["learning_rate"], adam_eps=h.get("adam_eps", 1e-5), num_threads=spec["threads"],
         progress=False, log_every=1,
         max_prompt_length=256, num_samples_logged=0, dtype="float32",
+        old_logprobs=h.get("old_logprobs", "sampler"),
         mixed_precision=spec.get("mixed_precision", "no"),
     )
 
