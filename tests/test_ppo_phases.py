@@ -46,8 +46,11 @@ def test_score_lands_on_last_response_token_and_nothing_after_eos():
     assert (ro.advantages[0, 2:] == 0).all() and (ro.returns[0, 2:] == 0).all()
 
 
-@pytest.mark.parametrize("old_logprobs", ["sampler", "recompute"])
-def test_missing_eos_penalty_is_applied_in_score_rollout(old_logprobs):
+@pytest.mark.parametrize("old_logprobs,sampler_gave_them", [("sampler", True), ("recompute", True),
+                                                            ("sampler", False)])
+def test_missing_eos_penalty_is_applied_in_score_rollout(old_logprobs, sampler_gave_them):
+    """The penalty, nothing after EOS; the sampler's old log-probs are kept unless recomputed
+    (asked for, or a sampler that gave none)."""
     from rlhfkit.rewards import WeightedReward
     from rlhfkit.trainers.ppo import score_rollout
 
@@ -62,7 +65,7 @@ def test_missing_eos_penalty_is_applied_in_score_rollout(old_logprobs):
     sampled = torch.full((2, 4), -1.0) * gen.response_mask  # the sampler's, kept unless recomputed
     ro = Rollout(prompt_ids=torch.tensor([[9, 10], [9, 10]]), prompt_mask=torch.ones(2, 2, dtype=torch.long),
                  response_ids=gen.response_ids, response_mask=gen.response_mask, eos=gen.eos,
-                 prompt_index=torch.tensor([0, 1]), logprobs=sampled)
+                 prompt_index=torch.tensor([0, 1]), logprobs=sampled if sampler_gave_them else None)
 
     class Rec:
         prompt, metadata = "p", {}
@@ -74,7 +77,7 @@ def test_missing_eos_penalty_is_applied_in_score_rollout(old_logprobs):
     score_rollout(ro, ActorCritic(model, value), model, reward, tok, [Rec(), Rec()], cfg, 2, {})
     assert ro.scores.tolist() == [1.0, 0.0]
     assert (ro.logprobs[0, 3:] == 0).all() and (ro.values[0, 3:] == 0).all()
-    assert torch.equal(ro.logprobs, sampled) == (old_logprobs == "sampler")
+    assert torch.equal(ro.logprobs, sampled) == (old_logprobs == "sampler" and sampler_gave_them)
 
 
 @pytest.mark.parametrize("backend", [LocalSampler, HFSampler])

@@ -25,7 +25,9 @@ class Generation:
     response_ids: torch.Tensor  # [B,A] sampled tokens, pad after the first EOS
     response_mask: torch.Tensor  # [B,A] 1 on tokens up to and including the first EOS
     eos: torch.Tensor  # [B] bool: the row ended with EOS within max_new_tokens
-    sampler_logprobs: torch.Tensor | None = None  # [B,A] log-prob of each sampled token at temperature T, 0 after EOS
+    # [B,A] log-prob of each sampled token at temperature T, 0 after EOS; None (a sampler
+    # that cannot give them): PPO recomputes them
+    sampler_logprobs: torch.Tensor | None = None
 
 
 def truncate_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> Generation:

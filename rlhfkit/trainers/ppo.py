@@ -71,7 +71,8 @@ def rollout(sampler, prompt_tokens: list[list[int]], prompt_index: list[int], pa
     out = concat_rollouts(parts, pad_id)
     length = max(1, int(out.response_mask.sum(1).max()))  # drop all-pad columns: less work later
     out.response_ids, out.response_mask = out.response_ids[:, :length], out.response_mask[:, :length]
-    out.logprobs = out.logprobs[:, :length]
+    if out.logprobs is not None:  # a sampler without log-probs leaves them to score_rollout
+        out.logprobs = out.logprobs[:, :length]
     return out
 
 
@@ -81,7 +82,7 @@ def score_rollout(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward,
     """Reference log-probs, values and scores, in place on `ro` (and the old log-probs again
     with --old_logprobs recompute); returns the reward's components. ref_policy None means
     the reference is the policy with its LoRA adapter disabled."""
-    recompute = cfg.old_logprobs == "recompute"
+    recompute = cfg.old_logprobs == "recompute" or ro.logprobs is None
     logprobs, ref_logprobs, values = [], [], []
     for s in range(0, ro.prompt_ids.shape[0], micro):
         part = ro.select(torch.arange(s, min(s + micro, ro.prompt_ids.shape[0]), device=ro.prompt_ids.device))
