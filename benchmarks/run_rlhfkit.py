@@ -29,15 +29,16 @@ class _LoopClock:
 
     def __init__(self, module):
         self.start = self.end = None
+        self.cpu_start = self.cpu_end = None
         original = module.progress_bar
 
         def patched(*args, **kwargs):
             bar = original(*args, **kwargs)
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
             close = bar.close
 
             def closing():
-                self.end = time.perf_counter()
+                self.end, self.cpu_end = time.perf_counter(), time.process_time()
                 close()
 
             bar.close = closing
@@ -48,6 +49,11 @@ class _LoopClock:
     @property
     def seconds(self) -> float:
         return (self.end or time.perf_counter()) - (self.start or 0.0)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the process (all its threads) inside the loop: no start-up, no loading."""
+        return (self.cpu_end or time.process_time()) - (self.cpu_start or 0.0)
 
 
 def _rows(out: Path) -> list[dict]:
@@ -78,6 +84,7 @@ def ppo_config(spec: dict):
         learning_rate=h["learning_rate"], adam_eps=h.get("adam_eps", 1e-5), num_threads=spec["threads"],
         progress=False, log_every=1,
         max_prompt_length=256, num_samples_logged=0, dtype="float32",
+        old_logprobs=h.get("old_logprobs", "sampler"),
         mixed_precision=spec.get("mixed_precision", "no"),
     )
 
@@ -101,7 +108,8 @@ def run_ppo(spec: dict) -> dict:
                 timings[k] = timings.get(k, 0.0) + v
     episodes = len(rows) * h["rollout_batch_size"]
     return {
-        "train_seconds": clock.seconds, "load_seconds": total - clock.seconds, "episodes": episodes,
+        "train_seconds": clock.seconds, "train_cpu_seconds": clock.cpu_seconds,
+        "load_seconds": total - clock.seconds, "episodes": episodes,
         "episodes_per_second": episodes / clock.seconds,
         "quality": sum(r["objective/scores"] for r in last) / max(len(last), 1),
         "quality_se": standard_error([r["objective/scores"] for r in last]),

@@ -71,14 +71,14 @@ def run_ppo(spec: dict) -> dict:
 def _train_rl(trainer, spec: dict, load: float, score_key: str) -> tuple[dict, list[dict]]:
     """Time trainer.train(); a PPO or RLOO trainer logs `score_key` once per rollout, so those
     log rows count the episodes and their last few give the quality. Returns the rows too."""
-    t1 = time.perf_counter()
+    t1, cpu1 = time.perf_counter(), time.process_time()
     maybe_profiled(spec, trainer.train)
-    train = time.perf_counter() - t1
+    train, train_cpu = time.perf_counter() - t1, time.process_time() - cpu1
     rows = [r for r in trainer.state.log_history if score_key in r]
     scores = [r[score_key] for r in rows[-spec.get("quality_last_steps", 5):]]
     episodes = len(rows) * spec["hparams"]["rollout_batch_size"]
-    return {"train_seconds": train, "load_seconds": load, "episodes": episodes, "episodes_per_second": episodes / train,
-            "steps": len(rows), "quality": sum(scores) / max(len(scores), 1),
+    return {"train_seconds": train, "train_cpu_seconds": train_cpu, "load_seconds": load, "episodes": episodes,
+            "episodes_per_second": episodes / train, "steps": len(rows), "quality": sum(scores) / max(len(scores), 1),
             "quality_se": standard_error(scores)}, rows
 
 

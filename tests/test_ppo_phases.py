@@ -46,7 +46,11 @@ def test_score_lands_on_last_response_token_and_nothing_after_eos():
     assert (ro.advantages[0, 2:] == 0).all() and (ro.returns[0, 2:] == 0).all()
 
 
-def test_missing_eos_penalty_is_applied_in_score_rollout():
+@pytest.mark.parametrize("old_logprobs,sampler_gave_them", [("sampler", True), ("recompute", True),
+                                                            ("sampler", False)])
+def test_missing_eos_penalty_is_applied_in_score_rollout(old_logprobs, sampler_gave_them):
+    """The penalty, nothing after EOS; the sampler's old log-probs are kept unless recomputed
+    (asked for, or a sampler that gave none)."""
     from rlhfkit.rewards import WeightedReward
     from rlhfkit.trainers.ppo import score_rollout
 
@@ -58,9 +62,10 @@ def test_missing_eos_penalty_is_applied_in_score_rollout():
     value = LlamaForSequenceClassification(value_config).eval()
     ids = torch.tensor([[5, 6, tok.eos_token_id, tok.pad_token_id], [5, 6, 7, 8]])
     gen = truncate_after_eos(ids, tok.eos_token_id, tok.pad_token_id)
+    sampled = torch.full((2, 4), -1.0) * gen.response_mask  # the sampler's, kept unless recomputed
     ro = Rollout(prompt_ids=torch.tensor([[9, 10], [9, 10]]), prompt_mask=torch.ones(2, 2, dtype=torch.long),
                  response_ids=gen.response_ids, response_mask=gen.response_mask, eos=gen.eos,
-                 prompt_index=torch.tensor([0, 1]))
+                 prompt_index=torch.tensor([0, 1]), logprobs=sampled if sampler_gave_them else None)
 
     class Rec:
         prompt, metadata = "p", {}
@@ -68,28 +73,56 @@ def test_missing_eos_penalty_is_applied_in_score_rollout():
     reward = WeightedReward([lambda batch: torch.ones(2)], names=["one"])
     from rlhfkit.models.actor_critic import ActorCritic
 
-    score_rollout(ro, ActorCritic(model, value), model, reward, tok, [Rec(), Rec()], PPOConfig(missing_eos_penalty=1.0), 2, {})
+    cfg = PPOConfig(missing_eos_penalty=1.0, old_logprobs=old_logprobs)
+    score_rollout(ro, ActorCritic(model, value), model, reward, tok, [Rec(), Rec()], cfg, 2, {})
     assert ro.scores.tolist() == [1.0, 0.0]
     assert (ro.logprobs[0, 3:] == 0).all() and (ro.values[0, 3:] == 0).all()
+    assert torch.equal(ro.logprobs, sampled) == (old_logprobs == "sampler" and sampler_gave_them)
 
 
 @pytest.mark.parametrize("backend", [LocalSampler, HFSampler])
-def test_recomputed_logprobs_equal_sampler_logprobs_at_temperature(backend):
+def test_sampler_logprobs_equal_a_recomputed_forward_at_temperature(backend):
+    """The log-prob each sampler returns for a sampled token is the one a full, cache-free
+    forward over [left-padded prompt | response] gives at the same temperature, to float
+    rounding, for prompts of different lengths; 0 after EOS."""
     tok = tiny_tokenizer()
     model = tiny_llama(tok).eval()
-    ids, mask = pad_sequences([tok("What is 12 plus 7?")["input_ids"], tok("Say hello to Tavo.")["input_ids"]],
-                              tok.pad_token_id, side="left")
+    eos_bias = torch.zeros(len(tok))
+    eos_bias[tok.eos_token_id] = 3.0  # EOS likely enough that some rows stop early
+    model.lm_head.register_forward_hook(lambda module, inputs, out: out + eos_bias)
+    prompts = ["What is 12 plus 7?", "Say hello.", "Count from 3 to 6. Sort these words: pear, cat, blue."]
+    ids, mask = pad_sequences([tok(p)["input_ids"] for p in prompts], tok.pad_token_id, side="left")
+    assert len(set(mask.sum(1).tolist())) == 3  # three prompt lengths, two rows left-padded
     P = ids.shape[1]
     torch.manual_seed(0)
-    gen = backend(model, tok.eos_token_id, tok.pad_token_id, 10, 0.7).generate(ids, mask)
+    gen = backend(model, tok.eos_token_id, tok.pad_token_id, 12, 0.7).generate(ids, mask)
+    assert gen.eos.any() and (gen.response_mask == 0).any()
     seq = torch.cat([ids, gen.response_ids], 1)
     am = torch.cat([mask, gen.response_mask], 1)
-    recomputed = response_logprobs(model, seq, am, P, temperature=0.7) * gen.response_mask
-    if gen.sampler_logprobs is not None:
-        assert torch.allclose(recomputed, gen.sampler_logprobs, atol=1e-5)
+    with torch.no_grad():
+        recomputed = response_logprobs(model, seq, am, P, temperature=0.7) * gen.response_mask
+    torch.testing.assert_close(gen.sampler_logprobs, recomputed, rtol=0, atol=1e-5)
+    assert (gen.sampler_logprobs[gen.response_mask == 0] == 0).all()
     # the temperature matters: recomputing at 1.0 gives different log-probs
-    other = response_logprobs(model, seq, am, P, temperature=1.0) * gen.response_mask
+    with torch.no_grad():
+        other = response_logprobs(model, seq, am, P, temperature=1.0) * gen.response_mask
     assert not torch.allclose(recomputed, other, atol=1e-3)
+
+
+def test_values_alone_equal_the_joint_pass_on_the_policy_trunk():
+    """With the value head on the policy trunk, the values-only pass (no LM head) gives the
+    values of the joint log-probs-and-values pass."""
+    from rlhfkit.models.actor_critic import ActorCritic
+
+    tok = tiny_tokenizer()
+    ac = ActorCritic(tiny_llama(tok)).eval()
+    torch.nn.init.normal_(ac.value_head.weight)
+    ids, mask = pad_sequences([tok("Say hello to Tavo. Hello")["input_ids"], tok("Say cat")["input_ids"]],
+                              tok.pad_token_id, side="left")
+    with torch.no_grad():
+        _, joint = ac(ids, mask, 3, 1.0)
+        alone = ac.values(ids, mask, 3)
+    torch.testing.assert_close(alone, joint, rtol=0, atol=1e-6)
 
 
 def test_local_and_hf_backends_sample_the_same_tokens():

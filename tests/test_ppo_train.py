@@ -57,6 +57,7 @@ def test_reward_rises_and_kl_grows_as_beta_falls(setup):
     for row in free + tight:  # dropout off: the first minibatch of every update is on-policy
         assert row["policy/first_ratio_mean"] == pytest.approx(1.0, abs=1e-6)
         assert row["policy/first_approxkl"] == pytest.approx(0.0, abs=1e-9)
+        assert 0 <= row["policy/first_ratio_max_dev"] < 1e-5  # the sampler's log-probs: float rounding
     keys = ["objective/kl", "objective/beta", "objective/entropy", "objective/scores", "objective/non_score_reward",
             "objective/rlhf_reward", "policy/approxkl", "policy/clipfrac", "policy/ratio_mean", "policy/ratio_var",
             "loss/policy", "loss/value", "val/clipfrac", "val/explained_variance", "response/length",
@@ -137,6 +138,32 @@ def test_critic_free_estimators_learn_without_a_value_model(setup, estimator):
     out = root / estimator
     assert AutoModelForCausalLM.from_pretrained(out) is not None
     assert not (out / "value_model").exists() and not (out / "value_head.safetensors").exists()
+
+
+@pytest.mark.parametrize("options", [{}, {"value_head_on_policy": True},
+                                     {"advantage_estimator": "rloo", "samples_per_prompt": 4}])
+def test_sampler_and_recomputed_old_logprobs_give_the_same_update(setup, options):
+    """The old log-probs from the sampler (the default) and from a no-grad policy pass over
+    the rollout give the same run to float rounding, at a temperature other than 1: the
+    same weights after two steps of 2 minibatches x 4 epochs, which moved them far more."""
+    import torch
+    from safetensors.torch import load_file
+
+    root, model, prompts = setup
+    name = "_".join(str(v) for v in options.values()) or "gae"
+    runs = {}
+    for source in ("sampler", "recompute"):
+        rows = _run(root, model, prompts, f"old_{source}_{name}", 0.05, total_episodes=64, temperature=0.7,
+                    num_minibatches=2, old_logprobs=source, **options)
+        assert all(r["policy/first_ratio_max_dev"] < 1e-5 for r in rows)
+        runs[source] = load_file(str(root / f"old_{source}_{name}" / "model.safetensors"))
+    start = load_file(f"{model}/model.safetensors")
+    moved = max(float((runs["sampler"][k] - start[k]).abs().max()) for k in start)
+    apart = max(float((runs["sampler"][k] - runs["recompute"][k]).abs().max()) for k in start)
+    assert moved > 1e-3 and apart < 1e-5, (moved, apart)
+    if not options:
+        a, b = (load_file(str(root / f"old_{s}_gae" / "value_model" / "model.safetensors")) for s in runs)
+        assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
 
 
 def test_episode_prompts_repeat_each_prompt_k_times_and_resume_in_place():

@@ -16,8 +16,10 @@ class Rollout:
     response_mask: torch.Tensor  # [B,A] 1 on tokens up to and including the first EOS
     eos: torch.Tensor  # [B] bool: the response ended with EOS
     prompt_index: torch.Tensor  # [B] index of each row's prompt record
+    # the old policy's log-probs at the sampling temperature: the sampler's (rollout phase),
+    # or recomputed in the score phase (--old_logprobs recompute)
+    logprobs: torch.Tensor | None = None  # [B,A]
     # score phase
-    logprobs: torch.Tensor | None = None  # [B,A] policy log-probs at sampling temperature (old policy)
     ref_logprobs: torch.Tensor | None = None  # [B,A] reference log-probs, same temperature
     values: torch.Tensor | None = None  # [B,A] value estimate before emitting each response token
     scores: torch.Tensor | None = None  # [B] reward (after the missing-EOS penalty)

@@ -3,9 +3,11 @@
     backend.generate(prompt_ids [B,P] left-padded, prompt_mask [B,P]) -> Generation
 
 Both backends sample with top-k 0 and top-p 1 at the configured temperature, stop
-a row at its first EOS, and pad everything after it (docs/ppo.md, "Sampling"). `hf` calls
-`model.generate`; `local` is a tight KV-cache loop that also returns the
-sampler's log-probs and skips HF's per-token logits-processor machinery.
+a row at its first EOS, and pad everything after it (docs/ppo.md, "Sampling"), and
+return each sampled token's log-probability under softmax(logits / T), the distribution
+it was drawn from: PPO takes them as the old policy's log-probs instead of running the
+policy over the rollout a second time. `hf` calls `model.generate`; `local` is a tight
+KV-cache loop that skips HF's per-token logits-processor machinery.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rlhfkit.generation.rollout import pad_to_length
 from rlhfkit.models.forward import forward_accepts, positions_from_mask
 
 
@@ -22,7 +25,9 @@ class Generation:
     response_ids: torch.Tensor  # [B,A] sampled tokens, pad after the first EOS
     response_mask: torch.Tensor  # [B,A] 1 on tokens up to and including the first EOS
     eos: torch.Tensor  # [B] bool: the row ended with EOS within max_new_tokens
-    sampler_logprobs: torch.Tensor | None = None  # [B,A] log-probs the sampler used (local backend)
+    # [B,A] log-prob of each sampled token at temperature T, 0 after EOS; None (a sampler
+    # that cannot give them): PPO recomputes them
+    sampler_logprobs: torch.Tensor | None = None
 
 
 def truncate_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> Generation:
@@ -34,6 +39,36 @@ def truncate_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> Genera
                       eos=is_eos.any(-1))
 
 
+class _TemperatureWithLogprobs:
+    """The temperature as a logits processor that also records log softmax(logits / T), the
+    distribution each token is sampled from. generate()'s own temperature is left at 1 (no
+    warper of its own), and it adds no other with top-k 0 and top-p 1, so the recorded
+    log-probs are those of the scores it samples from, whatever order it runs processors
+    in. A token is only known at the next call, so each call gathers the previous step's
+    log-prob of the token just appended, and `finish` the last one."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.steps: list[torch.Tensor] = []  # [B] per generated token
+        self.last: torch.Tensor | None = None  # [B,V] log-probs of the latest step
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._gather(input_ids[:, -1])
+        scores = scores / self.temperature
+        self.last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _gather(self, tokens: torch.Tensor) -> None:
+        if self.last is not None:
+            self.steps.append(self.last.gather(1, tokens.view(-1, 1)).squeeze(1))
+            self.last = None
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """last_tokens [B] -> the log-probs of every generated token [B,n]."""
+        self._gather(last_tokens)
+        return torch.stack(self.steps, dim=1)
+
+
 class HFSampler:
     """`model.generate` with pure sampling (no top-k/top-p, no min length)."""
 
@@ -43,17 +78,21 @@ class HFSampler:
 
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Generation:
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
-        config = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=self.temperature,
+        config = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
                                   max_new_tokens=self.max_new_tokens, min_new_tokens=0, eos_token_id=self.eos_id,
                                   pad_token_id=self.pad_id, bos_token_id=None)
-        out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+        recorder = _TemperatureWithLogprobs(self.temperature)
+        out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+                                  logits_processor=LogitsProcessorList([recorder]))
         tokens = out[:, prompt_ids.shape[1]:]
-        if tokens.shape[1] < self.max_new_tokens:  # generate stops early when every row finished
-            pad = tokens.new_full((tokens.shape[0], self.max_new_tokens - tokens.shape[1]), self.pad_id)
-            tokens = torch.cat([tokens, pad], dim=1)
-        return truncate_after_eos(tokens, self.eos_id, self.pad_id)
+        logprobs = recorder.finish(tokens[:, -1])  # [B,n]
+        # generate stops early when every row finished
+        tokens = pad_to_length(tokens, self.max_new_tokens, self.pad_id)
+        generation = truncate_after_eos(tokens, self.eos_id, self.pad_id)
+        generation.sampler_logprobs = pad_to_length(logprobs, self.max_new_tokens, 0.0) * generation.response_mask
+        return generation
 
 
 class LocalSampler:

@@ -55,9 +55,17 @@ def _token_terms(logprobs, old_logprobs, advantages, mask, ref_logprobs, opts: P
             "policy/approxkl": masked_mean(0.5 * log_ratio**2, mask),
             "policy/ratio_mean": masked_mean(ratio, mask),
             "policy/ratio_var": masked_var(ratio, mask),
+            "policy/ratio_max_dev": _max_deviation(ratio, mask),
         }
     per_token = per_token + _kl_term(logprobs, ref_logprobs, mask, opts, metrics)
     return per_token, metrics
+
+
+def _max_deviation(ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """max |rho_t - 1| over the valid tokens (ratio, mask [B, A]): at the first minibatch of an
+    update it shows how far the old log-probs are from the ones the update computes (float
+    rounding when the sampler's and the update's passes agree)."""
+    return torch.where(mask != 0, (ratio - 1.0).abs(), torch.zeros((), dtype=ratio.dtype, device=ratio.device)).max()
 
 
 def _kl_term(logprobs, ref_logprobs, mask, opts: PolicyLossOptions, metrics: dict):
@@ -138,6 +146,7 @@ def sequence_ratio_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs, 
             "policy/approxkl": masked_mean(0.5 * log_ratio**2, mask),
             "policy/ratio_mean": s.mean(),
             "policy/ratio_var": s.var() if s.numel() > 1 else torch.zeros_like(s.mean()),
+            "policy/ratio_max_dev": _max_deviation(torch.exp(log_ratio), mask),
         }
     kl = _kl_term(logprobs, ref_logprobs, mask, opts, metrics)
     if not isinstance(kl, float):

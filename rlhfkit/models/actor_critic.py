@@ -15,7 +15,7 @@ import contextlib
 import torch
 from torch import nn
 
-from rlhfkit.models.forward import response_logits, scale_logits, token_scalars
+from rlhfkit.models.forward import last_hidden, response_logits, scale_logits, token_scalars
 
 
 class ActorCritic(nn.Module):
@@ -48,8 +48,7 @@ class ActorCritic(nn.Module):
             return self.policy_logits(input_ids, attention_mask, P, temperature), None
         if self.shared:
             logits, out = response_logits(self.policy, input_ids, attention_mask, P, output_hidden_states=True)
-            hidden = out.hidden_states[-1][:, P - 1:-1]
-            values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+            values = self._head_values(out.hidden_states[-1][:, P - 1:-1])
         else:
             logits, _ = response_logits(self.policy, input_ids, attention_mask, P)
             values = token_scalars(self.value_model, input_ids, attention_mask)[:, P - 1:-1]
@@ -61,8 +60,16 @@ class ActorCritic(nn.Module):
         return scale_logits(logits, temperature)
 
     def values(self, input_ids, attention_mask, prompt_length: int) -> torch.Tensor:
-        """Values [b,A] from the separate value model."""
-        return token_scalars(self.value_model, input_ids, attention_mask)[:, prompt_length - 1:-1]
+        """Values [b,A] alone: the separate value model's, or the head's on the policy trunk
+        (its pass stops before the LM head, whose logits the sampler already had)."""
+        P = prompt_length
+        if self.shared:
+            return self._head_values(last_hidden(self.policy, input_ids, attention_mask)[:, P - 1:-1])
+        return token_scalars(self.value_model, input_ids, attention_mask)[:, P - 1:-1]
+
+    def _head_values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [b,A,H] of the policy trunk -> values [b,A] in float32."""
+        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
     def critic_parameters(self) -> list[nn.Parameter]:
         module = self.value_head if self.shared else self.value_model

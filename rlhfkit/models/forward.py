@@ -82,6 +82,13 @@ def _trunk(model: nn.Module) -> nn.Module:
     return getattr(base, base.base_model_prefix)
 
 
+def last_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The trunk's final hidden states [B,T,H] of a causal LM or a sequence classifier
+    (no LM head, no classification head)."""
+    return _trunk(model)(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=positions_from_mask(attention_mask), use_cache=False).last_hidden_state
+
+
 def token_scalars(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Scalar head applied at every position of a sequence-classification model.
 
@@ -90,9 +97,7 @@ def token_scalars(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     """
     from rlhfkit.models.loading import scalar_head
 
-    hidden = _trunk(model)(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=positions_from_mask(attention_mask), use_cache=False).last_hidden_state
-    return scalar_head(model)(hidden).squeeze(-1).float()
+    return scalar_head(model)(last_hidden(model, input_ids, attention_mask)).squeeze(-1).float()
 
 
 def scores_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -59,34 +59,39 @@ from rlhfkit.trainers.ptx import PretrainingBatches
 @torch.no_grad()
 def rollout(sampler, prompt_tokens: list[list[int]], prompt_index: list[int], pad_id: int,
             device, chunk: int) -> Rollout:
-    """Sample one response per prompt (left-padded prompts, chunked)."""
+    """Sample one response per prompt (left-padded prompts, chunked), with the log-prob
+    each token was sampled with: the old policy's, at the temperature the update uses."""
     parts = []
     for start in range(0, len(prompt_tokens), chunk):
         ids, mask = pad_sequences(prompt_tokens[start:start + chunk], pad_id, side="left")
         ids, mask = ids.to(device), mask.to(device)
         gen = sampler.generate(ids, mask)
         parts.append(Rollout(prompt_ids=ids, prompt_mask=mask, response_ids=gen.response_ids,
-                             response_mask=gen.response_mask, eos=gen.eos,
+                             response_mask=gen.response_mask, eos=gen.eos, logprobs=gen.sampler_logprobs,
                              prompt_index=torch.tensor(prompt_index[start:start + chunk], device=device)))
     out = concat_rollouts(parts, pad_id)
     length = max(1, int(out.response_mask.sum(1).max()))  # drop all-pad columns: less work later
     out.response_ids, out.response_mask = out.response_ids[:, :length], out.response_mask[:, :length]
+    if out.logprobs is not None:  # a sampler without log-probs leaves them to score_rollout
+        out.logprobs = out.logprobs[:, :length]
     return out
 
 
 @torch.no_grad()
 def score_rollout(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokenizer, prompt_records,
                   cfg: PPOConfig, micro: int, timings: dict) -> dict:
-    """Old log-probs, reference log-probs, values and scores, in place on `ro`; returns
-    the reward's components. ref_policy None means the reference is the policy with its
-    LoRA adapter disabled."""
+    """Reference log-probs, values and scores, in place on `ro` (and the old log-probs again
+    with --old_logprobs recompute); returns the reward's components. ref_policy None means
+    the reference is the policy with its LoRA adapter disabled."""
+    recompute = cfg.old_logprobs == "recompute" or ro.logprobs is None
     logprobs, ref_logprobs, values = [], [], []
     for s in range(0, ro.prompt_ids.shape[0], micro):
         part = ro.select(torch.arange(s, min(s + micro, ro.prompt_ids.shape[0]), device=ro.prompt_ids.device))
         seq, mask, P = part.sequences, part.attention_mask, part.prompt_length
         ac = _unwrap(actor_critic)
-        logits, v = _old_policy_and_values(ac, seq, mask, P, cfg, timings)
-        logprobs.append(gather_logprobs(logits, part.response_ids))
+        logits, v = _old_policy_and_values(ac, seq, mask, P, cfg, timings, recompute)
+        if recompute:
+            logprobs.append(gather_logprobs(logits, part.response_ids))
         values.append(v)
         with timer(timings, "reference"):
             if ref_policy is None:
@@ -95,7 +100,9 @@ def score_rollout(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward,
             else:
                 ref_logprobs.append(response_logprobs(ref_policy, seq, mask, P, cfg.temperature))
     m = ro.response_mask.float()
-    ro.logprobs, ro.ref_logprobs = torch.cat(logprobs) * m, torch.cat(ref_logprobs) * m
+    ro.ref_logprobs = torch.cat(ref_logprobs) * m
+    if recompute:
+        ro.logprobs = torch.cat(logprobs) * m
     ro.values = torch.cat(values) * m if values[0] is not None else None
     with timer(timings, "reward"):
         idx = ro.prompt_index.tolist()
@@ -109,12 +116,18 @@ def score_rollout(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward,
     return parts
 
 
-def _old_policy_and_values(ac, seq, mask, P: int, cfg: PPOConfig, timings: dict):
-    if ac.shared or not ac.has_critic:  # one pass gives both (or logits alone): timed as policy_logprobs
+def _old_policy_and_values(ac, seq, mask, P: int, cfg: PPOConfig, timings: dict, recompute: bool):
+    """(response logits / T [b,A,V], or None when the sampler's log-probs serve; values [b,A],
+    or None without a critic)."""
+    if recompute and (ac.shared or not ac.has_critic):  # one pass gives both (or logits alone)
         with timer(timings, "policy_logprobs"):
             return ac(seq, mask, P, cfg.temperature)
-    with timer(timings, "policy_logprobs"):
-        logits = ac.policy_logits(seq, mask, P, cfg.temperature)
+    logits = None
+    if recompute:
+        with timer(timings, "policy_logprobs"):
+            logits = ac.policy_logits(seq, mask, P, cfg.temperature)
+    if not ac.has_critic:
+        return logits, None
     with timer(timings, "values"):
         return logits, ac.values(seq, mask, P)
 
@@ -197,6 +210,7 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
                     accelerator.backward(cfg.ptx_coef * ptx_loss)
                     metrics[-1]["loss/ptx"] = ptx_loss.detach()
                 row = mean_metrics(metrics)
+                row["policy/ratio_max_dev"] = max(float(m["policy/ratio_max_dev"]) for m in metrics)
                 losses = {k: row[k] for k in ("loss/policy", "loss/value", "loss/ptx") if k in row}
                 apply_step(accelerator, actor_critic, optimizer, scheduler, guard, step, losses, cfg.max_grad_norm)
             row["epoch"] = epoch

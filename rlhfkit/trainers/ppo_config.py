@@ -49,6 +49,10 @@ class PPOConfig(TrainConfig):
     response_length: int = option(32, "most tokens sampled per response")
     temperature: float = option(1.0, "sampling temperature; also divides the logits of every log-prob "
                                 "recomputation and of the reference")
+    old_logprobs: str = option("sampler", "the old policy's log-probs: sampler (each sampled token's log-prob at "
+                               "temperature, as drawn: no policy pass before the update) or recompute (a no-grad "
+                               "policy pass over the rollout: exact where the sampler's numerics differ from the "
+                               "update's, e.g. under bf16 autocast)")
     missing_eos_penalty: float = option(1.0, "subtracted from the score of a response without EOS")
     kl_coef: float = option(0.02, "beta: per-token KL penalty coefficient (initial value when adaptive)")
     kl_estimator: str = option("k1", "per-token KL estimator in the reward: k1 (log ratio), k2, or k3")
@@ -95,7 +99,8 @@ class PPOConfig(TrainConfig):
     RULES: ClassVar[dict] = {
         "critic_learning_rate": ">= 0", "total_episodes": ">= 1", "rollout_batch_size": ">= 1",
         "num_minibatches": ">= 1", "ppo_epochs": ">= 1", "per_device_train_batch_size": ">= 1",
-        "generation_batch_size": ">= 1", "generation_backend": ("local", "hf"), "max_prompt_length": ">= 1",
+        "generation_batch_size": ">= 1", "generation_backend": ("local", "hf"),
+        "old_logprobs": ("sampler", "recompute"), "max_prompt_length": ">= 1",
         "response_length": ">= 1", "temperature": "> 0", "missing_eos_penalty": ">= 0", "kl_coef": ">= 0",
         "kl_estimator": ("k1", "k2", "k3"), "kl_target": "> 0", "kl_horizon": ">= 1", "samples_per_prompt": ">= 1",
         "advantage_estimator": lambda v: None if v in ("gae", *GROUP_ADVANTAGES) else

@@ -130,6 +130,7 @@ def step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, schedule
     first = update_rows[0]  # the first minibatch of the update: ratio 1 and approx-KL 0 with dropout off
     metrics["policy/first_ratio_mean"] = first["policy/ratio_mean"]
     metrics["policy/first_approxkl"] = first["policy/approxkl"]
+    metrics["policy/first_ratio_max_dev"] = first["policy/ratio_max_dev"]
     metrics.pop("epoch", None)
     metrics["timing/step"] = sum(v for k, v in timings.items())
     return metrics
