@@ -338,3 +338,23 @@ def test_pairwise_agreement_counts_gold_ties_and_judge_ties_one_half():
     assert fig["labeler_agreement_gold"] == pytest.approx((1 + 1 + 1 + 0 + 1 + 1) / 6)
     with pytest.raises(ValueError, match="5 judgements for 6 pairs"):
         pairwise_agreement([row], probs[:5])
+
+
+def test_the_plots_have_a_panel_per_stage_that_trained_in_the_reports_words(micro_run):
+    """training.png: SFT, each reward model, every RL run (rewards; KL and length) and every
+    direct method, titled and labelled with the report's names, never the internal ones."""
+    from PIL import Image
+
+    from rlhfkit.experiment.report_plots import METRIC_LABELS, training_panels
+
+    _, out = micro_run
+    panels = training_panels(out, {n: out / n for n in ("ppo", "ppo_ai", "rloo", "ppo_gold")},
+                             {n: out / n for n in ("dpo", "orpo")})
+    titles = [title for title, _, _ in panels]
+    assert titles[:3] == ["SFT", "reward model", "reward model on AI labels"]
+    assert "PPO on AI feedback (RLAIF): rewards" in titles and "RLOO (no critic): KL and length" in titles
+    assert titles[-2:] == ["DPO", "ORPO (from base-small)"]
+    assert all("_" not in title for title in titles)  # no internal names such as ppo_ai
+    assert all(key in METRIC_LABELS for _, _, keys in panels for key in keys)
+    width, height = Image.open(out / "training.png").size
+    assert width <= 4 * 420 + 50 and height >= 340 * (len(panels) // 4)  # rows of four, not one long strip
