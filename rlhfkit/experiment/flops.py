@@ -149,7 +149,7 @@ def _rl_flops(directory: Path, metrics: Path, count: TokenCounter, lay, n_sft: i
 
 
 def matmul_peak(threads: int, size: int = 1024, repeats: int = 5) -> float:
-    """The best float32 matrix-product FLOP/s of this machine at `threads` threads."""
+    """The best float32 matrix-product FLOP/s of the machine the report is written on, at `threads` threads."""
     import torch
 
     old = torch.get_num_threads()

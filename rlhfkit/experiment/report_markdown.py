@@ -236,8 +236,9 @@ def _plots_and_time(report: dict) -> list[str]:
     peak = flops["matmul_peak"]
     if peak:
         lines += [f"Model FLOPs per stage (2N a token forward, 6N trained; an estimate from the tokens each stage "
-                  f"processed, padding not counted) against this machine's measured float32 matrix-product peak, "
-                  f"{_f(peak['flops_per_second'] / 1e9, '.1f')} GFLOP/s on {peak['threads']} thread(s):", ""]
+                  "processed, padding not counted) against the float32 matrix-product peak measured on the machine "
+                  f"that ran it, {_f(peak['flops_per_second'] / 1e9, '.1f')} GFLOP/s on {peak['threads']} thread(s):",
+                  ""]
     lines += ["| stage | seconds | model GFLOP | share of the peak |", "|---|---:|---:|---:|"]
     for k, v in report["seconds"].items():
         row = flops["stages"].get(k, {})
