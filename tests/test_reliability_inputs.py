@@ -1,4 +1,4 @@
-"""Bad inputs are clear errors or handled on purpose (issue 19): damaged checkpoint
+"""Bad inputs are clear errors or handled on purpose: damaged checkpoint
 manifests fall back, reward functions' bad outputs and failures name the function,
 bad model paths and over-deep JSON are one-line errors, a rerun with other options
 or data refuses to resume unless forced (and then applies them), a second run into

@@ -1,7 +1,7 @@
 """Kill -9 at named points (RLHFKIT_FAULT, rlhfkit.io.fault_point): during a
 checkpoint save, then during the resumed run's rewrite of metrics.jsonl, then the
 same command again: weights, metrics.jsonl and samples.jsonl equal an
-uninterrupted run's, and nothing is left behind (issue 19, item 5)."""
+uninterrupted run's, and nothing is left behind."""
 import os
 import signal
 import subprocess

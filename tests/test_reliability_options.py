@@ -1,6 +1,6 @@
 """Every bad option is refused when the config is built, before any model or data is
-read, with one line naming the option (issue 19: no silent no-op, no inverted
-objective, no hang, no traceback). Table-driven: one row per kind of bad option."""
+read, with one line naming the option: no silent no-op, no inverted objective,
+no hang, no traceback. Table-driven: one row per kind of bad option."""
 import math
 
 import pytest
