@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from rlhfkit.data.collate import pad_prompt_response
-from rlhfkit.data.tokenize import prompt_token_ids
 from rlhfkit.world.judge import judge_task
 from rlhfkit.world.labelers import LabelerConfig, rank
 from rlhfkit.world.tasks import CONSTRAINTS, allowed_constraints, apply_format, constrain, parse_instruction
@@ -90,22 +88,13 @@ def format_preference_figures(rows: Sequence[dict], score: Callable[[list, list,
 @torch.no_grad()
 def reward_model_scores(model, tokenizer, prompts: Sequence, responses: Sequence[str], terminated: Sequence[bool],
                         *, batch_size: int = 64) -> list[float]:
-    """The reward model's (normalised) score of each response to its prompt; a
-    response that ran out of tokens is encoded without EOS, as PPO scores it."""
-    from rlhfkit.models.forward import reward_scores
+    """The reward model's raw score of each response to its prompt (its stored
+    normalisation is a shift and a positive scale, so orders and best-of-n are the
+    same): rlhfkit.generation.generate.score, the one scoring loop."""
+    from rlhfkit.generation.generate import score
 
-    pairs = []
-    for p, y, ended in zip(prompts, responses, terminated):
-        eos = [tokenizer.eos_token_id] if ended else []
-        pairs.append((prompt_token_ids(tokenizer, p), tokenizer(y, add_special_tokens=False)["input_ids"] + eos))
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))  # less padding
-    scores = [0.0] * len(pairs)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        ids, mask, target = pad_prompt_response([pairs[i] for i in idx], tokenizer.pad_token_id)
-        for i, v in zip(idx, reward_scores(model, ids, mask, target).tolist()):
-            scores[i] = v
-    return scores
+    return score(model, tokenizer, list(prompts), list(responses), list(terminated), batch_size=batch_size,
+                 normalise=False)
 
 
 # Each held-out figure is a ratio of counts over prompts (numerator, denominator); heldout.json keeps

@@ -238,8 +238,6 @@ def _apply_common(model: PreTrainedModel, tokenizer, *, dropout: bool, gradient_
 def adapter_base(path: str) -> str | None:
     """The base model of a directory that holds only a PEFT adapter (what
     --save_adapter_only writes: adapter_config.json, no config.json), else None."""
-    import json
-
     p = Path(path).expanduser()
     if not (p / "adapter_config.json").is_file() or (p / "config.json").is_file():
         return None
