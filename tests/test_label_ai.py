@@ -8,11 +8,14 @@ from rlhfkit.data.loading import as_pairs, load_preferences, load_sft
 from rlhfkit.label.ai import (
     TEMPLATE,
     AIConfig,
+    AIJudgeReward,
+    Reasoning,
     choice_probabilities,
     judge_pairs,
     judge_text,
     label_ai,
     read_principles,
+    write_reviews,
 )
 from rlhfkit.label.revise import ReviseConfig, critique_and_revise, cut_at_field, requests, revise
 from rlhfkit.label.sample import SampleConfig, sample_items
@@ -120,6 +123,88 @@ def test_a_judge_trained_on_review_documents_prefers_the_better_answer(tok):
     model.eval()
     probs = judge_pairs(model, tok, [f"Rate {w}." for w in held], [(f"{w}.", f"{w} gold.") for w in held])
     assert (probs < 0.3).all(), probs  # the first answer is the worse one
+
+
+def _train_on(model, tok, docs: list[str], steps: int) -> None:
+    ids = [tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for d in docs]
+    width = max(map(len, ids))
+    batch = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in ids])
+    mask = (torch.arange(width)[None] < torch.tensor([len(s) for s in ids])[:, None]).long()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    labels = batch.masked_fill(mask == 0, -100)
+    for _ in range(steps):
+        loss = model(input_ids=batch, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def test_a_judge_that_reads_critiques_decides_by_the_checks_it_writes(tok):
+    """Critiques where the verdict follows a check line ("Gold: (A).") that the judge must
+    write itself: read straight after the pair (no reasoning) the verdict is a guess, read
+    after the judge's own review it picks the better answer on words it never saw judged."""
+    torch.manual_seed(0)
+    model = tiny_llama(tok, seed=0)
+    train, held = WORDS[:7], WORDS[7:]
+    reasoning = Reasoning(template="{instruction}\n(A) {answer_a}\n(B) {answer_b}\nCheck:", max_tokens=8)
+    docs = []
+    for w in train:
+        good, bad = f"{w} gold.", f"{w}."
+        docs.append(reasoning.template.format(instruction=f"Rate {w}.", answer_a=good, answer_b=bad) + " (A) gold.\nBetter: (A)")
+        docs.append(reasoning.template.format(instruction=f"Rate {w}.", answer_a=bad, answer_b=good) + " (B) gold.\nBetter: (B)")
+    _train_on(model, tok, docs, 80)
+    prompts, pairs = [f"Rate {w}." for w in held], [(f"{w}.", f"{w} gold.") for w in held]
+    stats: dict = {}
+    thought = judge_pairs(model, tok, prompts, pairs, reasoning=reasoning, stats=stats)
+    assert (thought < 0.3).all(), thought  # the first answer is the worse one
+    direct = judge_pairs(model, tok, prompts, pairs)  # the template it never read: not reliably right
+    assert not (direct < 0.3).all(), direct
+    assert stats["forward_sequences"] == 2 * 2 * len(held) and stats["review_tokens"] > 0  # write, then read
+    assert stats["review_samples"][0].endswith("gold.\nBetter: (")
+
+
+def test_reviews_are_cut_where_the_judge_gives_its_own_verdict(tok, monkeypatch):
+    """The review ends where the judge writes the verdict cue itself (its letter is read,
+    not generated), a line break is put before the cue, and texts keep their order
+    whatever order the batches ran in."""
+    import rlhfkit.label.lm as lm
+
+    def fake(model, tokenizer, prompt_ids, **kwargs):  # the shorter text comes first
+        assert [len(p) for p in prompt_ids] == sorted(len(p) for p in prompt_ids)
+        reviews = {"Say x": " ok.\nBetter: (B) and on", "Say a long sentence": " fine"}
+        return [reviews[tokenizer.decode(p)] for p in prompt_ids], [True] * len(prompt_ids)
+
+    monkeypatch.setattr(lm, "sample_texts", fake)
+    out = write_reviews(None, tok, ["Say a long sentence", "Say x"], Reasoning(), batch_size=2, stats={})
+    assert out == ["Say a long sentence fine\nBetter: (", "Say x ok.\nBetter: ("]
+
+
+def test_the_ai_judge_reward_is_the_logit_of_its_preference_over_the_reference(tiny_model_dir):
+    """Direct RLAIF's reward: logit P(y better than the reference), both orders averaged;
+    a response against itself scores 0 whatever the judge; a record without the
+    reference column is an error naming it."""
+    from types import SimpleNamespace
+
+    judge = AIJudgeReward(tiny_model_dir)
+    prompts = ["Say cat.", "Say dog."]
+    same = judge.score(prompts, ["cat.", "dog!"], ["cat.", "dog!"])
+    assert torch.allclose(same, torch.zeros(2), atol=1e-5)
+    p = judge_pairs(judge.model, judge.tokenizer, prompts, [("cat.", "no"), ("dog!", "a dog")])
+    assert torch.allclose(judge.score(prompts, ["cat.", "dog!"], ["no", "a dog"]), torch.logit(p), atol=1e-5)
+    batch = SimpleNamespace(prompts=prompts, responses=["cat.", "dog!"], metadata=[{"reference": "no"}, {}],
+                            prompt_ids=torch.zeros(2, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="prompt record 1 of the batch has no string column 'reference'"):
+        judge(batch)
+
+
+def test_reasoning_options_are_checked():
+    from rlhfkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="reasoning_template must contain {answer_b}"):
+        AIConfig(reasoning_template="{instruction} {answer_a}")
+    with pytest.raises(ConfigError, match="verdict_cue is empty"):
+        AIConfig(verdict_cue=" ")
 
 
 def test_label_ai_writes_rankings_rm_reads(tiny_model_dir, tmp_path):

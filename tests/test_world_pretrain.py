@@ -136,3 +136,27 @@ def test_continued_pretraining_keeps_the_tokenizer_and_lowers_the_loss(toy_run, 
     with pytest.raises(ValueError, match="every model trained in this run"):
         pretrain_world(PretrainConfig(output_dir=str(tmp_path / "x"), work_dir=str(tmp_path / "w"), n_docs=20,
                                       init_large=str(out / "base-large"), judge_prompts=0), _specs=TOY)
+
+
+def test_the_judge_continues_its_init_on_the_judges_reading(toy_run, tmp_path):
+    """`--models judge`: base-large's weights and tokenizer, then web text in which most
+    documents are critiques naming their checks; trained in a run of its own."""
+    cfg, out = toy_run
+    judge_cfg = PretrainConfig(output_dir=str(tmp_path / "ckpt"), work_dir=str(tmp_path / "work"), models="judge",
+                               init_judge=str(out / "base-large"), judge_docs=120, n_eval_docs=20, max_length=128,
+                               judge_lr=1e-3, judge_batch_size=4, warmup_ratio=0.1, judge_prompts=0)
+    pretrain_world(judge_cfg, _specs=TOY)
+    d = tmp_path / "ckpt" / "judge"
+    figures = json.loads((d / "pretrain.json").read_text())
+    first = json.loads((out / "base-large" / "pretrain.json").read_text())
+    assert figures["init_from"] == str(out / "base-large") and figures["parameters"] == first["parameters"]
+    assert figures["val_loss_init"] == pytest.approx(first["val_loss"], abs=1e-3)
+    assert (d / "tokenizer.json").read_text() == (out / "base-large" / "tokenizer.json").read_text()
+    corpus = [json.loads(line)["text"] for line in (tmp_path / "work" / "webtext.jsonl").read_text().splitlines()]
+    # critiques (most are longer than the toy max_length and dropped) and none in the base models' corpus
+    assert any("\nAsked: " in t for t in corpus)
+    base_corpus = (toy_run[0].work_dir + "/webtext.jsonl")
+    assert "\nAsked: " not in open(base_corpus).read()
+    with pytest.raises(ValueError, match="run of its own"):
+        pretrain_world(PretrainConfig(output_dir=str(tmp_path / "x"), work_dir=str(tmp_path / "w"),
+                                      models="judge,large", judge_prompts=0), _specs=TOY)

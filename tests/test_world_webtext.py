@@ -6,7 +6,9 @@ from rlhfkit.world.splits import owner
 from rlhfkit.world.tasks import parse_instruction
 from rlhfkit.world.webtext import (
     DOC_KINDS,
+    JUDGE_MIX,
     WebTextMix,
+    constitution,
     _DIGRESSIONS,
     default_chat_render,
     make_webtext,
@@ -23,7 +25,7 @@ def test_deterministic():
 def test_every_kind_present_in_proportion():
     rows = make_webtext_labeled(2000, seed=0)
     freq = Counter(r["kind"] for r in rows)
-    assert set(freq) == set(DOC_KINDS)
+    assert set(freq) == {k for k, w in WebTextMix().doc_weights().items() if w > 0} == set(DOC_KINDS) - {"critique"}
     for kind, w in WebTextMix().doc_weights().items():
         assert abs(freq[kind] / 2000 - w) < 0.04
     texts = {k: [r["text"] for r in rows if r["kind"] == k] for k in DOC_KINDS}
@@ -85,6 +87,62 @@ def test_review_documents_name_the_better_answer_80_percent_of_the_time():
             total += 1
     assert total > 400 and 0.76 < right / total < 0.84
     assert review_text("Q", "x", "y") == "Q\n(A) x\n(B) y\nBetter: ("
+
+
+def test_the_base_models_web_text_is_unchanged_by_the_judges_reading():
+    """base-small and base-large were pretrained on this exact text; the critiques only the
+    judge reads must not move a byte of it (every other world figure rests on it)."""
+    import hashlib
+
+    digest = hashlib.sha256("\x00".join(make_webtext(300, 0)).encode()).hexdigest()
+    assert digest == "31aa182cbff809e626f660ebea3ecf5c65f6ffe0809851a27dfbffa7e3a59b8a"
+
+
+def _parse_critique(text: str):
+    lines = text.split("\n")
+    principle = lines.pop(0) if lines[0] in constitution() else None
+    verdict = lines.pop()
+    if lines[-3].startswith("Asked: "):
+        checks, lines = lines[-3:], lines[:-3]
+    else:
+        checks = None
+    instruction = lines[0]
+    b_at = max(i for i, line in enumerate(lines) if line.startswith("(B) "))
+    a = "\n".join(lines[1:b_at])[4:]
+    b = "\n".join(lines[b_at:])[4:]
+    return principle, instruction, a, b, checks, verdict
+
+
+def test_critiques_name_true_checks_and_a_verdict_that_follows_gold():
+    """The judge's reading: each check a critique writes is what the gold judge finds
+    (the key is an accepted answer, right/wrong is exactness, the formats are those read
+    off the first line, one line is conciseness), and the verdict names the answer with
+    the higher gold score 95% of the time."""
+    rows = [r for r in make_webtext_labeled(3000, seed=7, mix=JUDGE_MIX) if r["kind"] == "critique"]
+    assert 0.65 < len(rows) / 3000 < 0.75
+    with_checks = agree = principled = 0
+    for row in rows:
+        principle, instruction, a, b, checks, verdict = _parse_critique(row["text"])
+        principled += principle is not None
+        task = parse_instruction(instruction)
+        assert verdict in ("Better: (A)", "Better: (B)")
+        if checks is not None:  # (whether a response ended is in its checks only)
+            with_checks += 1
+            asked, key = checks[0][len("Asked: "):].split(". Key: ")
+            assert asked == (task.constraint or "plain") and key in task.accepted
+            for line, y in zip(checks[1:], (a, b)):
+                verdict_y = judge_task(task, y, True)
+                words = line[4:].rstrip(".").split(", ")
+                assert words[0] == ("right" if verdict_y.exact else "wrong")
+                assert words[1] == ("+".join(verdict_y.formats) or "plain")
+                assert (words[2] == "one line") == verdict_y.concise
+                assert ("rude" in words) == (not verdict_y.polite)
+            ended = [", runs on" not in line for line in checks[1:]]
+            ga, gb = (judge_task(task, y, e).gold for y, e in zip((a, b), ended))
+            assert abs(ga - gb) > 1e-9  # ties are left out
+            agree += (verdict == "Better: (A)") == (ga > gb)
+    assert 0.75 < with_checks / len(rows) < 0.85 and 0.25 < principled / len(rows) < 0.35
+    assert 0.92 < agree / with_checks < 0.98
 
 
 def test_webtext_tasks_come_from_webtext_split():

@@ -5,7 +5,7 @@ LABELS = {"base_small": "base-small", "base_large": "base-large (\"GPT-3\")", "s
           "cdpo": "cDPO", "robust": "robust DPO", "hinge": "SLiC hinge", "simpo": "SimPO", "kto": "KTO",
           "orpo": "ORPO (from base-small)", "ppo_gold": "PPO on the gold judge (oracle, upper bound)",
           "bon4": "best-of-4 (RM)", "bon16": "best-of-16 (RM)",
-          "ppo_ai": "PPO on AI feedback (RLAIF)"}
+          "ppo_ai": "PPO on AI feedback (RLAIF)", "ppo_ai_direct": "PPO with the AI judge as reward (direct RLAIF)"}
 
 
 def label(name: str) -> str:

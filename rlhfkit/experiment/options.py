@@ -149,6 +149,7 @@ class RunConfig:
         f"seed_scope: unknown scope {v!r}; choose {' or '.join(SEED_SCOPES)}{did_you_mean(str(v), SEED_SCOPES)}",
         "seeds": lambda v: _seeds_problem(v),
         "algo": lambda v: _algo_problem(v), "k": ">= 2", "rl_group_size": ">= 2", "bon_n": ">= 1",
+        "ai_reasoning_tokens": ">= 1",
         "demonstrations": ">= 1", "comparison_prompts": ">= 1", "ppo_prompts": ">= 1", "eval_prompts": ">= 1",
         "validation_prompts": ">= 0", "webtext_eval_docs": ">= 0", "ptx_docs": ">= 1", "max_new_tokens": ">= 1",
         "eval_batch_size": ">= 1", "eval_temperatures": "> 0", "comparison_temperature": "> 0",
@@ -189,11 +190,16 @@ class RunConfig:
                              "hinge, simpo, kto (from SFT), orpo (from base-small), ppo_gold (PPO against the gold "
                              "judge: an upper bound); all: the method table's " + ", ".join(ALL_METHODS))
     bon_n: list[int] = option([4, 16], "best-of-n sizes (--algo bon), each reported as bon<n>")
-    feedback: str = option("labelers", "labelers (RLHF), or ai: also RLAIF from an AI judge's rankings (rm_ai/, "
-                           "ppo_ai/)")
-    ai_judge: str = option("", "the AI labeler's model (default: base_large)")
-    ai_principles: str = option("", "a file of Constitutional-AI principles, one a line (default none: the world's "
-                                "review documents carry no principle line)")
+    feedback: str = option("labelers", "labelers (RLHF), or ai: also RLAIF, from an AI judge's rankings (rm_ai/, "
+                           "ppo_ai/) and with the judge as the reward (ppo_ai_direct/)")
+    ai_judge: str = option("rlhfkit/world/checkpoints/judge", "the AI labeler's model: the world's judge (base-large "
+                           "after reading critiques; `rlhfkit world pretrain --models judge`), base_large, or a path")
+    ai_principles: str = option("world", "the AI labeler's constitution, one principle a line: world (the world's, "
+                                "rlhfkit/world/constitution.txt), a file, or empty for none")
+    ai_reasoning: bool = option(True, "the AI labeler writes its checks before each verdict (chain of thought)")
+    ai_reasoning_tokens: int = option(96, "longest review the AI labeler writes, in tokens")
+    ai_ablations: bool = option(True, "also measure on the held-out pairs the labeler without reasoning, without "
+                                "principles, and base-small and base-large as judges (report.md's cost table)")
     rl_group_size: int = option(4, "rloo and grpo: responses per prompt, each prompt's baseline")
     ptx: bool = option(False, "also train and evaluate a PPO-ptx policy")
     ptx_coef: float = option(2.0, "gamma of PPO-ptx (InstructGPT 27.8 with its loss scale)")

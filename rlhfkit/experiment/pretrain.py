@@ -8,6 +8,11 @@ and on the generated web text (`make_webtext`), two Llama-style base models:
 - base-large: hidden 256, 10 layers, 4 heads, intermediate 704, tied (about
   8.1M parameters, >= 8x base-small): the world's "GPT-3".
 
+and, in a run of its own (`--models judge`), the AI feedback model `judge`:
+base-large's continued pretraining on JUDGE_MIX, web text in which half the
+documents are critiques that name their checks before the verdict
+(rlhfkit.world.webtext). base-small and base-large are untouched by it.
+
 Steps: (1) a byte-level BPE tokenizer (vocab 512, digits split, EOS
 "<|endoftext|>", pad "<|pad|>", DEFAULT_CHAT_TEMPLATE) trained on the web text;
 (2) each document is its own plain-`text` record, so the SFT trainer trains on
@@ -36,11 +41,13 @@ import torch
 
 from rlhfkit.config import option
 from rlhfkit.io import write_json, write_jsonl
-from rlhfkit.world.webtext import make_webtext
+from rlhfkit.world.webtext import JUDGE_MIX, make_webtext
 
 # Held-out web text: its own seed, never the training seed (disjoint documents).
 WEBTEXT_EVAL_SEED = 1_000_003
 WEBTEXT_EVAL_DOCS = 500
+
+JUDGE = "judge"  # the AI feedback model: continued pretraining, not an architecture of its own
 
 # Architectures (LlamaConfig keyword arguments).
 MODEL_SPECS: dict[str, dict] = {
@@ -81,6 +88,14 @@ class PretrainConfig:
     init_large: str = option("", "continued pretraining: start base-large from this model directory (and use its "
                                  "tokenizer) instead of random weights; give a new --seed for fresh documents")
     init_small: str = option("", "the same for base-small")
+    init_judge: str = option("rlhfkit/world/checkpoints/base-large", "--models judge: the model the AI judge continues "
+                             "from (it keeps that model's tokenizer and architecture)")
+    judge_docs: int = option(12000, "--models judge: documents of the judge's reading (JUDGE_MIX: half critiques)")
+    judge_corpus_seed: int = option(1, "--models judge: seed of its documents (not the base models' seed 0, so the "
+                                       "tasks it reads are new to it)")
+    judge_epochs: float = option(1.0, "--models judge: passes over its documents")
+    judge_lr: float = option(5e-4, "--models judge: peak learning rate")
+    judge_batch_size: int = option(4, "--models judge: packed rows per optimizer step")
     judge_prompts: int = option(200, "after training, sample this many eval-split prompts and score them (0: skip)")
     judge_seed: int = option(0, "seed of those prompts and samples (fixed, so runs with other corpus seeds compare)")
     progress: bool = option(False, "show progress bars")
@@ -270,11 +285,13 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
     from rlhfkit.models.tokenizer import train_bpe_tokenizer
     from rlhfkit.trainers.sft import SFTConfig, train_sft
 
-    specs = _specs or MODEL_SPECS
+    specs = dict(_specs or MODEL_SPECS)
     kinds = [k.strip() for k in cfg.models.split(",") if k.strip()]
     for k in kinds:
-        if k not in specs:
-            raise ValueError(f"unknown base model {k!r}; choose from {sorted(specs)}")
+        if k not in specs and k != JUDGE:
+            raise ValueError(f"unknown base model {k!r}; choose from {sorted(specs) + [JUDGE]}")
+    if JUDGE in kinds and kinds != [JUDGE]:
+        raise ValueError("--models judge reads its own corpus from its own init: train it in a run of its own")
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     out, work = Path(cfg.output_dir), Path(cfg.work_dir)
@@ -282,7 +299,10 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
     work.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
-    texts = make_webtext(cfg.n_docs, cfg.seed)
+    if kinds == [JUDGE]:  # continued pretraining on the judge's reading
+        texts = make_webtext(cfg.judge_docs, cfg.judge_corpus_seed, mix=JUDGE_MIX)
+    else:
+        texts = make_webtext(cfg.n_docs, cfg.seed)
     eval_texts = webtext_eval_texts(cfg.n_eval_docs)
     inits = {k: getattr(cfg, f"init_{k}", "") for k in kinds}
     init_dirs = {d for d in inits.values() if d}
@@ -302,7 +322,7 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
           f"(+EOS), tokenizer {len(tokenizer)} tokens, {time.time() - t0:.0f}s", flush=True)
 
     for kind in kinds:
-        name = f"base-{kind}"
+        name = JUDGE if kind == JUDGE else f"base-{kind}"
         epochs = getattr(cfg, f"{kind}_epochs", 1.0)
         lr = getattr(cfg, f"{kind}_lr", 1e-3)
         bs = getattr(cfg, f"{kind}_batch_size", 16)
@@ -338,7 +358,8 @@ def pretrain_world(cfg: PretrainConfig, *, _specs: dict[str, dict] | None = None
         final = out / name
         _copy_model_dir(run_dir, final)
         figures = {
-            "name": name, "init_from": inits[kind] or "random", "parameters": n_params, "architecture": specs[kind],
+            "name": name, "init_from": inits[kind] or "random", "parameters": n_params,
+            "architecture": specs.get(kind, "as init_from"),
             "corpus_docs": len(kept), "corpus_tokens": corpus_tokens, "epochs": epochs,
             "tokens_seen": int(round(corpus_tokens * epochs)), "optimizer_steps": steps,
             "wall_time_s": round(wall, 1), "resumed": bool(resumed), "val_loss_init": round(init_loss, 4), "val_loss": round(val, 4),

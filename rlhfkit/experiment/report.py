@@ -62,7 +62,7 @@ RM_KEYS = ("val_accuracy", "labeler_agreement", "val_accuracy_vs_gold", "oracle_
            "exact_pair_accuracy", "exact_pair_accuracy_per_family", "follows_pairs", "follows_pair_accuracy",
            "score_correlation", "format_preference", "format_pairs", "reward_form", "reward_scale", "init")
 # The method table's rows of one seed, in order (those a run trained): SFT, then every method.
-METHOD_ORDER = ("sft", "bon4", "bon16", "ppo", "ppo_ai", "rloo", "grpo", "dpo", "ipo", "orpo", "kto", "ppo_gold")
+METHOD_ORDER = ("sft", "bon4", "bon16", "ppo", "ppo_ai", "ppo_ai_direct", "rloo", "grpo", "dpo", "ipo", "orpo", "kto", "ppo_gold")
 TRAINED = ("base_small", "base_large", "sft")  # models that are not an alignment method
 EXACT_HALF = {"mean": 0.5, "ci95": [0.5, 0.5], "seed_std": None}  # SFT against itself
 
@@ -180,7 +180,8 @@ def seed_report(lay: SeedLayout, models: dict[str, str], seconds: dict[str, floa
     if ai.exists():  # --feedback ai: the AI labeler beside the simulated ones, and the RM trained on it
         rm_ai = json.loads((lay.recipe / "rm_ai" / "heldout.json").read_text())
         report["ai_labeler"] = {**json.loads(ai.read_text()), "rm_val_accuracy": rm_ai["val_accuracy"],
-                                "rm_val_accuracy_vs_gold": rm_ai["val_accuracy_vs_gold"]}
+                                "rm_val_accuracy_vs_gold": rm_ai["val_accuracy_vs_gold"],
+                                "rm_format_preference": rm_ai.get("format_preference")}
     sft_best = evals["sft"]["decodings"].get("best", {}).get("temperature", 1.0)
     details = {"evals": evals, "files": files, "tables": tables, "rm": rm, "rm_dir": str(lay.rm),
                "sft_best_temperature": sft_best}

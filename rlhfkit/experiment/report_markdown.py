@@ -213,16 +213,38 @@ def _ai_labeler(report: dict) -> list[str]:
     ai = report.get("ai_labeler")
     if not ai:
         return []
-    return ["## AI feedback (RLAIF)", "",
-            f"The AI labeler ({ai['judge']}, Constitutional AI's multiple choice after the web text's review "
-            f"template, both orders averaged) ranked the {ai['train_rankings']} training rankings' responses for "
-            f"{ai['forward_passes']:,} judge forward passes ({_f(ai['seconds'], '.0f')} s).", "",
-            "| on the held-out pairs | agreement |", "|---|---:|",
-            f"| AI labeler vs gold | {_f(ai['agreement_gold'], '.1%')} |",
-            f"| AI labeler vs the simulated labeler | {_f(ai['agreement_labeler'], '.1%')} |",
-            f"| simulated labeler vs gold | {_f(ai['labeler_agreement_gold'], '.1%')} |",
-            f"| reward model on AI labels vs the labeler / vs gold | {_f(ai['rm_val_accuracy'], '.1%')} / "
-            f"{_f(ai['rm_val_accuracy_vs_gold'], '.1%')} |", ""]
+    how = ", ".join(filter(None, ["writing its checks before each verdict" if ai.get("reasoning") else "",
+                                  f"{len(ai.get('principles') or [])} principles, one drawn per pair"
+                                  if ai.get("principles") else "no principles"]))
+    lines = ["## AI feedback (RLAIF)", "",
+             f"The AI labeler ({ai['judge']}, {_f(ai.get('parameters', 0) / 1e6, '.1f')}M parameters; Constitutional "
+             f"AI's multiple choice, both orders averaged; {how}) ranked the {ai['train_rankings']} training rankings "
+             f"({ai.get('train_pairs', 0):,} pairs) for {ai.get('train_forward_passes', 0):,} judge sequences"
+             f" and {ai.get('train_review_tokens', 0):,} review tokens ({_f(ai.get('train_seconds'), '.0f')} s).", "",
+             "| on the held-out pairs | agreement |", "|---|---:|",
+             f"| AI labeler vs gold | {_f(ai['agreement_gold'], '.1%')} |",
+             f"| AI labeler vs the simulated labeler | {_f(ai['agreement_labeler'], '.1%')} |",
+             f"| simulated labeler vs gold | {_f(ai['labeler_agreement_gold'], '.1%')} |",
+             f"| AI labeler prefers the asked format (pairs where only one has it) | "
+             f"{_f(ai.get('format_preference'), '.1%')} (labeler: {_f(ai.get('labeler_format_preference'), '.1%')}) |",
+             f"| reward model on AI labels vs the labeler / vs gold | {_f(ai['rm_val_accuracy'], '.1%')} / "
+             f"{_f(ai['rm_val_accuracy_vs_gold'], '.1%')} |", ""]
+    for key, what in (("agreement_gold_by_constraint", "constraint"), ("agreement_gold_by_family", "family")):
+        if ai.get(key):
+            lines += [f"Agreement with gold by {what}: " + ", ".join(f"{k} {_f(v, '.0%')}" for k, v in ai[key].items())
+                      + ".", ""]
+    configurations = ai.get("configurations")
+    if configurations:
+        lines += ["What each labeler costs and how well it judges, on the same held-out pairs:", "",
+                  "| labeler | judge parameters | agreement with gold | prefers the asked format | labels/s | seconds |",
+                  "|---|---:|---:|---:|---:|---:|",
+                  f"| simulated labeler | - | {_f(ai['labeler_agreement_gold'], '.1%')} | "
+                  f"{_f(ai.get('labeler_format_preference'), '.1%')} | - | - |"]
+        lines += [f"| {c['name']} | {_f(c['parameters'] / 1e6, '.2f')}M | {_f(c['agreement_gold'], '.1%')} | "
+                  f"{_f(c['format_preference'], '.1%')} | {_f(c['labels_per_second'], '.1f')} | {_f(c['seconds'], '.0f')} |"
+                  for c in configurations]
+        lines.append("")
+    return lines
 
 
 def _plots_and_time(report: dict) -> list[str]:

@@ -17,7 +17,9 @@
       dpo/ ipo/ ... (with --algo) a direct method from SFT on the same comparisons
       orpo_data/ orpo/  (with --algo orpo) ORPO from base-small, one stage
       ppo_gold/     (with --algo ppo_gold) PPO against the gold judge: an upper bound
-      comparisons_ai/ rm_ai/ ppo_ai/  (with --feedback ai) RLAIF beside RLHF
+      comparisons_ai/ rm_ai/ ppo_ai/  (with --feedback ai) RLAIF beside RLHF: the AI judge's rankings,
+      references_ai/ ppo_ai_direct/   a reward model on them and PPO on it; SFT references and PPO with
+                                      the judge itself as the reward (direct RLAIF)
       eval/         one JSON per model (figures, per-prompt values per decoding) + samples
       seeds/<s>/    (with --seeds) another seed's method stages and eval/ (experiment/layout.py)
       report.json  report.md  *.png  (figures over the seeds, each with its 95% interval)
@@ -52,6 +54,7 @@ from rlhfkit.experiment.stages import (
     eval_stage,
     log,
     oracle_stage_config,
+    ppo_ai_direct_stage_config,
     ppo_ai_stage_config,
     ppo_stage_config,
     ptx_data,
@@ -134,6 +137,7 @@ def method_stages(cfg: RunConfig, lay: SeedLayout, bases: dict[str, str], second
 
     if cfg.feedback == "ai":
         train("ppo_ai", train_ppo_with_gold, ppo_ai_stage_config(cfg, lay))
+        train("ppo_ai_direct", train_ppo_with_gold, ppo_ai_direct_stage_config(cfg, lay, bases["base_large"]))
     for name in [a for a in RL_METHODS if a in algo]:
         critic_free = {} if name == "ppo" else {"advantage_estimator": name, "samples_per_prompt": cfg.rl_group_size}
         train(name, train_ppo_with_gold, ppo_stage_config(cfg, lay, lay.methods / name, **critic_free))

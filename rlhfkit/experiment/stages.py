@@ -12,12 +12,13 @@ from pathlib import Path
 from rlhfkit.experiment.comparisons import filter_ranking, label_comparisons, split_rows
 from rlhfkit.experiment.data import make_world_data, ptx_texts, tasks_of
 from rlhfkit.experiment.evaluate import evaluate_best_of_n, evaluate_policy, heldout_webtext
-from rlhfkit.experiment.feedback import ai_comparisons_stage
+from rlhfkit.experiment.feedback import ai_comparisons_stage, reference_responses_stage
 from rlhfkit.experiment.layout import SeedLayout
 from rlhfkit.experiment.options import ORACLE, RunConfig, labeler_config, resolve_model_path
 from rlhfkit.experiment.reward_figures import reward_model_figures
 from rlhfkit.experiment.sampling import sample_responses
 from rlhfkit.io import read_jsonl, write_json, write_jsonl
+from rlhfkit.label.ai import Reasoning, read_principles
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.pipeline import run_stage
 from rlhfkit.trainers.dpo import DPOConfig, for_method, train_dpo
@@ -168,26 +169,57 @@ def eval_stage(cfg: RunConfig, lay: SeedLayout, name: str, path: str, sft_holder
     write_json(eval_dir / f"{name}.json", {"figures": result["figures"], "decodings": result["decodings"]}, indent=1)
 
 
+def ai_judge_setup(cfg: RunConfig, base_large: str) -> tuple[str, str]:
+    """The AI labeler's model and constitution file: --ai_judge ("base_large" names that
+    checkpoint) and --ai_principles ("world": the world's constitution; empty: none)."""
+    from rlhfkit.world.webtext import CONSTITUTION
+
+    judge = base_large if cfg.ai_judge == "base_large" else resolve_model_path(cfg.ai_judge)
+    return judge, str(CONSTITUTION) if cfg.ai_principles == "world" else cfg.ai_principles
+
+
 def ai_feedback_stages(cfg: RunConfig, lay: SeedLayout, rm_cfg: RewardConfig, base_large: str) -> dict[str, float]:
     """RLAIF's recipe beside RLHF's: AI rankings of the same samples (comparisons_ai/) and a
-    reward model on them (rm_ai/); the policy on it is a method stage (ppo_ai_stage_config)."""
-    from rlhfkit.label.ai import read_principles
-
-    judge = resolve_model_path(cfg.ai_judge) if cfg.ai_judge else base_large
-    principles = read_principles(cfg.ai_principles) if cfg.ai_principles else None
+    reward model on them (rm_ai/); for direct RLAIF, one SFT sample per PPO prompt as the
+    judge's reference (references_ai/). The policies are method stages (ppo_ai_stage_config,
+    ppo_ai_direct_stage_config)."""
+    judge, principles_file = ai_judge_setup(cfg, base_large)
+    principles = read_principles(principles_file) if principles_file else None
+    reasoning = Reasoning(max_tokens=cfg.ai_reasoning_tokens) if cfg.ai_reasoning else None
     seconds = {"comparisons_ai": run_plain_stage(
         lay.stage_name("comparisons_ai"), lay.recipe / "comparisons_ai", lambda: ai_comparisons_stage(
-            lay.recipe, judge, principles=principles, seed=cfg.seed, batch_size=cfg.eval_batch_size // 4))}
+            lay.recipe, judge, principles=principles, seed=cfg.seed, batch_size=cfg.eval_batch_size // 4,
+            reasoning=reasoning, ablations=cfg.ai_ablations, base_dirs={"base-small": cfg.base_small,
+                                                                       "base-large": base_large}))}
     rm_ai = dataclasses.replace(rm_cfg, output_dir=str(lay.recipe / "rm_ai"),
                                 data=str(lay.recipe / "comparisons_ai" / "comparisons.jsonl"))
     seconds["rm_ai"] = run_stage(lay.stage_name("rm_ai"), lay.recipe / "rm_ai", lambda c: rm_stage(cfg, lay, c),
                                  rm_ai, log=log)
+    seconds["references_ai"] = run_plain_stage(
+        lay.stage_name("references_ai"), lay.recipe / "references_ai",
+        lambda: reference_responses_stage(lay.data / "ppo_prompts.jsonl", lay.sft, lay.recipe / "references_ai", judge,
+                                          principles, max_new_tokens=cfg.max_new_tokens,
+                                          batch_size=cfg.eval_batch_size, seed=cfg.seed + 29))
     return seconds
 
 
 def ppo_ai_stage_config(cfg: RunConfig, lay: SeedLayout) -> PPOConfig:
     """PPO against the reward model trained on the AI labeler's rankings (RLAIF)."""
     return ppo_stage_config(cfg, lay, lay.methods / "ppo_ai", reward_model=str(lay.recipe / "rm_ai"))
+
+
+def ppo_ai_direct_stage_config(cfg: RunConfig, lay: SeedLayout, base_large: str) -> PPOConfig:
+    """Direct RLAIF: PPO whose reward is the judge's preference for the response over an
+    SFT sample of the same prompt (no reward model), scaled like the RM: 1 / the std of
+    that reward over fresh SFT samples (references_ai/scale.json). The value function
+    starts from SFT, as there is no reward model to start it from."""
+    judge, principles_file = ai_judge_setup(cfg, base_large)
+    refs = lay.recipe / "references_ai"
+    std = json.loads((refs / "scale.json").read_text())["std"]
+    return ppo_stage_config(cfg, lay, lay.methods / "ppo_ai_direct", reward_model="", value_model=str(lay.sft),
+                            ai_judge=judge, ai_judge_principles=principles_file,
+                            prompts=str(refs / "ppo_prompts.jsonl"),
+                            reward_weights={"gold": 0.0, "ai_judge": 1.0 / max(std, 1e-3)})
 
 
 def best_of_n_stage(cfg: RunConfig, lay: SeedLayout) -> None:

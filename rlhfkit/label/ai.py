@@ -53,6 +53,12 @@ from rlhfkit.label.store import parse_item
 
 TEMPLATE = "{instruction}\n(A) {answer_a}\n(B) {answer_b}\nBetter: ("
 CHOICES = ("A", "B")
+# Chain of thought: the judge continues this text with its review, greedily, then the
+# verdict cue is put after the review and the letters are read as without reasoning.
+# The default opens the checks of the world's critiques ("Asked: caps. Key: ...");
+# for another judge use e.g. "...\n(B) {answer_b}\nLet's compare them step by step."
+REASONING_TEMPLATE = "{instruction}\n(A) {answer_a}\n(B) {answer_b}\nAsked:"
+VERDICT_CUE = "Better: ("
 
 
 def judge_text(instruction: str, answer_a: str, answer_b: str, principle: str | None = None,
@@ -132,16 +138,54 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class Reasoning:
+    """Chain-of-thought judging: the judge writes a review (greedy, at most `max_tokens`)
+    after `template`, the review is cut where it starts its own verdict (`verdict_cue`,
+    or its first line break when the cue is a line of its own), and the verdict cue
+    follows it."""
+
+    template: str = REASONING_TEMPLATE
+    verdict_cue: str = VERDICT_CUE
+    max_tokens: int = 96
+
+
+def write_reviews(model, tokenizer, texts: Sequence[str], reasoning: Reasoning, batch_size: int,
+                  stats: dict) -> list[str]:
+    """Each text continued by the judge's review and the verdict cue: text + review + cue."""
+    from rlhfkit.label.lm import sample_texts
+
+    prompt_ids = [_tokens(tokenizer, t) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(prompt_ids[i]))  # little padding per batch
+    reviews, _ = sample_texts(model, tokenizer, [prompt_ids[i] for i in order], max_new_tokens=reasoning.max_tokens,
+                              temperature=0.0, batch_size=batch_size)
+    stats["forward_sequences"] = stats.get("forward_sequences", 0) + len(texts)
+    stats["review_tokens"] = stats.get("review_tokens", 0) + sum(len(_tokens(tokenizer, r)) for r in reviews)
+    cue = reasoning.verdict_cue.strip()
+    out: list[str] = [""] * len(texts)
+    for i, review in zip(order, reviews):
+        cut = review.find(cue) if cue else -1
+        review = review[:cut] if cut >= 0 else review
+        review = review.rstrip(" ")
+        out[i] = texts[i] + review + ("" if not review or review.endswith("\n") else "\n") + reasoning.verdict_cue
+    shown = stats.setdefault("review_samples", [])  # a few whole texts, for reading what the judge wrote
+    shown.extend(out[: max(0, 4 - len(shown))])
+    return out
+
+
 def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], pairs: Sequence[tuple[str, str]],
                 principles: Sequence[str] | None = None, *, template: str = TEMPLATE, ensemble: bool = False,
-                seed: int = 0, batch_size: int = 16, stats: dict | None = None) -> torch.Tensor:
+                seed: int = 0, batch_size: int = 16, stats: dict | None = None,
+                reasoning: Reasoning | None = None) -> torch.Tensor:
     """P(pairs[i][0] is better than pairs[i][1]) for each pair, [N]: both orders averaged
     (see the module docstring). `prompts[i]` is the instruction of pair i (a string or chat
     messages). `principles`: None for no principle line; several: one drawn per pair with
-    `seed`, or all of them averaged with `ensemble`. `stats["forward_sequences"]` counts
-    the sequences the judge read."""
+    `seed`, or all of them averaged with `ensemble`. `reasoning`: the judge writes a review
+    in each order before its verdict (chain of thought; `template` is then unused).
+    `stats["forward_sequences"]` counts the sequences the judge read or wrote."""
     if len(prompts) != len(pairs):
         raise ValueError(f"{len(prompts)} prompts for {len(pairs)} pairs")
+    stats = {} if stats is None else stats
     if principles is not None and not principles:
         raise ValueError("principles is empty: pass None for no principle")
     rng = random.Random(seed)
@@ -151,12 +195,16 @@ def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], pairs: Sequence[tup
         chosen = [list(principles) for _ in pairs]
     else:
         chosen = [[rng.choice(list(principles))] for _ in pairs]
+    if reasoning is not None:
+        template = reasoning.template
     texts, owner = [], []
     for i, (prompt, (a, b)) in enumerate(zip(prompts, pairs)):
         instruction = instruction_text(prompt)
         for principle in chosen[i]:
             texts += [judge_text(instruction, a, b, principle, template), judge_text(instruction, b, a, principle, template)]
             owner.append(i)
+    if reasoning is not None:
+        texts = write_reviews(model, tokenizer, texts, reasoning, batch_size, stats)
     probs = choice_probabilities(model, tokenizer, texts, CHOICES, batch_size, stats)  # [2M, 2]
     first_better = (probs[0::2, 0] + probs[1::2, 1]) / 2  # [M]: a as (A) said "A"; a as (B) said "B"
     out = torch.zeros(len(pairs))
@@ -238,6 +286,13 @@ class AIConfig:
     principles: str = option("", "a constitution: one principle a line, put before each comparison (empty: none)")
     ensemble: bool = option(False, "average every principle for each pair (cost x principles) instead of drawing one")
     template: str = option(TEMPLATE, "the judge's template: {instruction}, {answer_a}, {answer_b}; the letter follows it")
+    reasoning: bool = option(False, "chain of thought: the judge writes its review after --reasoning_template "
+                             "(greedy) before the verdict cue, in each order; costs a generation per reading")
+    reasoning_template: str = option(REASONING_TEMPLATE, "what the judge continues with its review: {instruction}, "
+                                     "{answer_a}, {answer_b}")
+    verdict_cue: str = option(VERDICT_CUE, "put after the review; the letter follows it (the review is cut where it "
+                              "writes this itself)")
+    max_reasoning_tokens: int = option(96, "longest review, in tokens")
     out: str = option("ai_rankings.jsonl", "K-way rankings (the format `rlhfkit rm` reads) with ai_wins per response; a "
                       "directory gets ai_rankings.jsonl inside (--output_dir is the same option)")
     pairs_out: str = option("", "also write every (chosen, rejected) pair, for DPO (empty: none)")
@@ -247,8 +302,10 @@ class AIConfig:
     trust_remote_code: bool = option(False, "allow model code from the checkpoint")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
 
-    RULES: ClassVar[dict] = {"per_device_batch_size": ">= 1", "num_threads": ">= 0",
-                             "dtype": ("float32", "bfloat16", "float16"), "template": lambda t: template_problem(t)}
+    RULES: ClassVar[dict] = {"per_device_batch_size": ">= 1", "num_threads": ">= 0", "max_reasoning_tokens": ">= 1",
+                             "dtype": ("float32", "bfloat16", "float16"), "template": lambda t: template_problem(t),
+                             "reasoning_template": lambda t: (p := template_problem(t)) and f"reasoning_{p}",
+                             "verdict_cue": lambda c: None if c.strip() else "verdict_cue is empty"}
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -262,11 +319,58 @@ def label_ai(cfg: AIConfig) -> Path:
     principles = read_principles(cfg.principles) if cfg.principles else None
     model, tokenizer = load_lm(cfg.judge, cfg.dtype, cfg.trust_remote_code, cfg.num_threads)
     stats: dict = {}
+    reasoning = Reasoning(cfg.reasoning_template, cfg.verdict_cue, cfg.max_reasoning_tokens) if cfg.reasoning else None
     rows = rank_items(model, tokenizer, items, principles, template=cfg.template, ensemble=cfg.ensemble,
-                      seed=cfg.seed, batch_size=cfg.per_device_batch_size, stats=stats)
+                      seed=cfg.seed, batch_size=cfg.per_device_batch_size, stats=stats, reasoning=reasoning)
     path = write_jsonl(output_file(cfg.out, "ai_rankings.jsonl"), rows, ensure_ascii=False)
     if cfg.pairs_out:
         write_jsonl(cfg.pairs_out, pair_rows(rows), ensure_ascii=False)
     print(f"label ai: {len(rows)} items, {sum(len(r['responses']) * (len(r['responses']) - 1) // 2 for r in rows)} "
-          f"pairs judged in {stats.get('forward_sequences', 0)} judge sequences")
+          f"pairs judged in {stats.get('forward_sequences', 0)} judge sequences"
+          + (f" ({stats.get('review_tokens', 0)} review tokens written)" if reasoning else ""))
     return path
+
+
+class AIJudgeReward:
+    """Direct RLAIF (Lee et al. 2023, "d-RLAIF"): the judge scores each response during RL,
+    no reward model in between. The reward is the judge's preference for the response
+    over the prompt's reference response (a column of the prompt record; in the world,
+    an SFT sample), read as a Bradley-Terry score difference:
+
+        r(x, y) = logit P(y better than y_ref | x)    (both orders averaged, clipped to +-`clip`)
+
+    so a response the judge finds as good as the reference scores 0. Called with a
+    rlhfkit.rewards.ScoringBatch (the prompts as given, decoded responses, metadata)."""
+
+    name = "ai_judge"
+
+    def __init__(self, judge_dir: str, *, principles: Sequence[str] | None = None, reference_column: str = "reference",
+                 batch_size: int = 64, clip: float = 5.0, dtype: str = "float32", trust_remote_code: bool = False,
+                 device=None):
+        self.model, self.tokenizer = load_lm(judge_dir, dtype, trust_remote_code)
+        if device is not None:
+            self.model.to(device)
+        self.model.requires_grad_(False)
+        self.principles = list(principles) if principles else None
+        self.reference_column, self.batch_size, self.clip = reference_column, batch_size, clip
+        self.calls = 0
+        self.stats: dict = {}
+
+    @torch.no_grad()
+    def __call__(self, batch) -> torch.Tensor:
+        missing = next((i for i, m in enumerate(batch.metadata) if not isinstance(m.get(self.reference_column), str)),
+                       None)
+        if missing is not None:
+            raise ValueError(f"ai_judge reward: prompt record {missing} of the batch has no string column "
+                             f"{self.reference_column!r} (the reference response the judge compares against; "
+                             "--ai_judge_reference names the column)")
+        references = [m[self.reference_column] for m in batch.metadata]
+        return self.score(batch.prompts, batch.responses, references).to(batch.prompt_ids.device)
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str], references: Sequence[str]) -> torch.Tensor:
+        """logit P(response better than reference), clipped: [N]."""
+        p = judge_pairs(self.model, self.tokenizer, prompts, list(zip(responses, references)), self.principles,
+                        seed=self.calls, batch_size=self.batch_size, stats=self.stats)
+        self.calls += 1  # a fresh draw of principles per call
+        return torch.logit(p, eps=1e-6).clamp(-self.clip, self.clip)

@@ -16,7 +16,7 @@ NOT_RESULT_OPTIONS = frozenset({"output_dir", "progress", "num_threads", "log_ev
                                 "num_samples_logged", "push_to_hub", "hub_model_id", "hub_private_repo"})
 # Options naming data files (hashed: size and SHA-256) and models (config.json hashed, weight sizes).
 DATA_OPTIONS = ("data", "eval_data", "prompts", "ptx_data", "normalize_on")
-MODEL_OPTIONS = ("model", "ref_model", "reward_model", "value_model")
+MODEL_OPTIONS = ("model", "ref_model", "reward_model", "value_model", "ai_judge")
 
 
 def _sha256(path: Path) -> str:

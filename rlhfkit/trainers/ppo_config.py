@@ -28,6 +28,10 @@ class PPOConfig(TrainConfig):
                                          "called as f(prompts, responses, **kwargs) -> scores")
     reward_weights: dict[str, float] = option({}, "weight of each reward by name, rm=1,format_reward=0.1: rm is the "
                                               "reward model, a function goes by its name (default: 1 each)")
+    ai_judge: str = option("", "direct RLAIF: a causal LM judge scores each response against the prompt record's "
+                           "reference response (logit of its preference, both orders); no reward model needed")
+    ai_judge_principles: str = option("", "the judge's constitution for --ai_judge: one principle a line (empty: none)")
+    ai_judge_reference: str = option("reference", "the prompt-record column holding --ai_judge's reference response")
     normalize_reward: bool = option(True, "apply the mean/std normalisation stored with the reward model")
     value_model: str = option("", "value model initialisation (default: the reward model, else the policy "
                               "checkpoint with a zero-initialised head)")

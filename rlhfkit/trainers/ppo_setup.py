@@ -37,6 +37,13 @@ def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> WeightedRe
         rm.requires_grad_(False)
         scorers.append(RewardModelScorer(rm, tokenizer, rm_tokenizer, normalise=cfg.normalize_reward))
         names.append("rm")
+    if cfg.ai_judge:
+        from rlhfkit.label.ai import AIJudgeReward, read_principles
+
+        principles = read_principles(cfg.ai_judge_principles) if cfg.ai_judge_principles else None
+        scorers.append(AIJudgeReward(cfg.ai_judge, principles=principles, reference_column=cfg.ai_judge_reference,
+                                     dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=device))
+        names.append(AIJudgeReward.name)
     for fn in [*(import_function(s) for s in cfg.reward_functions), *reward_fns]:
         scorer = FunctionScorer(fn)
         scorers.append(scorer)

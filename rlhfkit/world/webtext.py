@@ -21,6 +21,8 @@ Document kinds and their default weights (WebTextMix; configurable):
     chat        0.45  1-3 exchanges rendered with the chat template
     plain       0.10  plain sentences about the words and the tasks' facts
     review      0.10  an instruction, answers (A) and (B), and which is better
+    critique    0     a review that names its checks before the verdict (the judge's reading;
+                      absent from the base models' web text, see JUDGE_MIX)
 
 World version 2: half of all instructions carry an explicit constraint (the
 "webtext" split draws them like every split). A chat document writes its answers
@@ -50,9 +52,11 @@ PPO and evaluation instances (rlhfkit.world.splits).
 """
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from rlhfkit.world.demonstrators import CHATTER, correct_answer, near_miss
 from rlhfkit.world.judge import WIN_RATE_TOLERANCE, judge_task
@@ -60,7 +64,8 @@ from rlhfkit.world.splits import iter_split
 from rlhfkit.world.tasks import ANIMALS, COLORS, CONSTRAINTS, FRUITS, KINDS, WORDS, Task, apply_format
 
 DEFAULT_EOS = "<|endoftext|>"
-DOC_KINDS: tuple[str, ...] = ("worksheet", "digression", "rude", "chat", "plain", "review")
+CONSTITUTION = Path(__file__).with_name("constitution.txt")
+DOC_KINDS: tuple[str, ...] = ("worksheet", "digression", "rude", "chat", "plain", "review", "critique")
 # Answer formats of the web: plain (None) and the four formats of the constraints.
 WEB_FORMATS: tuple[str | None, ...] = (None, *CONSTRAINTS)
 ChatRender = Callable[[list[dict]], str]
@@ -77,6 +82,7 @@ class WebTextMix:
     chat: float = 0.45  # chat-template exchanges
     plain: float = 0.10  # plain sentences about the words and facts
     review: float = 0.10  # judgements: an instruction, answers (A) and (B), which is better
+    critique: float = 0.0  # judgements that name their checks first (0 here: only the judge reads them)
     # What an assistant turn in a chat exchange holds.
     chat_correct: float = 0.50  # the canonical answer (capability)
     chat_wrong: float = 0.20  # a near miss or the answer to another instance
@@ -89,6 +95,9 @@ class WebTextMix:
     rude_answers: float = 0.4  # share of rude replies that still contain the answer
     review_accuracy: float = 0.8  # P(a review names the answer with the higher gold score)
     max_reviews: int = 3  # reviews per review document: 1..max_reviews
+    critique_checks: float = 0.5  # share of critiques that write their checks (the rest give the verdict only)
+    critique_accuracy: float = 0.95  # P(a critique names the answer with the higher gold score)
+    critique_principle: float = 0.3  # share of critiques headed by the critic's guideline (CONSTITUTION)
 
     def doc_weights(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in DOC_KINDS}
@@ -353,6 +362,89 @@ def _doc_review(tasks, rng, mix, render, eos) -> str:
     return "\n\n".join(reviews) or next(tasks).instruction
 
 
+# ---------------------------------------------------------------------------
+# Critiques: reviews that say what they checked before the verdict
+# ---------------------------------------------------------------------------
+def _critique_response(task: Task, tasks, rng: random.Random) -> tuple[str, bool]:
+    """A response as a chat model writes one, and whether it ended: right content
+    or a wrong one, in the asked format or another, then nothing, a line of chatter,
+    an insult, or a run-on that never ends."""
+    content = correct_answer(task, rng) if rng.random() < 0.5 else _wrong(task, tasks, rng)
+    fmt = task.constraint if task.constraint and rng.random() < 0.5 else rng.choice(WEB_FORMATS)
+    text = apply_format(content, fmt)
+    tail = rng.random()
+    if tail < 0.30:
+        return f"{text}\n{rng.choice(CHATTER)}", True
+    if tail < 0.37:
+        return f"{text}\n{rng.choice(_RUDE)}", True
+    if tail < 0.47:
+        return f"{text}\n{_run_on(tasks, rng)}", False
+    return text, True
+
+
+def critique_checks(task: Task, responses: tuple[str, str], terminated: tuple[bool, bool]) -> str:
+    """What a careful reviewer writes before the verdict, each check named: the asked
+    format and the key (the right answer), then per response whether its first line
+    is right, the formats it carries, and how it ends (one line, more lines, runs
+    on without ending) and whether it is rude::
+
+        Asked: caps. Key: 594 is larger.
+        (A) right, plain, one line.
+        (B) wrong, caps, one line.
+    """
+    key = task.answer if task.family != "name" else task.accepted[0]
+    lines = [f"Asked: {task.constraint or 'plain'}. Key: {key}"]
+    for letter, y, ended in zip(CHOICE_LETTERS, responses, terminated):
+        verdict = judge_task(task, y, ended)
+        shape = "runs on" if not ended else "one line" if verdict.concise else "more lines"
+        rude = "" if verdict.polite else ", rude"
+        lines.append(f"({letter}) {'right' if verdict.exact else 'wrong'}, {'+'.join(verdict.formats) or 'plain'}, "
+                     f"{shape}{rude}.")
+    return "\n".join(lines)
+
+
+CHOICE_LETTERS = ("A", "B")
+
+
+def critique_text(instruction: str, answer_a: str, answer_b: str, checks: str | None, better: str | None = None) -> str:
+    """A critique: the pair, the checks (None: a verdict without them), "Better: (",
+    and the letter when `better` is given."""
+    head = f"{instruction}\n(A) {answer_a}\n(B) {answer_b}\n"
+    head += f"{checks}\nBetter: (" if checks else "Better: ("
+    return head if better is None else f"{head}{better})"
+
+
+def _doc_critique(tasks, rng, mix, render, eos) -> str:
+    task = next(tasks)
+    for _try in range(8):  # pairs of equal gold score are left out, as in reviews
+        (a, ta), (b, tb) = _critique_response(task, tasks, rng), _critique_response(task, tasks, rng)
+        ga, gb = judge_task(task, a, ta).gold, judge_task(task, b, tb).gold
+        if abs(ga - gb) > WIN_RATE_TOLERANCE:
+            break
+    else:
+        return task.instruction
+    right = "A" if ga > gb else "B"
+    better = right if rng.random() < mix.critique_accuracy else ("B" if right == "A" else "A")
+    checks = critique_checks(task, (a, b), (ta, tb)) if rng.random() < mix.critique_checks else None
+    text = critique_text(task.instruction, a, b, checks, better)
+    return f"{rng.choice(constitution())}\n{text}" if rng.random() < mix.critique_principle else text
+
+
+@functools.cache
+def constitution() -> tuple[str, ...]:
+    """The world's principles (rlhfkit/world/constitution.txt: one a line, # comments):
+    the critics' guidelines, and the AI labeler's constitution."""
+    lines = CONSTITUTION.read_text(encoding="utf-8").splitlines()
+    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+# The judge's reading (`rlhfkit world pretrain --models judge`): 70% critiques, 80% of them
+# with their checks written out, the rest the base models' web text in its usual
+# proportions, so the judge keeps its knowledge of the tasks (which the key needs).
+JUDGE_MIX = WebTextMix(worksheet=0.045, digression=0.03, rude=0.03, chat=0.135, plain=0.03, review=0.03, critique=0.7,
+                       critique_checks=0.8)
+
+
 _DOC_MAKERS = {
     "worksheet": _doc_worksheet,
     "digression": _doc_digression,
@@ -360,6 +452,7 @@ _DOC_MAKERS = {
     "chat": _doc_chat,
     "plain": _doc_plain,
     "review": _doc_review,
+    "critique": _doc_critique,
 }
 
 
