@@ -15,12 +15,13 @@ from rlhfkit.config import from_dict, load_yaml
 from rlhfkit.experiment.report import FIGURE_KEYS, RM_KEYS
 from rlhfkit.experiment.options import RunConfig
 from rlhfkit.experiment.run import run_world
+from rlhfkit.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "sft", "comparisons", "rm", "comparisons_ai", "rm_ai", "ppo_ai", "ppo", "rloo", "dpo", "orpo", "ppo_gold", "eval/sft",
           "eval/base_small", "eval/base_large", "eval/ppo", "eval/rloo", "eval/dpo", "eval/orpo", "eval/ppo_gold",
           "eval/bon", "eval/ppo_ai")
-METHODS = ("ppo", "ppo_ai", "rloo", "dpo", "orpo", "ppo_gold", "bon4", "bon16")
+METHODS = ("ppo", "ppo_ai", "ppo_ai_direct", "rloo", "dpo", "orpo", "ppo_gold", "bon4", "bon16")
 # every method against SFT (T = 1, greedy, best against best, T = 1 against SFT's best) and base-large
 WIN_RATES = ("sft_vs_base_small", "sft_vs_base_small_greedy", "sft_vs_base_large", "base_small_vs_base_large",
              "ppo_gold_vs_ppo",
@@ -90,7 +91,7 @@ def test_report_has_every_key(micro_run):
         assert plain["gold"] == pytest.approx(gold["mean"]) and plain["exact"] == pytest.approx(figures["exact"]["mean"])
     # the method table: SFT and each method, sorted by mean win rate against SFT, every row filled
     table = report["method_table"]
-    assert sorted(r["method"] for r in table) == sorted(["sft", "bon4", "bon16", "ppo", "ppo_ai", "rloo", "dpo", "orpo",
+    assert sorted(r["method"] for r in table) == sorted(["sft", "bon4", "bon16", "ppo", "ppo_ai", "ppo_ai_direct", "rloo", "dpo", "orpo",
                                                          "ppo_gold"])
     wins = [r["vs_sft"]["mean"] for r in table]
     assert wins == sorted(wins, reverse=True)
@@ -106,11 +107,24 @@ def test_report_has_every_key(micro_run):
     # --feedback ai: the AI labeler measured on the held-out pairs, its RM and PPO beside RLHF's
     ai = report["ai_labeler"]
     assert 0 <= ai["agreement_gold"] <= 1 and 0 <= ai["agreement_labeler"] <= 1 and ai["forward_passes"] > 0
+    assert ai["reasoning"] and ai["review_tokens"] > 0 and len(ai["principles"]) == 5  # the world's constitution
+    assert 0 <= ai["format_preference"] <= 1 and ai["format_pairs"] > 0
+    assert set(ai["agreement_gold_by_constraint"]) <= {"plain", "caps", "brackets", "prefix", "no_period"}
+    assert [c["name"] for c in ai["configurations"]] == ["AI labeler", "without reasoning", "without principles",
+                                                         "base-small, direct", "base-large, direct"]
     assert load_yaml(out / "ppo_ai" / "config.yaml")["reward_model"] == str(out / "rm_ai")
+    # direct RLAIF: no reward model, the judge's preference over an SFT reference, scaled like the RM
+    direct = load_yaml(out / "ppo_ai_direct" / "config.yaml")
+    assert direct["reward_model"] == "" and direct["ai_judge"] == str(out.parent / "models" / "base-large")
+    scale = json.loads((out / "references_ai" / "scale.json").read_text())
+    assert direct["reward_weights"]["ai_judge"] == pytest.approx(1 / scale["std"])
+    refs = read_jsonl(out / "references_ai" / "ppo_prompts.jsonl")
+    assert len(refs) == 128 and all(isinstance(r["reference"], str) for r in refs)
     bon = {n: report["models"][f"bon{n}"]["kl_to_sft"]["mean"] for n in (4, 16)}
     assert bon[4] == pytest.approx(math.log(4) - 3 / 4) and bon[16] > bon[4]
     assert report["likert_ratio_vs_base_large"]["base_large"] == pytest.approx(1.0)
-    assert set(report["training"]) == {"ppo", "ppo_ai", "rloo", "ppo_gold"} and report["training"]["ppo"]["steps"] == 4
+    assert set(report["training"]) == {"ppo", "ppo_ai", "ppo_ai_direct", "rloo", "ppo_gold"}
+    assert report["training"]["ppo"]["steps"] == 4
     assert "proxy_first" in report["training"]["ppo"] and "proxy_first" not in report["training"]["ppo_gold"]
     assert report["models"]["sft"]["kl_to_sft"]["mean"] == 0.0
     assert report["models"]["ppo"]["kl_to_sft"]["mean"] > -0.5  # a Monte-Carlo KL: about zero or positive

@@ -132,11 +132,15 @@ def test_critiques_name_true_checks_and_a_verdict_that_follows_gold():
             assert asked == (task.constraint or "plain") and key in task.accepted
             for line, y in zip(checks[1:], (a, b)):
                 verdict_y = judge_task(task, y, True)
-                words = line[4:].rstrip(".").split(", ")
+                checked, grade = line[4:].split(". Grade ")
+                words = checked.split(", ")
                 assert words[0] == ("right" if verdict_y.exact else "wrong")
                 assert words[1] == ("+".join(verdict_y.formats) or "plain")
-                assert (words[2] == "one line") == verdict_y.concise
+                assert words[2] == ("asked" if verdict_y.follows else "not asked")
+                assert (words[3] == "one line") == verdict_y.concise
                 assert ("rude" in words) == (not verdict_y.polite)
+                assert int(grade.rstrip(".")) == 4 * verdict_y.exact + 2 * verdict_y.follows + (
+                    words[3] == "one line" and verdict_y.polite)
             ended = [", runs on" not in line for line in checks[1:]]
             ga, gb = (judge_task(task, y, e).gold for y, e in zip((a, b), ended))
             assert abs(ga - gb) > 1e-9  # ties are left out

@@ -198,7 +198,7 @@ def ai_feedback_stages(cfg: RunConfig, lay: SeedLayout, rm_cfg: RewardConfig, ba
     seconds["references_ai"] = run_plain_stage(
         lay.stage_name("references_ai"), lay.recipe / "references_ai",
         lambda: reference_responses_stage(lay.data / "ppo_prompts.jsonl", lay.sft, lay.recipe / "references_ai", judge,
-                                          principles, max_new_tokens=cfg.max_new_tokens,
+                                          principles_file, max_new_tokens=cfg.max_new_tokens,
                                           batch_size=cfg.eval_batch_size, seed=cfg.seed + 29))
     return seconds
 

@@ -385,12 +385,14 @@ def _critique_response(task: Task, tasks, rng: random.Random) -> tuple[str, bool
 def critique_checks(task: Task, responses: tuple[str, str], terminated: tuple[bool, bool]) -> str:
     """What a careful reviewer writes before the verdict, each check named: the asked
     format and the key (the right answer), then per response whether its first line
-    is right, the formats it carries, and how it ends (one line, more lines, runs
-    on without ending) and whether it is rude::
+    is right, the formats it carries and whether they are the asked ones, how it ends
+    (one line, more lines, or runs on without ending), whether it is rude, and a
+    grade that adds them up in the order they matter (right 4, asked format 2, one
+    clean polite line 1)::
 
         Asked: caps. Key: 594 is larger.
-        (A) right, plain, one line.
-        (B) wrong, caps, one line.
+        (A) right, plain, not asked, one line. Grade 5.
+        (B) wrong, caps, asked, one line. Grade 3.
     """
     key = task.answer if task.family != "name" else task.accepted[0]
     lines = [f"Asked: {task.constraint or 'plain'}. Key: {key}"]
@@ -398,8 +400,9 @@ def critique_checks(task: Task, responses: tuple[str, str], terminated: tuple[bo
         verdict = judge_task(task, y, ended)
         shape = "runs on" if not ended else "one line" if verdict.concise else "more lines"
         rude = "" if verdict.polite else ", rude"
+        grade = 4 * verdict.exact + 2 * verdict.follows + (ended and verdict.concise and verdict.polite)
         lines.append(f"({letter}) {'right' if verdict.exact else 'wrong'}, {'+'.join(verdict.formats) or 'plain'}, "
-                     f"{shape}{rude}.")
+                     f"{'asked' if verdict.follows else 'not asked'}, {shape}{rude}. Grade {grade}.")
     return "\n".join(lines)
 
 
