@@ -10,6 +10,7 @@ from rlhfkit.label.ai import (
     AIConfig,
     AIJudgeReward,
     Reasoning,
+    cut_review,
     choice_probabilities,
     judge_pairs,
     judge_text,
@@ -178,6 +179,10 @@ def test_reviews_are_cut_where_the_judge_gives_its_own_verdict(tok, monkeypatch)
     monkeypatch.setattr(lm, "sample_texts", fake)
     out = write_reviews(None, tok, ["Say a long sentence", "Say x"], Reasoning(), batch_size=2, stats={})
     assert out == ["Say a long sentence fine\nBetter: (", "Say x ok.\nBetter: ("]
+    # a review that ran out of tokens inside the cue loses that part line
+    assert cut_review(" Grade 5.\nBett", "Better: (") == " Grade 5.\n"
+    assert cut_review(" Grade 5.\nBetter:", "Better: (") == " Grade 5.\n"
+    assert cut_review(" Grade 5.\nGrade", "Better: (") == " Grade 5.\nGrade"
 
 
 def test_the_ai_judge_reward_is_the_logit_of_its_preference_over_the_reference(tiny_model_dir):

@@ -197,7 +197,7 @@ class RunConfig:
     ai_principles: str = option("world", "the AI labeler's constitution, one principle a line: world (the world's, "
                                 "rlhfkit/world/constitution.txt), a file, or empty for none")
     ai_reasoning: bool = option(True, "the AI labeler writes its checks before each verdict (chain of thought)")
-    ai_reasoning_tokens: int = option(96, "longest review the AI labeler writes, in tokens")
+    ai_reasoning_tokens: int = option(128, "longest review the AI labeler writes, in tokens")
     ai_ablations: bool = option(True, "also measure on the held-out pairs the labeler without reasoning, without "
                                 "principles, and base-small and base-large as judges (report.md's cost table)")
     rl_group_size: int = option(4, "rloo and grpo: responses per prompt, each prompt's baseline")

@@ -147,7 +147,20 @@ class Reasoning:
 
     template: str = REASONING_TEMPLATE
     verdict_cue: str = VERDICT_CUE
-    max_tokens: int = 96
+    max_tokens: int = 128
+
+
+def cut_review(review: str, verdict_cue: str) -> str:
+    """The review before the judge's own verdict: cut where it writes the cue, and drop a
+    last line that is the cue's beginning (the review ran out of tokens while writing it)."""
+    cue = verdict_cue.strip()
+    cut = review.find(cue)
+    if cut >= 0:
+        review = review[:cut]
+    head, _, last = review.rpartition("\n")
+    if last.strip() and cue.startswith(last.strip()):
+        review = head + "\n" if head else ""
+    return review.rstrip(" ")
 
 
 def write_reviews(model, tokenizer, texts: Sequence[str], reasoning: Reasoning, batch_size: int,
@@ -161,12 +174,9 @@ def write_reviews(model, tokenizer, texts: Sequence[str], reasoning: Reasoning, 
                               temperature=0.0, batch_size=batch_size)
     stats["forward_sequences"] = stats.get("forward_sequences", 0) + len(texts)
     stats["review_tokens"] = stats.get("review_tokens", 0) + sum(len(_tokens(tokenizer, r)) for r in reviews)
-    cue = reasoning.verdict_cue.strip()
     out: list[str] = [""] * len(texts)
     for i, review in zip(order, reviews):
-        cut = review.find(cue) if cue else -1
-        review = review[:cut] if cut >= 0 else review
-        review = review.rstrip(" ")
+        review = cut_review(review, reasoning.verdict_cue)
         out[i] = texts[i] + review + ("" if not review or review.endswith("\n") else "\n") + reasoning.verdict_cue
     shown = stats.setdefault("review_samples", [])  # a few whole texts, for reading what the judge wrote
     shown.extend(out[: max(0, 4 - len(shown))])
@@ -292,7 +302,7 @@ class AIConfig:
                                      "{answer_a}, {answer_b}")
     verdict_cue: str = option(VERDICT_CUE, "put after the review; the letter follows it (the review is cut where it "
                               "writes this itself)")
-    max_reasoning_tokens: int = option(96, "longest review, in tokens")
+    max_reasoning_tokens: int = option(128, "longest review, in tokens")
     out: str = option("ai_rankings.jsonl", "K-way rankings (the format `rlhfkit rm` reads) with ai_wins per response; a "
                       "directory gets ai_rankings.jsonl inside (--output_dir is the same option)")
     pairs_out: str = option("", "also write every (chosen, rejected) pair, for DPO (empty: none)")
