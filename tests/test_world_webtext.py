@@ -133,8 +133,10 @@ def test_critiques_name_true_checks_and_a_verdict_that_follows_gold():
             for line, y in zip(checks[1:], (a, b)):
                 verdict_y = judge_task(task, y, True)
                 checked, grade = line[4:].split(". Grade ")
-                words = checked.split(", ")
-                assert words[0] == ("right" if verdict_y.exact else "wrong")
+                first = y.split("\n", 1)[0].strip()
+                assert checked.startswith(first + " ")  # the first line, copied next to its checks
+                words = checked[len(first) + 1:].split(", ")
+                assert words[0] == ("Right" if verdict_y.exact else "Wrong")
                 assert words[1] == ("+".join(verdict_y.formats) or "plain")
                 assert words[2] == ("asked" if verdict_y.follows else "not asked")
                 assert (words[3] == "one line") == verdict_y.concise

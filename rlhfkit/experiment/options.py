@@ -192,11 +192,12 @@ class RunConfig:
     bon_n: list[int] = option([4, 16], "best-of-n sizes (--algo bon), each reported as bon<n>")
     feedback: str = option("labelers", "labelers (RLHF), or ai: also RLAIF, from an AI judge's rankings (rm_ai/, "
                            "ppo_ai/) and with the judge as the reward (ppo_ai_direct/)")
-    ai_judge: str = option("rlhfkit/world/checkpoints/judge", "the AI labeler's model: the world's judge (base-large "
-                           "after reading critiques; `rlhfkit world pretrain --models judge`), base_large, or a path")
-    ai_principles: str = option("world", "the AI labeler's constitution, one principle a line: world (the world's, "
-                                "rlhfkit/world/constitution.txt), a file, or empty for none")
-    ai_reasoning: bool = option(True, "the AI labeler writes its checks before each verdict (chain of thought)")
+    ai_judge: str = option("base_large", "the AI labeler's model: base_large, or a path (e.g. a judge from `rlhfkit "
+                           "world pretrain --models judge`, base-large after reading critiques)")
+    ai_principles: str = option("", "the AI labeler's constitution, one principle a line: a file, world (the world's, "
+                                "rlhfkit/world/constitution.txt), or empty for none (base-large read no principles)")
+    ai_reasoning: bool = option(False, "the AI labeler writes its checks before each verdict (chain of thought; for a "
+                                "judge that read critiques)")
     ai_reasoning_tokens: int = option(128, "longest review the AI labeler writes, in tokens")
     ai_ablations: bool = option(True, "also measure on the held-out pairs the labeler without reasoning, without "
                                 "principles, and base-small and base-large as judges (report.md's cost table)")

@@ -28,6 +28,11 @@ continuation probability instead: each letter's string is scored by teacher forc
 from where the two tokenisations part (two passes per ordering). The cost is counted
 in `stats["forward_sequences"]`.
 
+With `reasoning` (chain of thought; CAI sec. 4.2, RLAIF sec. 3.1) the judge first
+writes its review after a reasoning template, greedily, in each order; the verdict cue
+follows the review and the letters are read there as above. The world's judge writes
+the checks and grades of the critiques it read (docs/world.md, "The AI judge's reading").
+
 `rlhfkit label ai` applies this to every pair of each item's K responses and ranks
 them by their summed win probabilities (a K-way ranking, the format `rlhfkit rm` reads).
 """
@@ -141,9 +146,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 @dataclass(frozen=True)
 class Reasoning:
     """Chain-of-thought judging: the judge writes a review (greedy, at most `max_tokens`)
-    after `template`, the review is cut where it starts its own verdict (`verdict_cue`,
-    or its first line break when the cue is a line of its own), and the verdict cue
-    follows it."""
+    after `template`, the review is cut where it starts its own verdict (`cut_review`),
+    and `verdict_cue` follows it on a line of its own; the letters are read after it."""
 
     template: str = REASONING_TEMPLATE
     verdict_cue: str = VERDICT_CUE

@@ -391,9 +391,11 @@ def critique_checks(task: Task, responses: tuple[str, str], terminated: tuple[bo
     clean polite line 1)::
 
         Asked: caps. Key: 594 is larger.
-        (A) right, plain, not asked, one line. Grade 5.
-        (B) wrong, caps, asked, one line. Grade 3.
-    """
+        (A) 594 is larger. Right, plain, not asked, one line. Grade 5.
+        (B) 141 IS LARGER. Wrong, caps, asked, one line. Grade 3.
+
+    Each response's first line is copied before its checks, so what is checked sits next
+    to the check (a small model reads what is near better than what is far)."""
     key = task.answer if task.family != "name" else task.accepted[0]
     lines = [f"Asked: {task.constraint or 'plain'}. Key: {key}"]
     for letter, y, ended in zip(CHOICE_LETTERS, responses, terminated):
@@ -401,7 +403,8 @@ def critique_checks(task: Task, responses: tuple[str, str], terminated: tuple[bo
         shape = "runs on" if not ended else "one line" if verdict.concise else "more lines"
         rude = "" if verdict.polite else ", rude"
         grade = 4 * verdict.exact + 2 * verdict.follows + (ended and verdict.concise and verdict.polite)
-        lines.append(f"({letter}) {'right' if verdict.exact else 'wrong'}, {'+'.join(verdict.formats) or 'plain'}, "
+        first = y.split("\n", 1)[0].strip()
+        lines.append(f"({letter}) {first} {'Right' if verdict.exact else 'Wrong'}, {'+'.join(verdict.formats) or 'plain'}, "
                      f"{'asked' if verdict.follows else 'not asked'}, {shape}{rude}. Grade {grade}.")
     return "\n".join(lines)
 
