@@ -232,6 +232,12 @@ def test_micro_world_runs_end_to_end_and_resumes(tmp_path):
     assert report["gain_pass_at_1"] == pytest.approx(report["models"]["rl"]["pass_at_1"]
                                                      - report["models"]["sft"]["pass_at_1"])
     assert len(report["rl_training"]) == 2 and "response_length" in report["rl_training"][0]
+    for row in report["rl_training"]:  # the right and the wrong responses' lengths average to the batch's
+        if row["length_right"] is None:  # no right response in the batch: the wrong ones are all of it
+            assert row["length_wrong"] == pytest.approx(row["response_length"], rel=1e-5)
+        else:
+            assert min(row["length_right"], row["length_wrong"]) - 1e-4 <= row["response_length"]
+            assert row["response_length"] <= max(row["length_right"], row["length_wrong"]) + 1e-4
     for name in ("base", "sft", "rl"):  # pass@k for every k up to the samples, never falling with k
         rates = list(report["pass_at_k"][name].values())
         assert list(report["pass_at_k"][name]) == [str(k) for k in range(1, 9)] and rates == sorted(rates)

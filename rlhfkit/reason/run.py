@@ -95,7 +95,8 @@ class ReasonConfig:
     rl_episodes: int = option(65536, "RL responses sampled over the whole run (512 steps of --rl_batch 128)")
     rl_batch: int = option(128, "responses per RL step (rl_batch / rl_group_size prompts)")
     rl_group_size: int = option(8, "responses per prompt (the GRPO group)")
-    rl_learning_rate: float = option(4e-4, "RL learning rate (6e-4 and above collapse)")
+    rl_learning_rate: float = option(2e-4, "RL learning rate (4e-4 stopped learning once the base knew its times "
+                                     "tables: batch accuracy 0.5 -> 0.3 by step 100, KL 2-4 nats)")
     rl_warmup_ratio: float = option(0.05, "share of the RL steps warming the learning rate up linearly")
     rl_epochs: int = option(1, "passes over each RL batch")
     algo: str = option("grpo", ALGO_HELP)
