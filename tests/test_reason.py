@@ -98,6 +98,8 @@ def test_crossing_k_is_where_base_or_sft_reaches_rl():
     assert crossing_k({"base": base, "sft": sft, "rl": rl}) == 2  # SFT's curve reaches RL's at k = 2
     assert crossing_k({"base": base, "rl": rl}) == 8
     assert crossing_k({"base": {k: v - 0.5 for k, v in base.items()}, "rl": rl}) is None
+    saturated = {"1": 0.9, "2": 1.0, "4": 1.0}  # both at 1 from k = 2: they meet, neither overtakes
+    assert crossing_k({"base": {"1": 0.5, "2": 1.0, "4": 1.0}, "rl": saturated}) is None
 
 
 def test_fixed_subset_takes_the_first_of_each_family():

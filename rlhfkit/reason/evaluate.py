@@ -32,9 +32,11 @@ def pass_at_k_curve(counts: list[int], n: int, ks: list[int]) -> dict[str, float
 def crossing_k(curves: dict[str, dict[str, float]], target: str = "rl",
                others: tuple[str, ...] = ("base", "sft")) -> int | None:
     """The smallest k where another model's pass@k reaches the target's (the base overtaking
-    the RL model at large k: Yue et al. 2025), or None when it never does within the curve."""
+    the RL model at large k: Yue et al. 2025), or None when it never does within the curve.
+    Where the target's curve has reached 1 every curve can only meet it, which says nothing
+    of either model: such k are passed over."""
     for k in sorted(curves[target], key=int):
-        if any(curves[o][k] >= curves[target][k] for o in others if o in curves):
+        if curves[target][k] < 1.0 - 1e-9 and any(curves[o][k] >= curves[target][k] for o in others if o in curves):
             return int(k)
     return None
 
