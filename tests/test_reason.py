@@ -268,21 +268,30 @@ def test_micro_sweep_over_algos_and_seeds(tmp_path):
     cfg = ReasonConfig(output_dir=str(tmp_path / "s"), pretrain_problems=80, pretrain_epochs=1, demonstrations=16,
                        sft_epochs=1, rl_prompts=16, eval_problems=4, eval_samples=4, hidden=16, layers=1, heads=2,
                        rl_episodes=32, rl_batch=16, rl_group_size=4, response_length=12, num_threads=1,
-                       pretrain_times_tables=8, passk_per_family=1, passk_samples=4, algo="grpo,dr_grpo",
-                       seeds=[0, 1])
+                       pretrain_times_tables=8, passk_per_family=1, passk_samples=4,
+                       algo="grpo,dr_grpo,ppo", seeds=[0, 1])
     out = run_reason(cfg)
     for seed in (0, 1):
-        for algo in ("grpo", "dr_grpo"):
+        for algo in ("grpo", "dr_grpo", "ppo"):  # each trained its own RL stage
             report = json.loads((out / f"seed{seed}" / f"report_{algo}.json").read_text())
             assert report["algo"] == algo and (out / f"seed{seed}" / f"rl_{algo}" / ".done").exists()
     # the two seeds drew different problems: their evaluation sets differ
     assert (out / "seed0" / "data" / "eval.jsonl").read_text() != (out / "seed1" / "data" / "eval.jsonl").read_text()
     summary = json.loads((out / "sweep.json").read_text())
-    for algo in ("grpo", "dr_grpo"):
+    for algo in ("grpo", "dr_grpo", "ppo"):
         figure = summary["algos"][algo]["pass_at_1"]
         assert figure["seeds"] == 2 and figure["ci95"][0] <= figure["mean"] <= figure["ci95"][1]
         runs = [summary["runs"][f"{algo}/seed{s}"]["pass_at_1"] for s in (0, 1)]
         assert figure["mean"] == pytest.approx(sum(runs) / 2)
     assert "dr_grpo_check" in summary
     assert (out / "sweep_length.png").stat().st_size > 0 and (out / "sweep_reward.png").stat().st_size > 0
-    assert "| grpo |" in (out / "sweep.md").read_text()
+    assert all(f"| {algo} |" in (out / "sweep.md").read_text() for algo in summary["algos"])
+    # the settings that tell them apart reached the trainer (its stage records them)
+    import yaml
+
+    def rl_options(algo):
+        return yaml.safe_load((out / "seed0" / f"rl_{algo}" / "config.yaml").read_text())
+
+    assert rl_options("dr_grpo")["loss_type"] == "dr_grpo" and rl_options("ppo")["advantage_estimator"] == "gae"
+    assert (out / "seed0" / "rl_ppo" / "value_model").is_dir()  # PPO trained a critic; the others none
+    assert not (out / "seed0" / "rl_grpo" / "value_model").exists()

@@ -14,7 +14,7 @@ from rlhfkit.io import write_json
 
 # (key in sweep.json, what it is) of each RL run's figures
 FIGURES = (
-    ("pass_at_1", "pass@1 (16 samples on the evaluation problems)"),
+    ("pass_at_1", "pass@1 (--eval_samples samples on each evaluation problem)"),
     ("pass_at_16", "pass@16"),
     ("pass_at_1_add", "pass@1, addition"),
     ("pass_at_1_mul", "pass@1, multiplication"),
