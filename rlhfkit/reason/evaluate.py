@@ -1,9 +1,8 @@
 """Sampling evaluation of a policy in the reasoning world: pass@k from n samples per
 problem (the unbiased estimator of Chen et al. 2021, eq. 1), greedy accuracy, and
-faithfulness of the working (tasks.check)."""
+faithfulness of the working (tasks.check); and pass@k curves for k up to 256 on a
+small fixed subset, per family, to see whether RL teaches or only sharpens."""
 from __future__ import annotations
-
-from math import comb
 
 import torch
 
@@ -15,7 +14,59 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     replacement, hold at least one of the c right ones (Chen et al. 2021, eq. 1)."""
     if k > n:
         raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
-    return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
+    if n - c < k:
+        return 1.0
+    # the ratio as a product, C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k/i) (Chen et al. 2021,
+    # fig. 3): no binomials of hundreds of digits, and each factor lies in [0, 1]
+    ratio = 1.0
+    for i in range(n - c + 1, n + 1):
+        ratio *= 1.0 - k / i
+    return 1.0 - ratio
+
+
+def pass_at_k_curve(counts: list[int], n: int, ks: list[int]) -> dict[str, float]:
+    """Mean pass@k over problems for each k, from c right of n samples per problem: {k: rate}."""
+    return {str(k): sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks if k <= n}
+
+
+def crossing_k(curves: dict[str, dict[str, float]], target: str = "rl",
+               others: tuple[str, ...] = ("base", "sft")) -> int | None:
+    """The smallest k where another model's pass@k reaches the target's (the base overtaking
+    the RL model at large k: Yue et al. 2025), or None when it never does within the curve.
+    Where the target's curve has reached 1 every curve can only meet it, which says nothing
+    of either model: such k are passed over."""
+    for k in sorted(curves[target], key=int):
+        if curves[target][k] < 1.0 - 1e-9 and any(curves[o][k] >= curves[target][k] for o in others if o in curves):
+            return int(k)
+    return None
+
+
+def fixed_subset(problems: list[Problem], per_family: int) -> list[Problem]:
+    """The first per_family problems of each family, in the order given: the same subset for
+    every model of a run, so that their curves differ only by the model."""
+    out = []
+    for op in sorted({p.op for p in problems}):
+        out += [p for p in problems if p.op == op][:per_family]
+    return out
+
+
+def pass_at_k_curves(model_dir: str, problems: list[Problem], n: int, max_new_tokens: int,
+                     batch_size: int = 512, seed: int = 0) -> dict:
+    """pass@k for every k = 1..n from n samples per problem at temperature 1, over all the
+    problems and per family: {"all": {k: rate}, "<op>": {k: rate}, "counts": {op: [c, ...]}}."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    sampled = sample(model, tokenizer, [p.prompt for p in problems], n, 1.0, max_new_tokens, batch_size, seed)
+    counts = [sum(check(p, r).answer_right for r in responses) for p, responses in zip(problems, sampled)]
+    ks = list(range(1, n + 1))
+    result = {"all": pass_at_k_curve(counts, n, ks), "samples_per_problem": n, "counts": {}}
+    for op in sorted({p.op for p in problems}):
+        op_counts = [c for p, c in zip(problems, counts) if p.op == op]
+        result[op] = pass_at_k_curve(op_counts, n, ks)
+        result["counts"][op] = op_counts
+    return result
 
 
 @torch.no_grad()

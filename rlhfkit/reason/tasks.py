@@ -101,6 +101,14 @@ def sloppy_working(p: Problem, rng: random.Random, slip_rate: float) -> str:
     return "\n".join(lines + [f"Answer: {answer}"])
 
 
+def times_table(multiplier: int, carry: int = 0) -> str:
+    """One times table, "0*7+0=00" ... "9*7+0=63", written as the steps write a product
+    (the operand's digit, the multiplier, the carry in, two digits), the carried one adding
+    `carry` to each product: the facts a multiplication step needs, which the worked problems
+    alone, with their slips, do not teach a tiny model (docs/reasoning.md). Pretraining text."""
+    return "\n".join(step_line("mul", digit, multiplier, carry, digit * multiplier + carry) for digit in range(10))
+
+
 @dataclass(frozen=True)
 class Verdict:
     answer_right: bool  # the Answer line holds the true result

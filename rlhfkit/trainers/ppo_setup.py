@@ -132,6 +132,10 @@ def step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, schedule
         **mean_metrics(update_rows),
         **timings,
     }
+    lengths, scored = mask.sum(1), ro.scores > 0  # with a 0/1 verifier: the right responses and the wrong ones
+    for name, rows in (("scored_positive", scored), ("scored_nonpositive", ~scored)):
+        if rows.any():  # a length over no responses is no figure: the key is left out
+            metrics[f"response/length_{name}"] = float(lengths[rows].mean())
     if ro.values is not None:
         metrics["val/explained_variance"] = float(explained_variance(ro.values, ro.returns, mask))
     first = update_rows[0]  # the first minibatch of the update: ratio 1 and approx-KL 0 with dropout off
