@@ -34,8 +34,10 @@ import numpy as np
 import torch
 
 from rlhfkit.io import atomic_write_text, disk_full_message, dumps, fault_point, fsync_dir, nbytes, out_of_space
+from rlhfkit.trainers.distributed import end_stage
 from rlhfkit.trainers.errors import CheckpointError, DiskFullError
 from rlhfkit.trainers.fingerprint import MODEL_OPTIONS, _sha256, fingerprint, fingerprint_changes
+from rlhfkit.trainers.model_card import publish
 from rlhfkit.trainers.run_info import write_run_info
 from rlhfkit.trainers.runlock import acquire_lock, release_lock
 
@@ -267,8 +269,6 @@ class CheckpointManager:
     def skip(self, accelerator) -> Path:
         """End a stage that found its finished model (`finished`) without training: trackers
         finished, the directory released; returns the directory."""
-        from rlhfkit.trainers.distributed import end_stage
-
         end_stage(accelerator)
         self.close()
         return self.root.parent
@@ -436,3 +436,19 @@ def open_stage(cfg, stage: str, accelerator) -> CheckpointManager:
     if is_main:  # one writer: processes writing the same files at once could tear them
         write_run_info(out, cfg)
     return manager
+
+
+def finish_stage(checkpoints: CheckpointManager, cfg, stage: str, accelerator, save_model) -> Path:
+    """The end of every stage, open_stage's counterpart: once every process is there, the
+    main process saves the final model (save_model(output directory)) and its model card;
+    the trackers finish, keeping the process group for a pipeline's next stage; the settings
+    that made the model are recorded beside it and the directory released. Returns the
+    output directory."""
+    out = Path(cfg.output_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model(out)
+        publish(out, cfg, stage, log=accelerator.print)
+    end_stage(accelerator)
+    checkpoints.finish()  # records the settings that made the model, beside it
+    return out

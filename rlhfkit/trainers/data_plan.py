@@ -52,30 +52,6 @@ def split_holdout(records: Sequence, fraction: float, seed: int) -> tuple[list, 
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-def optimization(cfg, model, n_examples: int, accelerator, lengths=None, params=None):
-    """AdamW over the trainable parameters, the run's step plan and its learning-rate
-    schedule (warmup, then cfg.lr_scheduler); model and optimizer prepared by
-    Accelerate. `lengths` (tokens per example) is used when cfg.group_by_length;
-    `params`, parameter groups with their own "lr", replace model.parameters().
-    Returns (model, optimizer, scheduler, plan)."""
-    import torch
-
-    from rlhfkit.trainers.optim import lr_schedule, make_adam
-
-    optimizer = make_adam(model.parameters() if params is None else params, lr=cfg.learning_rate,
-                          weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    plan = run_plan(cfg, n_examples, accelerator.num_processes, lengths)
-    if not plan:
-        raise ValueError("the plan has no optimizer steps (num_epochs too small for the data?); nothing would be trained")
-    per_step = cfg.per_device_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
-    accelerator.print(f"plan: {len(plan)} optimizer steps of up to {per_step} examples "
-                      f"({cfg.num_epochs:g} epoch(s) over {n_examples} examples)")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    return model, optimizer, scheduler, plan
-
-
 def run_plan(cfg, n_examples: int, num_processes: int = 1, lengths=None) -> list[list[list[int]]]:
     """The step plan of a dataset stage: num_epochs passes, or, with max_steps, exactly
     max_steps optimizer steps over as many passes as they take (TrainingArguments' max_steps)."""

@@ -54,12 +54,11 @@ from rlhfkit.models.loading import (
     scalar_head,
 )
 from rlhfkit.trainers.accelerator import make_accelerator
-from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.data_plan import load_records, optimization, train_and_eval_records
-from rlhfkit.trainers.distributed import end_stage, step_share
+from rlhfkit.trainers.checkpoint import finish_stage, open_stage
+from rlhfkit.trainers.data_plan import load_records, train_and_eval_records
+from rlhfkit.trainers.distributed import step_share
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
-from rlhfkit.trainers.model_card import publish
-from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, optimization
 from rlhfkit.trainers.train_config import DatasetTrainConfig
 
 
@@ -344,10 +343,5 @@ def train_reward_model(cfg: RewardConfig) -> Path:
             fold_reward_normalisation(unwrapped)
         final.update({"reward/raw_mean": mean, "reward/raw_std": std})
     logger.log(len(plan), final)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_reward_model(unwrapped, tokenizer, out, merge_lora=not cfg.save_adapter_only)
-        publish(out, cfg, "rm", log=accelerator.print)
-    end_stage(accelerator)
-    checkpoints.finish()  # records the settings that made the model, beside it
-    return out
+    return finish_stage(checkpoints, cfg, "rm", accelerator,
+                        lambda out: save_reward_model(unwrapped, tokenizer, out, merge_lora=not cfg.save_adapter_only))

@@ -25,12 +25,11 @@ from rlhfkit.models.loading import (
     save_pretrained_dir,
 )
 from rlhfkit.trainers.accelerator import make_accelerator
-from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.data_plan import optimization, train_and_eval_records
-from rlhfkit.trainers.distributed import end_stage, step_share
+from rlhfkit.trainers.checkpoint import finish_stage, open_stage
+from rlhfkit.trainers.data_plan import train_and_eval_records
+from rlhfkit.trainers.distributed import step_share
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
-from rlhfkit.trainers.model_card import publish
-from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, optimization
 from rlhfkit.trainers.train_config import DatasetTrainConfig
 
 
@@ -128,13 +127,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     if eval_examples:
         val = evaluate_nll(model, eval_examples, eval_collator, cfg.per_device_batch_size, accelerator)
         logger.log(total_steps, {"loss/val": val, "final": True})
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only)
-        publish(out, cfg, "sft", log=accelerator.print)
-    end_stage(accelerator)
-    checkpoints.finish()  # records the settings that made the model, beside it
-    return out
+    return finish_stage(checkpoints, cfg, "sft", accelerator, lambda out: save_pretrained_dir(
+        accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only))
 
 
 def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collator, cfg, accelerator, guard,
