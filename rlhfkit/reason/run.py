@@ -3,7 +3,7 @@ where written working helps and can be checked exactly.
 
     data  -> base (a tiny Llama pretrained from scratch on worked problems in a sloppy hand)
           -> sft  (a few hundred demonstrations, some with slips)
-          -> rl   (GRPO-family RL from the SFT policy, reward = rlhfkit.verifiers:answer_reward)
+          -> rl   (GRPO-family RL from the SFT policy, reward = rlhfkit.rewards.verifiers:answer_reward)
           -> eval (pass@1, pass@k from n samples, greedy accuracy, faithfulness of the working)
 
 Each stage writes a `.done` marker; rerunning the command skips finished stages and
@@ -147,7 +147,7 @@ def _init_model(cfg: ReasonConfig, directory: Path, texts: list[str]) -> None:
 
 def stage_configs(cfg: ReasonConfig, out: Path, paths: dict):
     """The base, SFT and RL stage configs (the library's own trainers)."""
-    from rlhfkit.trainers.ppo_config import PPOConfig
+    from rlhfkit.trainers.ppo.config import PPOConfig
     from rlhfkit.trainers.sft import SFTConfig
 
     common = dict(seed=cfg.seed, num_threads=cfg.num_threads, progress=cfg.progress, max_length=128,
@@ -159,7 +159,7 @@ def stage_configs(cfg: ReasonConfig, out: Path, paths: dict):
     sft = SFTConfig(model=str(out / "base"), data=paths["sft"], output_dir=str(out / "sft"), learning_rate=3e-4,
                     per_device_batch_size=16, num_epochs=cfg.sft_epochs, **common)
     rl = PPOConfig(model=str(out / "sft"), prompts=paths["rl_prompts"], output_dir=str(out / "rl"), seed=cfg.seed,
-                   reward_functions=["rlhfkit.verifiers:answer_reward"], advantage_estimator=cfg.rl_estimator,
+                   reward_functions=["rlhfkit.rewards.verifiers:answer_reward"], advantage_estimator=cfg.rl_estimator,
                    samples_per_prompt=cfg.rl_group_size, loss_type=cfg.rl_loss_type, whiten_advantages="none",
                    kl_placement="loss" if cfg.rl_kl_coef else "none", kl_coef=cfg.rl_kl_coef, kl_estimator="k3",
                    total_episodes=cfg.rl_episodes, rollout_batch_size=cfg.rl_batch,
@@ -195,7 +195,7 @@ def _rl_curve(metrics: Path) -> list[dict]:
 def run_reason(cfg: ReasonConfig) -> Path:
     import torch
 
-    from rlhfkit.trainers.ppo import train_ppo
+    from rlhfkit.trainers.ppo.trainer import train_ppo
     from rlhfkit.trainers.sft import train_sft
 
     if cfg.num_threads:

@@ -3,14 +3,15 @@ as in DeepSeek-R1 and Tulu 3's RLVR). Final-answer extraction, exact and numeric
 matching, and a format check, shipped as batched reward functions with the signature
 every rlhfkit reward function has, `f(prompts, responses, **kwargs) -> scores`:
 
-    rlhfkit ppo ... --reward_functions rlhfkit.verifiers:answer_reward rlhfkit.verifiers:format_reward \\
+    rlhfkit ppo ... --reward_functions rlhfkit.rewards.verifiers:answer_reward rlhfkit.rewards.verifiers:format_reward \\
                     --reward_weights format_reward=0.1
 
 The gold answer is read from each prompt record's `answer` column (it reaches the
 function as `metadata[i]["answer"]`). Each function is logged on its own as
 `objective/scores_<name>`: for `answer_reward` that is the batch's accuracy, for
 `format_reward` the share of well-formed responses. Build other combinations with
-`make_answer_reward(extract=..., match=..., answer_key=...)`. No torch here.
+`make_answer_reward(extract=..., match=..., answer_key=...)`. Plain Python: no torch in
+this module.
 """
 from __future__ import annotations
 
