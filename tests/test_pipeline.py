@@ -10,8 +10,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhfkit.testing import save_tiny_model
-from rlhfkit.trainers.ppo import train_ppo
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import train_ppo
 
 from conftest import read_metrics, write_jsonl
 
@@ -71,7 +71,7 @@ def test_ptx_stream_position_survives_a_checkpoint(tmp_path):
     import torch
 
     from rlhfkit.models.loading import load_tokenizer
-    from rlhfkit.trainers.ptx import PretrainingBatches
+    from rlhfkit.trainers.ppo.ptx import PretrainingBatches
 
     model = save_tiny_model(tmp_path / "base")
     texts = write_jsonl(tmp_path / "web.jsonl", [{"text": f"the {w} number {i}."} for i, w in enumerate(WORDS * 3)])

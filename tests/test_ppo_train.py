@@ -7,8 +7,8 @@ import textwrap
 import pytest
 from transformers import AutoModelForCausalLM
 
-from rlhfkit.trainers.ppo import train_ppo
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import train_ppo
 from rlhfkit.testing import save_tiny_model
 
 from conftest import read_metrics, write_jsonl
@@ -188,7 +188,7 @@ def test_critic_free_options_are_checked(options, message):
     from rlhfkit.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        PPOConfig(rollout_batch_size=64, **options).derived(1)
+        PPOConfig(rollout_batch_size=64, **options).sizes(1)
 
 
 def test_critic_learning_rate_is_its_own(setup):
