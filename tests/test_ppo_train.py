@@ -167,7 +167,7 @@ def test_sampler_and_recomputed_old_logprobs_give_the_same_update(setup, options
 
 
 def test_episode_prompts_repeat_each_prompt_k_times_and_resume_in_place():
-    from rlhfkit.trainers.data_plan import episode_prompts
+    from rlhfkit.trainers.ppo.trainer import episode_prompts
 
     steps = [episode_prompts(10, step, 8, 0, 0, k=4) for step in range(5)]
     for index in steps:

@@ -165,7 +165,7 @@ def test_two_processes_log_the_one_process_numbers_once(runs, stage, keys):
 
 
 def test_ppo_prompts_are_sharded_without_overlap():
-    from rlhfkit.trainers.data_plan import episode_prompts
+    from rlhfkit.trainers.ppo.trainer import episode_prompts
 
     for k in (1, 2):
         for step in range(4):

@@ -96,7 +96,7 @@ def test_normalisation_on_a_seeded_sample_of_the_responses(tmp_path):
     from rlhfkit.config import ConfigError
     from rlhfkit.data.loading import as_rankings, load_preferences
     from rlhfkit.models.loading import load_tokenizer
-    from rlhfkit.trainers.data_plan import load_records
+    from rlhfkit.data.loading import load_records
     from rlhfkit.trainers.reward import _encode, _normalisation_examples
 
     model_dir = save_tiny_model(tmp_path / "base", hidden=32)

@@ -65,16 +65,10 @@ def max_ratio_deviation(ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return torch.where(mask != 0, (ratio - 1.0).abs(), torch.zeros((), dtype=ratio.dtype, device=ratio.device)).max()
 
 
-def ppo_policy_loss(
-    logprobs: torch.Tensor,  # [B, A] log pi_theta(a_t | s_t) under the policy being trained
-    old_logprobs: torch.Tensor,  # [B, A] log pi_old of the same tokens, from the rollout
-    advantages: torch.Tensor,  # [B, A] (whitened) advantages, no gradient
-    mask: torch.Tensor,  # [B, A] 1 on valid response tokens
-    clip_range: float,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range: float):
     """The clipped surrogate's mean over all valid tokens of the batch (a token mean), with
-    a symmetric clip: the ``ppo`` loss type without a KL term. Metrics: ``loss/policy`` and
-    those of ``token_surrogate``."""
+    a symmetric clip: the ``ppo`` loss type without a KL term. Shapes as ``token_surrogate``;
+    returns (loss, metrics): ``loss/policy`` and those of ``token_surrogate``."""
     per_token, metrics = token_surrogate(logprobs, old_logprobs, advantages, mask, clip_range, clip_range)
     loss = masked_mean(per_token, mask)
     return loss, {"loss/policy": loss.detach(), **metrics}

@@ -19,6 +19,8 @@ settings is refused like a checkpoint's, and `--resume force` trains again. It i
 into a temporary directory, every file fsync'd, and renamed into place; loading
 verifies the manifest and falls back to the newest intact one. Temporary
 directories and files a kill leaves are removed by the next open_stage.
+`CheckpointManager.finish_stage` ends every stage: the final model saved, its card, the
+fingerprint beside it.
 """
 from __future__ import annotations
 
@@ -273,12 +275,21 @@ class CheckpointManager:
         self.close()
         return self.root.parent
 
-    def finish(self) -> None:
-        """After the stage's final model is saved (every process there): record the settings
-        that made it, then release the directory."""
+    def finish_stage(self, accelerator, cfg, save_model) -> Path:
+        """The end of every stage, open_stage's counterpart: once every process is there, the
+        main process saves the final model (save_model(output directory)) and its model card;
+        the trackers finish, keeping the process group for a pipeline's next stage; the
+        settings that made the model are recorded beside it, then the directory is released."""
+        out = self.root.parent
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_model(out)
+            publish(out, cfg, self.stage, log=accelerator.print)
+        end_stage(accelerator)
         if self.is_main and self.fingerprint is not None:
-            atomic_write_text(self.root.parent / FINISHED, dumps(self.fingerprint, log=None, indent=1))
+            atomic_write_text(out / FINISHED, dumps(self.fingerprint, log=None, indent=1))
         self.close()
+        return out
 
     def check_resume(self) -> Path | None:
         """Find the checkpoint to resume from and compare its fingerprint with this run's:
@@ -437,18 +448,3 @@ def open_stage(cfg, stage: str, accelerator) -> CheckpointManager:
         write_run_info(out, cfg)
     return manager
 
-
-def finish_stage(checkpoints: CheckpointManager, cfg, stage: str, accelerator, save_model) -> Path:
-    """The end of every stage, open_stage's counterpart: once every process is there, the
-    main process saves the final model (save_model(output directory)) and its model card;
-    the trackers finish, keeping the process group for a pipeline's next stage; the settings
-    that made the model are recorded beside it and the directory released. Returns the
-    output directory."""
-    out = Path(cfg.output_dir)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_model(out)
-        publish(out, cfg, stage, log=accelerator.print)
-    end_stage(accelerator)
-    checkpoints.finish()  # records the settings that made the model, beside it
-    return out

@@ -26,8 +26,8 @@ from rlhfkit.losses.common import tie_half_accuracy
 from rlhfkit.losses.dpo import DPO_LOSSES, DPOLossConfig, PreferenceLogps, dpo_loss
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, lora_options, save_pretrained_dir
 from rlhfkit.trainers.accelerator import make_accelerator
-from rlhfkit.trainers.checkpoint import finish_stage, open_stage
-from rlhfkit.trainers.data_plan import train_and_eval_records
+from rlhfkit.trainers.checkpoint import open_stage
+from rlhfkit.trainers.data_plan import train_and_eval_records, training_plan
 from rlhfkit.trainers.distributed import step_share
 from rlhfkit.trainers.dpo_data import (
     PreferenceItems,
@@ -38,7 +38,7 @@ from rlhfkit.trainers.dpo_data import (
     sequence_logps,
 )
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
-from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, optimization
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, prepared_optimizer
 from rlhfkit.trainers.train_config import DatasetTrainConfig
 
 REFERENCE_FREE = frozenset({"simpo", "orpo"})
@@ -230,8 +230,9 @@ def train_dpo(cfg: DPOConfig) -> Path:
     lora = lora_options(cfg)
     model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                            lora=lora, trust_remote_code=cfg.trust_remote_code)
-    model, optimizer, scheduler, plan = optimization(cfg, model, len(train), accelerator,
-                                                     [sum(len(e) for e in item) for item in train.sequences])
+    plan = training_plan(cfg, len(train), accelerator, [sum(len(e) for e in item) for item in train.sequences])
+    model, optimizer, scheduler = prepared_optimizer(accelerator, model, model.parameters(), cfg, len(plan),
+                                                     cfg.lr_scheduler)
 
     ref_fn, train_ref, held_ref = None, None, None
     if cfg.loss not in REFERENCE_FREE:
@@ -268,7 +269,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     if len(held):
         final.update(evaluate(model, held, held_ref, ref_fn, cfg, pad, device))
     logger.log(len(plan), final)
-    return finish_stage(checkpoints, cfg, "dpo", accelerator, lambda out: save_pretrained_dir(
+    return checkpoints.finish_stage(accelerator, cfg, lambda out: save_pretrained_dir(
         accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only))
 
 

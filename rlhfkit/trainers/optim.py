@@ -1,5 +1,5 @@
 """The optimizer side of training: Adam(W) and the learning-rate schedule, built and
-prepared for a dataset stage (optimization); gradient clipping, and skipping (then
+prepared for every stage (prepared_optimizer); gradient clipping, and skipping (then
 stopping on) steps whose loss or gradients are not finite."""
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 
 import torch
 
-from rlhfkit.trainers.data_plan import run_plan
 from rlhfkit.trainers.errors import DivergenceError
 
 # Schedules after warmup. transformers.get_scheduler knows more names; these are the ones
@@ -63,24 +62,19 @@ def make_adam(params, *, lr: float, eps: float, weight_decay: float = 0.0, decou
     return cls(params, **kwargs)
 
 
-def optimization(cfg, model, n_examples: int, accelerator, lengths=None, params=None):
-    """AdamW over the trainable parameters, the run's step plan and its learning-rate
-    schedule (warmup, then cfg.lr_scheduler); model and optimizer prepared by
-    Accelerate. `lengths` (tokens per example) is used when cfg.group_by_length;
-    `params`, parameter groups with their own "lr", replace model.parameters().
-    Returns (model, optimizer, scheduler, plan)."""
-    optimizer = make_adam(model.parameters() if params is None else params, lr=cfg.learning_rate,
-                          weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    plan = run_plan(cfg, n_examples, accelerator.num_processes, lengths)
-    if not plan:
-        raise ValueError("the plan has no optimizer steps (num_epochs too small for the data?); nothing would be trained")
-    per_step = cfg.per_device_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
-    accelerator.print(f"plan: {len(plan)} optimizer steps of up to {per_step} examples "
-                      f"({cfg.num_epochs:g} epoch(s) over {n_examples} examples)")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
+def prepared_optimizer(accelerator, model, params, cfg, total_steps: int, schedule: str,
+                       warmup_steps: int | None = None, decoupled: bool = True):
+    """Adam(W) over `params` (tensors, or groups with their own "lr") with cfg's learning
+    rate, eps and weight decay; the learning-rate schedule over total_steps (warmup_steps,
+    by default cfg.warmup_ratio of them, then `schedule`); model and optimizer prepared
+    by Accelerate. Returns (model, optimizer, scheduler)."""
+    if warmup_steps is None:
+        warmup_steps = int(cfg.warmup_ratio * total_steps)
+    optimizer = make_adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+                          decoupled=decoupled)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(schedule, total_steps, warmup_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
-    return model, optimizer, scheduler, plan
+    return model, optimizer, scheduler
 
 
 

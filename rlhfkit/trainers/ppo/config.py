@@ -9,8 +9,7 @@ from typing import ClassVar
 from rlhfkit.config import ConfigError, check_divisible, option, option_problem
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.losses.grpo import POLICY_LOSSES
-from rlhfkit.trainers.data_plan import MAX_STEPS
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.trainers.train_config import MAX_STEPS, TrainConfig
 
 
 @dataclass
@@ -123,8 +122,20 @@ class PPOConfig(TrainConfig):
         if self.learning_rate == 0 and not (self.critic_learning_rate > 0 and self.advantage_estimator == "gae"):
             raise ConfigError("learning_rate must be positive, got 0 (0 trains nothing; to train only the value "
                               "function, set critic_learning_rate > 0)")
-        self._check_estimator_options()
-        self._check_loss_options()
+        if self.advantage_estimator != "gae" and self.samples_per_prompt < 2:
+            raise ConfigError(f"advantage_estimator {self.advantage_estimator} needs samples_per_prompt >= 2 "
+                              f"(the other samples of a prompt are its baseline), got {self.samples_per_prompt}")
+        if self.advantage_estimator != "gae" and (self.value_head_on_policy or self.value_model):
+            raise ConfigError(f"advantage_estimator {self.advantage_estimator} trains no value function: "
+                              "drop value_head_on_policy and value_model")
+        if self.advantage_estimator == "gae" and (self.dynamic_sampling or self.loss_type == "gspo"):
+            raise ConfigError("dynamic_sampling and loss_type gspo need one advantage per response from a group: "
+                              "--advantage_estimator rloo, grpo or dr_grpo")
+        if self.kl_placement == "loss" and self.adaptive_kl:
+            raise ConfigError("adaptive_kl adapts the KL coefficient of the reward: use kl_placement reward")
+        if self.overlong == "penalty" and not 0 < self.overlong_buffer <= self.response_length:
+            raise ConfigError(f"overlong penalty needs 0 < overlong_buffer <= response_length ({self.response_length})"
+                              f", got {self.overlong_buffer}")
         steps = self.total_episodes // self.rollout_batch_size
         if steps < 1:
             raise ConfigError(f"total_episodes ({self.total_episodes}) is smaller than rollout_batch_size "
@@ -150,24 +161,6 @@ class PPOConfig(TrainConfig):
         steps = self.total_episodes // self.rollout_batch_size
         return PPOSizes(local_rollout=local_rollout, minibatch=minibatch, micro=micro, accumulation=accumulation,
                         ppo_steps=steps, optimizer_steps=steps * self.ppo_epochs * self.num_minibatches)
-
-    def _check_estimator_options(self) -> None:
-        if self.advantage_estimator != "gae" and self.samples_per_prompt < 2:
-            raise ConfigError(f"advantage_estimator {self.advantage_estimator} needs samples_per_prompt >= 2 "
-                              f"(the other samples of a prompt are its baseline), got {self.samples_per_prompt}")
-        if self.advantage_estimator != "gae" and (self.value_head_on_policy or self.value_model):
-            raise ConfigError(f"advantage_estimator {self.advantage_estimator} trains no value function: "
-                              "drop value_head_on_policy and value_model")
-        if self.advantage_estimator == "gae" and (self.dynamic_sampling or self.loss_type == "gspo"):
-            raise ConfigError("dynamic_sampling and loss_type gspo need one advantage per response from a group: "
-                              "--advantage_estimator rloo, grpo or dr_grpo")
-
-    def _check_loss_options(self) -> None:
-        if self.kl_placement == "loss" and self.adaptive_kl:
-            raise ConfigError("adaptive_kl adapts the KL coefficient of the reward: use kl_placement reward")
-        if self.overlong == "penalty" and not 0 < self.overlong_buffer <= self.response_length:
-            raise ConfigError(f"overlong penalty needs 0 < overlong_buffer <= response_length ({self.response_length})"
-                              f", got {self.overlong_buffer}")
 
 
 @dataclass(frozen=True)

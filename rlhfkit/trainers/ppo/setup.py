@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhfkit.data.loading import ColumnMap, load_prompts
+from rlhfkit.data.loading import ColumnMap, load_prompts, load_records
 from rlhfkit.data.tokenize import encode_prompts
 from rlhfkit.generation.rollout import Rollout
 from rlhfkit.io import atomic_write_bytes
@@ -22,7 +22,6 @@ from rlhfkit.models.loading import (
     save_pretrained_dir,
 )
 from rlhfkit.rewards import FunctionScorer, RewardModelScorer, WeightedReward, import_function
-from rlhfkit.trainers.data_plan import load_records
 from rlhfkit.trainers.metrics import mean_metrics
 from rlhfkit.trainers.ppo.config import PPOConfig
 

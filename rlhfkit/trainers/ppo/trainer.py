@@ -30,11 +30,10 @@ from rlhfkit.models.forward import response_logprobs
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.rewards import ScoringBatch, WeightedReward
 from rlhfkit.trainers.accelerator import make_accelerator
-from rlhfkit.trainers.checkpoint import finish_stage, open_stage
-from rlhfkit.trainers.data_plan import episode_prompts
+from rlhfkit.trainers.checkpoint import open_stage
 from rlhfkit.trainers.errors import DivergenceError
 from rlhfkit.trainers.metrics import MetricsLogger, mean_metrics, progress_bar, timer
-from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, lr_schedule, make_adam
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, prepared_optimizer
 from rlhfkit.trainers.ppo.config import PPOConfig, PPOSizes
 from rlhfkit.trainers.ppo.dapo_filters import keep_rows, penalise_overlong
 from rlhfkit.trainers.ppo.policy_loss import policy_loss, reward_kl_coef
@@ -217,6 +216,27 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
     return rows
 
 
+def episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int, k: int = 1,
+                    world: int = 1) -> list[int]:
+    """PPO's prompt indices for one process at one step, each repeated k times in a row
+    (the `local` // k prompts of the step): a seeded permutation per pass over the
+    prompts, so a resumed run sees exactly the prompts it would have. Under `world`
+    processes the step's prompts are one sequence cut into contiguous shards, shard
+    `rank` to this process: no two processes draw the same prompt, and together they draw
+    what one process would (the same global batch)."""
+    local //= k
+    start = (step * world + rank) * local  # prompts every process consumed before this shard
+    perms: dict[int, list[int]] = {}
+    out = []
+    for e in range(start, start + local):
+        cycle, pos = divmod(e, n_prompts)
+        if cycle not in perms:
+            gen = torch.Generator().manual_seed(seed * 7919 + cycle * 31)
+            perms[cycle] = torch.randperm(n_prompts, generator=gen).tolist()
+        out.extend([perms[cycle][pos]] * k)
+    return out
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
@@ -239,12 +259,11 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     reward = build_reward(cfg, tokenizer, device, reward_fns)
     groups = [{"params": actor_critic.policy.parameters()},
               {"params": actor_critic.critic_parameters(), "lr": cfg.critic_learning_rate or cfg.learning_rate}]
-    # Adam, as lm-human-preferences; AdamW only when weight decay is asked for (with 0 the two are the same)
-    optimizer = make_adam(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-                          decoupled=cfg.weight_decay > 0)
-    warmup = round(cfg.warmup_ratio * sizes.optimizer_steps)  # linear warmup, then linear decay to 0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", sizes.optimizer_steps, warmup))
-    actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
+    # Adam, as lm-human-preferences (AdamW only with weight decay; with 0 the two are the same); linear warmup,
+    # then linear decay to 0
+    actor_critic, optimizer, scheduler = prepared_optimizer(
+        accelerator, actor_critic, groups, cfg, sizes.optimizer_steps, "linear",
+        round(cfg.warmup_ratio * sizes.optimizer_steps), decoupled=cfg.weight_decay > 0)
     policy = accelerator.unwrap_model(actor_critic).policy
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
@@ -314,4 +333,4 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     def save(out: Path) -> None:  # the policy, the value function and the KL controller's last value
         save_models(accelerator.unwrap_model(actor_critic), tokenizer, out, merge_lora=not cfg.save_adapter_only)
         write_json(out / "kl_controller.json", kl_ctl.state_dict())
-    return finish_stage(checkpoints, cfg, "ppo", accelerator, save)
+    return checkpoints.finish_stage(accelerator, cfg, save)
