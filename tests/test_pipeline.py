@@ -19,6 +19,7 @@ WORDS = ["cat", "dog", "owl", "fig", "red", "yak"]
 ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_pipeline_runs_three_stages_in_one_directory_and_resumes(tmp_path):
     model = save_tiny_model(tmp_path / "base")
     demos = write_jsonl(tmp_path / "demos.jsonl", [{"prompt": [{"role": "user", "content": f"Say {w}."}],

@@ -72,6 +72,7 @@ def test_adaptive_kl_moves_beta_toward_target(setup):
     assert rows[-1]["objective/beta"] > 0.1  # KL above target: beta grows
 
 
+@pytest.mark.slow
 def test_ppo_cli_with_python_reward_and_with_reward_model(setup, tmp_path):
     root, model, prompts = setup
     reward_file = tmp_path / "my_reward.py"

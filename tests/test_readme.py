@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from rlhfkit.testing import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +19,7 @@ def readme_python_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_trains_sft_rm_and_ppo(tmp_path, monkeypatch):
     model = save_tiny_model(tmp_path / "tiny")
     rows = {"demos.jsonl": [{"prompt": f"Say {w}.", "completion": f"{w}."} for w in "abcdefgh"],

@@ -141,6 +141,7 @@ def test_same_seed_gives_same_weights(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.slow
 def test_new_user_trains_sft_and_reward_model_through_the_cli(tmp_path):
     """Exactly what README tells a new user: a local model directory and JSONL files."""
     model_dir = save_tiny_model(tmp_path / "my-model")

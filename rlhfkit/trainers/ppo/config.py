@@ -136,18 +136,11 @@ class PPOConfig(TrainConfig):
         if self.overlong == "penalty" and not 0 < self.overlong_buffer <= self.response_length:
             raise ConfigError(f"overlong penalty needs 0 < overlong_buffer <= response_length ({self.response_length})"
                               f", got {self.overlong_buffer}")
-        steps = self.total_episodes // self.rollout_batch_size
-        if steps < 1:
-            raise ConfigError(f"total_episodes ({self.total_episodes}) is smaller than rollout_batch_size "
-                              f"({self.rollout_batch_size})")
-        if steps * self.ppo_epochs * self.num_minibatches > MAX_STEPS:  # a mistake, not a run: say so before loading
-            raise ConfigError(f"total_episodes {self.total_episodes:.3g} makes {steps:.3g} PPO steps of "
-                              f"{self.rollout_batch_size} episodes, more than {MAX_STEPS:.0e} optimizer steps in all; "
-                              "lower --total_episodes")
 
     def sizes(self, num_processes: int) -> PPOSizes:
-        """Batch sizes per process and the step counts under num_processes; refuses remainders.
-        Everything that does not depend on the number of processes was checked at construction."""
+        """Batch sizes per process and the step counts under num_processes; refuses remainders
+        and a step count no run could take. The options' ranges and combinations were checked
+        at construction."""
         if num_processes > 1 and (self.dynamic_sampling or self.overlong == "filter"):
             # each process would keep a different number of rows, and so take a different number
             # of micro-batch backward passes: the processes' gradient all-reduces would not pair up
@@ -159,6 +152,13 @@ class PPOConfig(TrainConfig):
         micro = min(self.per_device_train_batch_size, minibatch)
         accumulation = check_divisible("per-process minibatch", minibatch, "per_device_train_batch_size", micro)
         steps = self.total_episodes // self.rollout_batch_size
+        if steps < 1:
+            raise ConfigError(f"total_episodes ({self.total_episodes}) is smaller than rollout_batch_size "
+                              f"({self.rollout_batch_size})")
+        if steps * self.ppo_epochs * self.num_minibatches > MAX_STEPS:  # a mistake, not a run: say so before loading
+            raise ConfigError(f"total_episodes {self.total_episodes:.3g} makes {steps:.3g} PPO steps of "
+                              f"{self.rollout_batch_size} episodes, more than {MAX_STEPS:.0e} optimizer steps in all; "
+                              "lower --total_episodes")
         return PPOSizes(local_rollout=local_rollout, minibatch=minibatch, micro=micro, accumulation=accumulation,
                         ppo_steps=steps, optimizer_steps=steps * self.ppo_epochs * self.num_minibatches)
 
