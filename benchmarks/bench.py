@@ -1,4 +1,4 @@
-"""rlhfkit against TRL on this machine: PPO (TRL 0.29.1), RLOO / GRPO / SFT / reward model / DPO (TRL 1.16).
+"""rlhfkit against TRL on the machine it runs on: PPO (TRL 0.29.1), RLOO / GRPO / SFT / reward model / DPO (TRL 1.16).
 
     python benchmarks/bench.py [--only ppo|ppo128|ppo15m|rloo|grpo|sft|rm|dpo] [--json FILE] [--quick]
 

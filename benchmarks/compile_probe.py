@@ -3,7 +3,7 @@
     python benchmarks/compile_probe.py [--model h128|h384] [--lengths 50 150] [--iters 5] [--rounds 5]
 
 The PPO step is ~80% update (4 epochs of policy and value forward+backward), which
-runs at HF Llama's eager speed; the issue's 2x target needs faster passes. This
+runs at HF Llama's eager speed; a 2x speed-up needs faster passes. This
 times one policy forward+backward (token log-probs of a 64-sequence batch, the
 PPO update's shape) eagerly and under `torch.compile(dynamic=False)`, on the
 benchmark suite's random Llama, and prints the first-call (compile) seconds, the

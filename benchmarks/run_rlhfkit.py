@@ -63,7 +63,7 @@ def _rows(out: Path) -> list[dict]:
 
 def ppo_config(spec: dict):
     """The PPOConfig of a PPO or critic-free (hparams["advantage_estimator"]) benchmark spec."""
-    from rlhfkit.trainers.ppo_config import PPOConfig
+    from rlhfkit.trainers.ppo.config import PPOConfig
 
     h = spec["hparams"]
     estimator = h.get("advantage_estimator", "gae")
@@ -90,8 +90,8 @@ def ppo_config(spec: dict):
 
 
 def run_ppo(spec: dict) -> dict:
-    import rlhfkit.trainers.ppo as ppo_mod
-    from rlhfkit.trainers.ppo import train_ppo
+    import rlhfkit.trainers.ppo.trainer as ppo_mod
+    from rlhfkit.trainers.ppo.trainer import train_ppo
 
     h = spec["hparams"]
     cfg = ppo_config(spec)

@@ -26,8 +26,8 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
     from rlhfkit.pipeline import PipelineConfig, run_pipeline
     from rlhfkit.reason.run import ReasonConfig, run_reason
     from rlhfkit.trainers.dpo import DPOConfig, train_dpo
-    from rlhfkit.trainers.ppo import train_ppo
-    from rlhfkit.trainers.ppo_config import PPOConfig
+    from rlhfkit.trainers.ppo.config import PPOConfig
+    from rlhfkit.trainers.ppo.trainer import train_ppo
     from rlhfkit.trainers.reward import RewardConfig, train_reward_model
     from rlhfkit.trainers.sft import SFTConfig, train_sft
 

@@ -25,8 +25,8 @@ from rlhfkit.io import write_json
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig, for_method, train_dpo
 from rlhfkit.trainers.fingerprint import NOT_RESULT_OPTIONS, options_of
-from rlhfkit.trainers.ppo import train_ppo
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import train_ppo
 from rlhfkit.trainers.reward import RewardConfig, train_reward_model
 from rlhfkit.trainers.runlock import acquire_lock, release_lock
 from rlhfkit.trainers.sft import SFTConfig, train_sft

@@ -11,6 +11,17 @@ import transformers  # noqa: E402
 from rlhfkit.testing import save_tiny_model  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Tests that start other processes, kill them or drive a browser take minutes: each is slow
+# too, so that `pytest -m "not slow"` is the fast subset (README.md) with one marker.
+SLOW_KINDS = ("multiprocess", "browser", "kill")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
+            item.add_marker(pytest.mark.slow)
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 

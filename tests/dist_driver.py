@@ -78,7 +78,7 @@ class RowSeededSampler:
 def run_job(job: dict) -> str:
     from rlhfkit.trainers import ppo
     from rlhfkit.trainers.dpo import DPOConfig, train_dpo
-    from rlhfkit.trainers.ppo_config import PPOConfig
+    from rlhfkit.trainers.ppo.config import PPOConfig
     from rlhfkit.trainers.reward import RewardConfig, train_reward_model
     from rlhfkit.trainers.sft import SFTConfig, train_sft
 

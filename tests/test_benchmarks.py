@@ -85,7 +85,7 @@ def test_ppo_benchmark_specs_make_valid_matched_configs(tmp_path):
     for name, (_, response_length, full, _, estimator) in bench.PPO_BENCHES.items():
         spec = dict(bench.ppo_spec(name, paths, full), output_dir=str(tmp_path / name))
         cfg = run_rlhfkit.ppo_config(spec)
-        cfg.derived(num_processes=1)  # the divisibility checks
+        cfg.sizes(num_processes=1)  # the divisibility checks
         assert cfg.response_length == response_length and cfg.total_episodes == full
         if estimator == "gae":
             assert spec["task"] == "ppo" and cfg.value_model == "r" and cfg.advantage_estimator == "gae"

@@ -18,6 +18,7 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"rlhfkit {rlhfkit.__version__}"
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_cli():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -21,7 +21,7 @@ from rlhfkit.config import (
     load_yaml,
 )
 from rlhfkit.pipeline import PipelineConfig
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
 from rlhfkit.trainers.sft import SFTConfig
 
 

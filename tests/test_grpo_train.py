@@ -4,8 +4,8 @@ from the reward to the loss, and the options are checked."""
 import pytest
 
 from rlhfkit.config import ConfigError
-from rlhfkit.trainers.ppo import train_ppo
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import train_ppo
 from rlhfkit.testing import save_tiny_model
 
 from conftest import read_metrics, write_jsonl
@@ -97,4 +97,4 @@ def test_overlong_penalty_lowers_the_scores_of_long_responses(setup):
 def test_grpo_options_are_checked(options, message):
     options = {"advantage_estimator": "grpo", "samples_per_prompt": 4, **options}
     with pytest.raises(ConfigError, match=message):
-        PPOConfig(rollout_batch_size=64, **options).derived(1)
+        PPOConfig(rollout_batch_size=64, **options).sizes(1)

@@ -10,6 +10,8 @@ import shutil
 
 import pytest
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = os.environ.get("RLHFKIT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 _missing = [m for m in ("playwright", "fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
 if not os.path.exists(CHROMIUM):

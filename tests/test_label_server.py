@@ -206,6 +206,7 @@ def _start(db, port, tmp_path, *args):
     raise AssertionError("server did not start")
 
 
+@pytest.mark.kill
 def test_kill_9_loses_no_acknowledged_label_and_each_labeler_resumes(tmp_path):
     db = tmp_path / "l.sqlite"
     port = _free_port()

@@ -166,3 +166,33 @@ def test_overlong_filter_and_soft_penalty():
     assert overlong_penalty(lengths, 10, 4).tolist() == pytest.approx([0, 0, -0.25, -0.5, -1, -1])
     with pytest.raises(ValueError):
         overlong_penalty(lengths, 10, 0)
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_LOSSES))
+def test_every_loss_type_has_the_one_surrogates_gradient(name):
+    """Each loss type is an average of losses.ppo.clipped_surrogate's terms: written out here
+    from that function alone, its gradient is the loss type's on a random case."""
+    from rlhfkit.losses.common import masked_mean, masked_sum
+    from rlhfkit.losses.ppo import clipped_surrogate
+
+    g = torch.Generator().manual_seed(3)
+    B, A, low, high = 4, 6, 0.2, 0.28
+    old = torch.randn(B, A, generator=g, dtype=torch.float64) - 2
+    logprobs = (old + 0.3 * torch.randn(B, A, generator=g, dtype=torch.float64)).requires_grad_(True)
+    adv = torch.randn(B, A, generator=g, dtype=torch.float64)
+    mask = torch.ones(B, A, dtype=torch.float64)
+    mask[0, 4:], mask[2, 1:] = 0, 0
+    loss, _ = POLICY_LOSSES[name](logprobs, old, adv, mask, None, PolicyLossOptions(low, high, max_length=A))
+    (got,) = torch.autograd.grad(loss, logprobs)
+    ref = logprobs.detach().clone().requires_grad_(True)
+    if name == "gspo":
+        s = torch.exp(masked_mean(ref - old, mask, dim=1))
+        want = clipped_surrogate(s, masked_mean(adv, mask, dim=1), low, high)[0].mean()
+    else:
+        per_token = clipped_surrogate(torch.exp(ref - old), adv, low, high)[0]
+        want = {"ppo": masked_mean(per_token, mask), "dapo": masked_mean(per_token, mask),
+                "bnpo": masked_mean(per_token, mask), "grpo": masked_mean(per_token, mask, dim=1).mean(),
+                "dr_grpo": masked_sum(per_token, mask) / (B * A)}[name]
+    (expected,) = torch.autograd.grad(want, ref)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-15)
+    assert got.abs().sum() > 0

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from rlhfkit.trainers.dpo import DPOConfig, train_dpo
-from rlhfkit.trainers.ppo import train_ppo
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import train_ppo
 from rlhfkit.trainers.reward import RewardConfig, train_reward_model
 from rlhfkit.trainers.sft import SFTConfig, train_sft
 from rlhfkit.testing import save_tiny_model

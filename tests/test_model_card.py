@@ -11,7 +11,7 @@ from rlhfkit.config import ConfigError
 from rlhfkit.testing import save_tiny_model
 from rlhfkit.trainers.dpo import DPOConfig, train_dpo
 from rlhfkit.trainers.model_card import IGNORED_ON_PUSH, model_card, read_front_matter
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
 from rlhfkit.trainers.reward import RewardConfig, train_reward_model
 from rlhfkit.trainers.sft import SFTConfig, train_sft
 

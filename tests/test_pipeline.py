@@ -10,8 +10,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhfkit.testing import save_tiny_model
-from rlhfkit.trainers.ppo import train_ppo
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import train_ppo
 
 from conftest import read_metrics, write_jsonl
 
@@ -19,6 +19,7 @@ WORDS = ["cat", "dog", "owl", "fig", "red", "yak"]
 ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_pipeline_runs_three_stages_in_one_directory_and_resumes(tmp_path):
     model = save_tiny_model(tmp_path / "base")
     demos = write_jsonl(tmp_path / "demos.jsonl", [{"prompt": [{"role": "user", "content": f"Say {w}."}],
@@ -71,7 +72,7 @@ def test_ptx_stream_position_survives_a_checkpoint(tmp_path):
     import torch
 
     from rlhfkit.models.loading import load_tokenizer
-    from rlhfkit.trainers.ptx import PretrainingBatches
+    from rlhfkit.trainers.ppo.ptx import PretrainingBatches
 
     model = save_tiny_model(tmp_path / "base")
     texts = write_jsonl(tmp_path / "web.jsonl", [{"text": f"the {w} number {i}."} for i, w in enumerate(WORDS * 3)])

@@ -8,8 +8,8 @@ from rlhfkit.models.forward import response_logprobs
 from rlhfkit.generation.samplers import HFSampler, LocalSampler, truncate_after_eos
 from rlhfkit.generation.rollout import Rollout
 from rlhfkit.testing import tiny_llama, tiny_tokenizer
-from rlhfkit.trainers.ppo import advantages, shape_rewards
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import advantages, shape_rewards
 
 EOS, PAD = 0, 1
 
@@ -52,7 +52,7 @@ def test_missing_eos_penalty_is_applied_in_score_rollout(old_logprobs, sampler_g
     """The penalty, nothing after EOS; the sampler's old log-probs are kept unless recomputed
     (asked for, or a sampler that gave none)."""
     from rlhfkit.rewards import WeightedReward
-    from rlhfkit.trainers.ppo import score_rollout
+    from rlhfkit.trainers.ppo.trainer import score_rollout
 
     tok = tiny_tokenizer()
     model = tiny_llama(tok).eval()

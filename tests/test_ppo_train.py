@@ -7,8 +7,8 @@ import textwrap
 import pytest
 from transformers import AutoModelForCausalLM
 
-from rlhfkit.trainers.ppo import train_ppo
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import train_ppo
 from rlhfkit.testing import save_tiny_model
 
 from conftest import read_metrics, write_jsonl
@@ -72,6 +72,7 @@ def test_adaptive_kl_moves_beta_toward_target(setup):
     assert rows[-1]["objective/beta"] > 0.1  # KL above target: beta grows
 
 
+@pytest.mark.slow
 def test_ppo_cli_with_python_reward_and_with_reward_model(setup, tmp_path):
     root, model, prompts = setup
     reward_file = tmp_path / "my_reward.py"
@@ -167,7 +168,7 @@ def test_sampler_and_recomputed_old_logprobs_give_the_same_update(setup, options
 
 
 def test_episode_prompts_repeat_each_prompt_k_times_and_resume_in_place():
-    from rlhfkit.trainers.data_plan import episode_prompts
+    from rlhfkit.trainers.ppo.trainer import episode_prompts
 
     steps = [episode_prompts(10, step, 8, 0, 0, k=4) for step in range(5)]
     for index in steps:
@@ -188,7 +189,7 @@ def test_critic_free_options_are_checked(options, message):
     from rlhfkit.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        PPOConfig(rollout_batch_size=64, **options).derived(1)
+        PPOConfig(rollout_batch_size=64, **options).sizes(1)
 
 
 def test_critic_learning_rate_is_its_own(setup):

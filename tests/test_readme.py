@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from rlhfkit.testing import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +19,7 @@ def readme_python_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_trains_sft_rm_and_ppo(tmp_path, monkeypatch):
     model = save_tiny_model(tmp_path / "tiny")
     rows = {"demos.jsonl": [{"prompt": f"Say {w}.", "completion": f"{w}."} for w in "abcdefgh"],
@@ -33,3 +36,17 @@ def test_the_readme_python_example_trains_sft_rm_and_ppo(tmp_path, monkeypatch):
         assert (Path(scope[name]) / "config.json").exists() and (Path(scope[name]) / "model.safetensors").exists()
     ppo_metrics = [json.loads(line) for line in (Path(scope["ppo"]) / "metrics.jsonl").read_text().splitlines()]
     assert ppo_metrics[-1]["episodes"] == 1024  # the example's PPO ran its whole (default) budget
+
+
+def test_the_public_api_is_importable_from_rlhfkit_and_import_rlhfkit_stays_cheap():
+    import subprocess
+    import sys
+
+    import rlhfkit
+    from rlhfkit.trainers.reward import RewardConfig, train_reward_model
+
+    assert rlhfkit.RMConfig is RewardConfig and rlhfkit.train_rm is train_reward_model
+    for name in rlhfkit.__all__:
+        assert callable(getattr(rlhfkit, name)), name
+    code = "import sys, rlhfkit; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -183,6 +183,7 @@ class _Accel:
         print(*args)
 
 
+@pytest.mark.kill
 def test_second_run_into_the_same_directory_fails_naming_the_pid_and_a_dead_ones_lock_is_taken(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import fcntl, os, time
@@ -376,8 +377,8 @@ def test_a_malformed_stage_marker_reruns_the_stage_instead_of_crashing(tmp_path,
 
 
 def test_ppo_with_every_prompt_skipped_is_an_error_not_a_division_by_zero(tmp_path, tiny_model_dir):
-    from rlhfkit.trainers.ppo_setup import load_prompt_set
-    from rlhfkit.trainers.ppo_config import PPOConfig
+    from rlhfkit.trainers.ppo.setup import load_prompt_set
+    from rlhfkit.trainers.ppo.config import PPOConfig
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say a rather long prompt, please."}] * 3)
     cfg = PPOConfig(model=tiny_model_dir, prompts=prompts, max_prompt_length=2, on_error="skip")

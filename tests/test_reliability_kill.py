@@ -13,11 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhfkit.trainers.ppo import train_ppo
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import train_ppo
 from rlhfkit.trainers.sft import SFTConfig, train_sft
 
 from conftest import read_metrics, write_jsonl
+
+pytestmark = pytest.mark.kill
 
 ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 

@@ -9,7 +9,7 @@ from rlhfkit.cli import main
 from rlhfkit.config import ConfigError, from_dict
 from rlhfkit.pipeline import PipelineConfig
 from rlhfkit.trainers.dpo import DPOConfig
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
 from rlhfkit.trainers.reward import RewardConfig
 from rlhfkit.trainers.sft import SFTConfig
 

@@ -91,6 +91,7 @@ _FULL_DISK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("save,limit", [("checkpoint_weights", 50_000), ("checkpoint_state", 200_000),
                                         ("final", 50_000)])
 def test_a_full_disk_at_any_save_is_one_line_and_leaves_nothing_half_written(tmp_path, tiny_model_dir, files, save,
@@ -146,6 +147,7 @@ def test_absurd_num_epochs_is_refused_at_once(tmp_path, tiny_model_dir, files, e
     assert len(err.strip().splitlines()) == 1 and time.perf_counter() - start < 60
 
 
+@pytest.mark.slow
 def test_the_lazy_plan_is_the_plan_drawn_up_front(tmp_path):
     """The same batches as the whole-run plan it replaces (a resume after it reads the same
     order): that plan, written out here as it was."""
@@ -181,6 +183,7 @@ def test_the_lazy_plan_is_the_plan_drawn_up_front(tmp_path):
         assert plan == drawn_up_front(n, mb, acc, epochs, trial, lengths), (n, mb, acc, epochs)
 
 
+@pytest.mark.slow
 def test_each_stage_prints_its_length_at_the_start(tmp_path, tiny_model_dir, files, capsys):
     assert main(_argv("sft", tiny_model_dir, files, tmp_path / "sft") + ["--num_epochs", "2"]) == 0
     assert "plan: 4 optimizer steps of up to 3 examples (2 epoch(s) over 6 examples)" in capsys.readouterr().out

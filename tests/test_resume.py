@@ -69,6 +69,7 @@ def _straight_then_killed_twice(cmd, tmp_path, first: int, second: int):
     return killed
 
 
+@pytest.mark.kill
 def test_sft_resumes_bit_for_bit_after_kill_9(base, tmp_path):
     root, model = base
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"Say {w}.", "completion": f"{w} {w}."}
@@ -85,6 +86,7 @@ def test_sft_resumes_bit_for_bit_after_kill_9(base, tmp_path):
     assert len(_checkpoint_steps(killed)) <= 2, "old checkpoints are rotated away"
 
 
+@pytest.mark.kill
 def test_ppo_resumes_bit_for_bit_after_kill_9(base, tmp_path):
     root, model = base
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Say {w}."} for w in ["cat", "dog", "owl", "fig"] * 4])
@@ -165,6 +167,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(base, tmp_path, monkeypa
     assert CheckpointManager(tmp_path / "o").latest() is not None
 
 
+@pytest.mark.kill
 def test_reward_model_resumes_bit_for_bit_after_kill_9(base, tmp_path):
     root, model = base
     rows = [{"prompt": f"Rate {w} {i}.", "responses": [f"{w} gold.", f"{w}.", "no."], "ranking": [0, 1, 2]}

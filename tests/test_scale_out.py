@@ -133,6 +133,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("stage", ["sft", "rm", "dpo", "ppo", "rloo"])
+@pytest.mark.multiprocess
 def test_two_processes_end_with_the_one_process_weights(runs, stage):
     root, _, _ = runs
     assert_same_weights(root / "p1" / stage, root / "p2" / stage)
@@ -145,6 +146,7 @@ def test_two_processes_end_with_the_one_process_weights(runs, stage):
     ("ppo", ["objective/scores", "objective/kl", "response/length"]),
     ("rloo", ["objective/scores", "objective/kl", "response/length"]),
 ])
+@pytest.mark.multiprocess
 def test_two_processes_log_the_one_process_numbers_once(runs, stage, keys):
     root, _, _ = runs
     one, two = read_metrics(root / "p1" / stage / "metrics.jsonl"), read_metrics(root / "p2" / stage / "metrics.jsonl")
@@ -163,7 +165,7 @@ def test_two_processes_log_the_one_process_numbers_once(runs, stage, keys):
 
 
 def test_ppo_prompts_are_sharded_without_overlap():
-    from rlhfkit.trainers.data_plan import episode_prompts
+    from rlhfkit.trainers.ppo.trainer import episode_prompts
 
     for k in (1, 2):
         for step in range(4):
@@ -175,6 +177,7 @@ def test_ppo_prompts_are_sharded_without_overlap():
                 assert len(set(per_prompt)) == len(per_prompt)  # first pass: no prompt on both processes
 
 
+@pytest.mark.multiprocess
 def test_two_process_runs_resume_to_the_weights_they_would_have_reached(runs):
     root, model, data = runs
     jobs = resumable_jobs(root, model, data)
@@ -198,10 +201,10 @@ def test_two_process_runs_resume_to_the_weights_they_would_have_reached(runs):
 
 def test_row_filters_are_refused_under_several_processes():
     from rlhfkit.config import ConfigError
-    from rlhfkit.trainers.ppo_config import PPOConfig
+    from rlhfkit.trainers.ppo.config import PPOConfig
 
     for options in ({"dynamic_sampling": True}, {"overlong": "filter"}):
         cfg = PPOConfig(rollout_batch_size=16, advantage_estimator="grpo", samples_per_prompt=4, **options)
-        assert cfg.derived(1)["local_rollout"] == 16
+        assert cfg.sizes(1).local_rollout == 16
         with pytest.raises(ConfigError, match="one process only"):
-            cfg.derived(2)
+            cfg.sizes(2)

@@ -96,7 +96,7 @@ def test_normalisation_on_a_seeded_sample_of_the_responses(tmp_path):
     from rlhfkit.config import ConfigError
     from rlhfkit.data.loading import as_rankings, load_preferences
     from rlhfkit.models.loading import load_tokenizer
-    from rlhfkit.trainers.data_plan import load_records
+    from rlhfkit.data.loading import load_records
     from rlhfkit.trainers.reward import _encode, _normalisation_examples
 
     model_dir = save_tiny_model(tmp_path / "base", hidden=32)
@@ -141,6 +141,7 @@ def test_same_seed_gives_same_weights(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.slow
 def test_new_user_trains_sft_and_reward_model_through_the_cli(tmp_path):
     """Exactly what README tells a new user: a local model directory and JSONL files."""
     model_dir = save_tiny_model(tmp_path / "my-model")

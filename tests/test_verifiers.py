@@ -3,7 +3,7 @@ Python and through the same route the CLI's --reward_functions takes."""
 import pytest
 import torch
 
-from rlhfkit import verifiers as v
+from rlhfkit.rewards import verifiers as v
 from rlhfkit.rewards import FunctionScorer, ScoringBatch, WeightedReward, import_function
 
 
@@ -57,7 +57,7 @@ def test_reward_functions_score_a_batch():
 
 
 def test_verifiers_resolve_like_any_cli_reward_function_and_report_each_score():
-    fns = [import_function("rlhfkit.verifiers:answer_reward"), import_function("rlhfkit.verifiers:format_reward")]
+    fns = [import_function("rlhfkit.rewards.verifiers:answer_reward"), import_function("rlhfkit.rewards.verifiers:format_reward")]
     reward = WeightedReward([FunctionScorer(f) for f in fns], {"format_reward": 0.5}, [f.__name__ for f in fns])
     responses = ["1+1=2\nAnswer: 2", "Answer: 3"]
     batch = ScoringBatch(prompt_ids=torch.zeros(2, 1, dtype=torch.long), prompt_mask=torch.ones(2, 1),
@@ -70,14 +70,14 @@ def test_verifiers_resolve_like_any_cli_reward_function_and_report_each_score():
 
 
 def test_a_number_too_large_for_a_float_is_unparseable_not_an_error():
-    from rlhfkit.verifiers import numeric_match, parse_number
+    from rlhfkit.rewards.verifiers import numeric_match, parse_number
 
     assert parse_number("1e400") is None and parse_number("9" * 400) is None
     assert not numeric_match("1e400", "12")
 
 
 def test_reward_weights_go_by_name_whatever_the_order_and_a_wrong_name_is_refused():
-    fns = [import_function("rlhfkit.verifiers:answer_reward"), import_function("rlhfkit.verifiers:format_reward")]
+    fns = [import_function("rlhfkit.rewards.verifiers:answer_reward"), import_function("rlhfkit.rewards.verifiers:format_reward")]
     # answer_reward [1, 0, 1, 0], format_reward [1, 0, 0, 1] (an Answer line after working)
     responses = ["1+1=2\nAnswer: 2", "Answer: 3", "The sum is 2", "1+1=3\nAnswer: 3"]
     batch = ScoringBatch(prompt_ids=torch.zeros(4, 1, dtype=torch.long), prompt_mask=torch.ones(4, 1),
@@ -96,9 +96,13 @@ def test_reward_weights_go_by_name_whatever_the_order_and_a_wrong_name_is_refuse
 
 def test_reward_weights_read_from_the_command_line_as_name_value_pairs():
     from rlhfkit.config import ConfigError, from_dict
-    from rlhfkit.trainers.ppo_config import PPOConfig
+    from rlhfkit.trainers.ppo.config import PPOConfig
 
     cfg = from_dict(PPOConfig, {"reward_weights": "rm=1,format_reward=0.1"})
     assert cfg.reward_weights == {"rm": 1.0, "format_reward": 0.1}
     with pytest.raises(ConfigError, match="expected name=value pairs"):
         from_dict(PPOConfig, {"reward_weights": "1,0.1"})
+
+
+def test_the_old_verifiers_path_in_saved_configs_resolves_to_the_same_functions():
+    assert import_function("rlhfkit.verifiers:answer_reward") is v.answer_reward

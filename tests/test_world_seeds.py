@@ -106,6 +106,7 @@ def test_a_seed_added_to_a_finished_run_trains_only_its_own_stages(standins, two
     assert figures(out) == figures(two_seeds)  # the same as running both seeds from the start
 
 
+@pytest.mark.kill
 def test_an_interrupted_multi_seed_run_resumes_to_the_same_report(standins, two_seeds, tmp_path):
     out = tmp_path / "run"
     script = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"

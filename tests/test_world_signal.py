@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhfkit.trainers.ppo import train_ppo
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import train_ppo
 from rlhfkit.trainers.sft import SFTConfig, train_sft
 from rlhfkit.world.demonstrators import make_demonstrations
 from rlhfkit.experiment.evaluate import summarise

@@ -448,3 +448,14 @@ def as_pairs(records: Iterable[PreferenceRecord | RankingRecord]) -> list[Prefer
         else:
             raise TypeError(f"expected PreferenceRecord or RankingRecord, got {type(r).__name__}")
     return out
+
+
+def load_records(loader: Callable[..., Any], path: str, columns, on_error: str, accelerator=None,
+                 split: str | None = None) -> list:
+    """Call a data loader (`split`: a DatasetDict's split, None for the loader's default);
+    with on_error="skip", print how much was skipped and why."""
+    records = loader(path, columns=columns, on_error=on_error, split=split or None)
+    report = getattr(records, "skipped", None)
+    if report:
+        (accelerator.print if accelerator else print)(f"{path}: {report.summary()}")
+    return records

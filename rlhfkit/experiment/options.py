@@ -12,7 +12,7 @@ from typing import ClassVar
 from rlhfkit.config import ConfigError, check_options, check_sets_itself, did_you_mean, nested, option
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
 from rlhfkit.trainers.dpo import DIRECT_METHODS, DPOConfig
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
 from rlhfkit.trainers.reward import RewardConfig
 from rlhfkit.trainers.sft import SFTConfig
 from rlhfkit.world.labelers import DEFAULT_NOISE_STD, LabelerConfig

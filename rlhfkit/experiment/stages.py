@@ -22,8 +22,8 @@ from rlhfkit.label.ai import Reasoning, read_principles
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.pipeline import run_stage
 from rlhfkit.trainers.dpo import DPOConfig, for_method, train_dpo
-from rlhfkit.trainers.ppo import train_ppo
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
+from rlhfkit.trainers.ppo.trainer import train_ppo
 from rlhfkit.trainers.reward import RewardConfig, train_reward_model
 from rlhfkit.world.judge import gold_rewards, judge_task
 from rlhfkit.world.labelers import LabelerConfig, make_comparisons

@@ -2,8 +2,8 @@
 one function per variant with one signature, chosen through ``POLICY_LOSSES``; and
 the DAPO batch filters (dynamic sampling, overlong filtering, soft overlong penalty).
 
-Every variant starts from the clipped per-token surrogate of PPO (Schulman et al.
-2017, eq. 7), optionally with an asymmetric clip and a KL term in the loss, and
+Every variant averages the clipped surrogate of PPO (Schulman et al. 2017, eq. 7;
+``clipped_surrogate`` in rlhfkit.losses.ppo, the one place it is written), optionally with an asymmetric clip and a KL term in the loss, and
 differs in how per-token terms are averaged into one number:
 
     per-token   l_t = max(-A rho_t, -A clip(rho_t, 1 - eps_low, 1 + eps_high)) + beta * kl_t
@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.losses.common import check_same_shape, masked_mean, masked_sum, masked_var
+from rlhfkit.losses.common import check_same_shape, masked_mean, masked_sum
 from rlhfkit.losses.kl import kl_penalty
+from rlhfkit.losses.ppo import clipped_surrogate, max_ratio_deviation, token_surrogate
 
 
 @dataclass(frozen=True)
@@ -37,35 +38,9 @@ class PolicyLossOptions:
 
 
 def _token_terms(logprobs, old_logprobs, advantages, mask, ref_logprobs, opts: PolicyLossOptions):
-    """Per-token clipped surrogate [B, A] (+ beta * kl_t), the ratio, and the metrics shared by
-    every token-level variant."""
-    check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
-    advantages = advantages.detach()
-    log_ratio = logprobs - old_logprobs.detach()
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - opts.clip_low, 1.0 + opts.clip_high)
-    per_token = torch.maximum(unclipped, clipped)
-    with torch.no_grad():
-        active = clipped > unclipped  # the clipped branch is the larger (pessimistic) one
-        metrics = {
-            "policy/clipfrac": masked_mean(active.float(), mask),
-            "policy/clipfrac_low": masked_mean((active & (ratio < 1.0)).float(), mask),
-            "policy/clipfrac_high": masked_mean((active & (ratio > 1.0)).float(), mask),
-            "policy/approxkl": masked_mean(0.5 * log_ratio**2, mask),
-            "policy/ratio_mean": masked_mean(ratio, mask),
-            "policy/ratio_var": masked_var(ratio, mask),
-            "policy/ratio_max_dev": _max_deviation(ratio, mask),
-        }
-    per_token = per_token + _kl_term(logprobs, ref_logprobs, mask, opts, metrics)
-    return per_token, metrics
-
-
-def _max_deviation(ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """max |rho_t - 1| over the valid tokens (ratio, mask [B, A]): at the first minibatch of an
-    update it shows how far the old log-probs are from the ones the update computes (float
-    rounding when the sampler's and the update's passes agree)."""
-    return torch.where(mask != 0, (ratio - 1.0).abs(), torch.zeros((), dtype=ratio.dtype, device=ratio.device)).max()
+    """Per-token clipped surrogate [B, A] (+ beta * kl_t) and the token-level metrics."""
+    per_token, metrics = token_surrogate(logprobs, old_logprobs, advantages, mask, opts.clip_low, opts.clip_high)
+    return per_token + _kl_term(logprobs, ref_logprobs, mask, opts, metrics), metrics
 
 
 def _kl_term(logprobs, ref_logprobs, mask, opts: PolicyLossOptions, metrics: dict):
@@ -134,11 +109,9 @@ def sequence_ratio_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs, 
     seq_log_ratio = masked_mean(log_ratio, mask, dim=1)  # [B]
     s = torch.exp(seq_log_ratio)
     adv = masked_mean(advantages.detach(), mask, dim=1)  # [B]
-    unclipped = -adv * s
-    clipped = -adv * torch.clamp(s, 1.0 - opts.clip_low, 1.0 + opts.clip_high)
-    per_seq = torch.maximum(unclipped, clipped)  # [B]
+    per_seq, active = clipped_surrogate(s, adv, opts.clip_low, opts.clip_high)  # [B]
     with torch.no_grad():
-        active = (clipped > unclipped).float()
+        active = active.float()
         metrics = {
             "policy/clipfrac": active.mean(),
             "policy/clipfrac_low": (active * (s < 1.0)).mean(),
@@ -146,7 +119,7 @@ def sequence_ratio_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs, 
             "policy/approxkl": masked_mean(0.5 * log_ratio**2, mask),
             "policy/ratio_mean": s.mean(),
             "policy/ratio_var": s.var() if s.numel() > 1 else torch.zeros_like(s.mean()),
-            "policy/ratio_max_dev": _max_deviation(torch.exp(log_ratio), mask),
+            "policy/ratio_max_dev": max_ratio_deviation(torch.exp(log_ratio), mask),
         }
     kl = _kl_term(logprobs, ref_logprobs, mask, opts, metrics)
     if not isinstance(kl, float):

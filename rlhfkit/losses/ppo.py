@@ -1,4 +1,5 @@
-"""PPO clipped surrogate and clipped value losses (Schulman et al. 2017)."""
+"""PPO's clipped surrogate, which every policy loss type averages, and the clipped value
+loss (Schulman et al. 2017)."""
 from __future__ import annotations
 
 import torch
@@ -6,42 +7,71 @@ import torch
 from rlhfkit.losses.common import check_same_shape, masked_mean, masked_var
 
 
-def ppo_policy_loss(
+def clipped_surrogate(
+    ratio: torch.Tensor,  # [B, A] per token, or [B] per response: pi_theta / pi_old
+    advantages: torch.Tensor,  # the same shape: the advantage of each ratio, no gradient
+    clip_low: float,  # eps_low: the ratio is clipped below at 1 - eps_low
+    clip_high: float,  # eps_high: above at 1 + eps_high (PPO: eps_high = eps_low)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped surrogate of PPO (Schulman et al. 2017, eq. 7), negated for descent, one
+    term per ratio; every policy loss type (``rlhfkit.losses.grpo.POLICY_LOSSES``) is an
+    average of these terms:
+
+        l = max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high))
+
+    Returns (l, active): active (bool, no gradient) where the clipped term is the larger
+    one, the term whose gradient is 0. The max is the pessimistic bound: moving rho outside
+    the clip range can't help."""
+    advantages = advantages.detach()  # a fixed target of the update
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).detach()
+
+
+def token_surrogate(
     logprobs: torch.Tensor,  # [B, A] log pi_theta(a_t | s_t) under the policy being trained
     old_logprobs: torch.Tensor,  # [B, A] log pi_old of the same tokens, from the rollout
     advantages: torch.Tensor,  # [B, A] (whitened) advantages, no gradient
     mask: torch.Tensor,  # [B, A] 1 on valid response tokens
-    clip_range: float,
+    clip_low: float,
+    clip_high: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate objective (Schulman et al. 2017, eq. 7), negated for descent.
-
-        rho_t = exp(log pi_theta - log pi_old)
-        L = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))
-
-    The mean is over all valid tokens of the batch (a token mean). Metrics: ``loss/policy``; ``policy/clipfrac``, the
-    fraction of valid tokens where the clipped term is the active (larger) one;
-    ``policy/approxkl`` = mean 0.5 (log rho)^2 (k2 of Schulman 2020; 0 on the
-    first minibatch); ``policy/ratio_mean``; ``policy/ratio_var``.
-    """
+    """The per-token clipped surrogate [B, A] and its metrics over the valid tokens:
+    ``policy/clipfrac`` (the clipped term active), split into ``_low`` (rho < 1) and
+    ``_high`` (rho > 1); ``policy/approxkl`` = mean 0.5 (log rho)^2 (k2 of Schulman 2020;
+    0 on the first minibatch); ``policy/ratio_mean``; ``policy/ratio_var``;
+    ``policy/ratio_max_dev`` (see ``max_ratio_deviation``)."""
     check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
-    # Old log-probs and advantages are fixed targets of this update.
-    advantages = advantages.detach()
-    log_ratio = logprobs - old_logprobs.detach()
+    log_ratio = logprobs - old_logprobs.detach()  # old log-probs are a fixed target of the update
     ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    # The max is the pessimistic bound: moving rho outside [1-eps, 1+eps] can't help.
-    per_token = torch.maximum(unclipped, clipped)
-    loss = masked_mean(per_token, mask)
+    per_token, active = clipped_surrogate(ratio, advantages, clip_low, clip_high)
     with torch.no_grad():
         metrics = {
-            "loss/policy": loss.detach(),
-            "policy/clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "policy/clipfrac": masked_mean(active.float(), mask),
+            "policy/clipfrac_low": masked_mean((active & (ratio < 1.0)).float(), mask),
+            "policy/clipfrac_high": masked_mean((active & (ratio > 1.0)).float(), mask),
             "policy/approxkl": masked_mean(0.5 * log_ratio**2, mask),
             "policy/ratio_mean": masked_mean(ratio, mask),
             "policy/ratio_var": masked_var(ratio, mask),
+            "policy/ratio_max_dev": max_ratio_deviation(ratio, mask),
         }
-    return loss, metrics
+    return per_token, metrics
+
+
+def max_ratio_deviation(ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """max |rho_t - 1| over the valid tokens (ratio, mask [B, A]): at the first minibatch of an
+    update it shows how far the old log-probs are from the ones the update computes (float
+    rounding when the sampler's and the update's passes agree)."""
+    return torch.where(mask != 0, (ratio - 1.0).abs(), torch.zeros((), dtype=ratio.dtype, device=ratio.device)).max()
+
+
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range: float):
+    """The clipped surrogate's mean over all valid tokens of the batch (a token mean), with
+    a symmetric clip: the ``ppo`` loss type without a KL term. Shapes as ``token_surrogate``;
+    returns (loss, metrics): ``loss/policy`` and those of ``token_surrogate``."""
+    per_token, metrics = token_surrogate(logprobs, old_logprobs, advantages, mask, clip_range, clip_range)
+    loss = masked_mean(per_token, mask)
+    return loss, {"loss/policy": loss.detach(), **metrics}
 
 
 def ppo_value_loss(

@@ -3,7 +3,7 @@ where written working helps and can be checked exactly.
 
     data  -> base (a tiny Llama pretrained from scratch on worked problems in a sloppy hand)
           -> sft  (a few hundred demonstrations, some with slips)
-          -> rl   (GRPO-family RL from the SFT policy, reward = rlhfkit.verifiers:answer_reward)
+          -> rl   (GRPO-family RL from the SFT policy, reward = rlhfkit.rewards.verifiers:answer_reward)
           -> eval (pass@1, pass@k from n samples, greedy accuracy, faithfulness of the working)
 
 Each stage writes a `.done` marker; rerunning the command skips finished stages and
@@ -190,7 +190,7 @@ def _init_model(cfg: ReasonConfig, directory: Path, texts: list[str]) -> None:
 
 def stage_configs(cfg: ReasonConfig, out: Path, paths: dict, algo: str = "grpo", rl_dir: str = "rl"):
     """The base, SFT and RL stage configs (the library's own trainers); RL as RL_ALGOS[algo]."""
-    from rlhfkit.trainers.ppo_config import PPOConfig
+    from rlhfkit.trainers.ppo.config import PPOConfig
     from rlhfkit.trainers.sft import SFTConfig
 
     common = {"seed": cfg.seed, "num_threads": cfg.num_threads, "progress": cfg.progress, "max_length": 128,
@@ -203,7 +203,7 @@ def stage_configs(cfg: ReasonConfig, out: Path, paths: dict, algo: str = "grpo",
                     per_device_batch_size=16, num_epochs=cfg.sft_epochs, **common)
     rl_options = {"samples_per_prompt": cfg.rl_group_size, "whiten_advantages": "none", **RL_ALGOS[algo][1]}
     rl = PPOConfig(model=str(out / "sft"), prompts=paths["rl_prompts"], output_dir=str(out / rl_dir), seed=cfg.seed,
-                   reward_functions=["rlhfkit.verifiers:answer_reward"],
+                   reward_functions=["rlhfkit.rewards.verifiers:answer_reward"],
                    kl_placement="loss" if cfg.rl_kl_coef else "none", kl_coef=cfg.rl_kl_coef, kl_estimator="k3",
                    total_episodes=cfg.rl_episodes, rollout_batch_size=cfg.rl_batch,
                    per_device_train_batch_size=cfg.rl_batch, generation_batch_size=cfg.rl_batch,
@@ -279,7 +279,7 @@ def run_reason(cfg: ReasonConfig) -> Path:
 def run_one(cfg: ReasonConfig, out: Path, algo: str, rl_dir: str) -> dict:
     """data -> base -> SFT -> RL (algo, into out/rl_dir) -> evaluations; writes and returns the
     report (report.json for rl_dir "rl", else report_<algo>.json)."""
-    from rlhfkit.trainers.ppo import train_ppo
+    from rlhfkit.trainers.ppo.trainer import train_ppo
     from rlhfkit.trainers.sft import train_sft
 
     out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ settings is refused like a checkpoint's, and `--resume force` trains again. It i
 into a temporary directory, every file fsync'd, and renamed into place; loading
 verifies the manifest and falls back to the newest intact one. Temporary
 directories and files a kill leaves are removed by the next open_stage.
+`CheckpointManager.finish_stage` ends every stage: the final model saved, its card, the
+fingerprint beside it.
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ import numpy as np
 import torch
 
 from rlhfkit.io import atomic_write_text, disk_full_message, dumps, fault_point, fsync_dir, nbytes, out_of_space
+from rlhfkit.trainers.distributed import end_stage
 from rlhfkit.trainers.errors import CheckpointError, DiskFullError
 from rlhfkit.trainers.fingerprint import MODEL_OPTIONS, _sha256, fingerprint, fingerprint_changes
+from rlhfkit.trainers.model_card import publish
 from rlhfkit.trainers.run_info import write_run_info
 from rlhfkit.trainers.runlock import acquire_lock, release_lock
 
@@ -267,18 +271,25 @@ class CheckpointManager:
     def skip(self, accelerator) -> Path:
         """End a stage that found its finished model (`finished`) without training: trackers
         finished, the directory released; returns the directory."""
-        from rlhfkit.trainers.distributed import end_stage
-
         end_stage(accelerator)
         self.close()
         return self.root.parent
 
-    def finish(self) -> None:
-        """After the stage's final model is saved (every process there): record the settings
-        that made it, then release the directory."""
+    def finish_stage(self, accelerator, cfg, save_model) -> Path:
+        """The end of every stage, open_stage's counterpart: once every process is there, the
+        main process saves the final model (save_model(output directory)) and its model card;
+        the trackers finish, keeping the process group for a pipeline's next stage; the
+        settings that made the model are recorded beside it, then the directory is released."""
+        out = self.root.parent
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_model(out)
+            publish(out, cfg, self.stage, log=accelerator.print)
+        end_stage(accelerator)
         if self.is_main and self.fingerprint is not None:
-            atomic_write_text(self.root.parent / FINISHED, dumps(self.fingerprint, log=None, indent=1))
+            atomic_write_text(out / FINISHED, dumps(self.fingerprint, log=None, indent=1))
         self.close()
+        return out
 
     def check_resume(self) -> Path | None:
         """Find the checkpoint to resume from and compare its fingerprint with this run's:
@@ -436,3 +447,4 @@ def open_stage(cfg, stage: str, accelerator) -> CheckpointManager:
     if is_main:  # one writer: processes writing the same files at once could tear them
         write_run_info(out, cfg)
     return manager
+

@@ -1,4 +1,4 @@
-"""Deterministic data order shared by the trainers.
+"""Deterministic data order of the dataset stages (sft, rm, dpo).
 
 The whole run's batch order is a function of the seed: a sequence with one entry
 per optimizer step, each a list of micro-batches of example indices, drawn an epoch
@@ -12,16 +12,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-
-def load_records(loader: Callable[..., Any], path: str, columns, on_error: str, accelerator=None,
-                 split: str | None = None) -> list:
-    """Call a data loader (`split`: a DatasetDict's split, None for the loader's default);
-    with on_error="skip", print how much was skipped and why."""
-    records = loader(path, columns=columns, on_error=on_error, split=split or None)
-    report = getattr(records, "skipped", None)
-    if report:
-        (accelerator.print if accelerator else print)(f"{path}: {report.summary()}")
-    return records
+from rlhfkit.data.loading import load_records
+from rlhfkit.trainers.train_config import MAX_STEPS
 
 
 def train_and_eval_records(loader: Callable[..., Any], cfg, columns, accelerator=None) -> tuple[list, list]:
@@ -52,28 +44,16 @@ def split_holdout(records: Sequence, fraction: float, seed: int) -> tuple[list, 
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-def optimization(cfg, model, n_examples: int, accelerator, lengths=None, params=None):
-    """AdamW over the trainable parameters, the run's step plan and its learning-rate
-    schedule (warmup, then cfg.lr_scheduler); model and optimizer prepared by
-    Accelerate. `lengths` (tokens per example) is used when cfg.group_by_length;
-    `params`, parameter groups with their own "lr", replace model.parameters().
-    Returns (model, optimizer, scheduler, plan)."""
-    import torch
-
-    from rlhfkit.trainers.optim import lr_schedule, make_adam
-
-    optimizer = make_adam(model.parameters() if params is None else params, lr=cfg.learning_rate,
-                          weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+def training_plan(cfg, n_examples: int, accelerator, lengths=None):
+    """The step plan of a dataset stage (run_plan), announced; an error when it has no
+    optimizer step. `lengths` (tokens per example) is used when cfg.group_by_length."""
     plan = run_plan(cfg, n_examples, accelerator.num_processes, lengths)
     if not plan:
         raise ValueError("the plan has no optimizer steps (num_epochs too small for the data?); nothing would be trained")
     per_step = cfg.per_device_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
     accelerator.print(f"plan: {len(plan)} optimizer steps of up to {per_step} examples "
                       f"({cfg.num_epochs:g} epoch(s) over {n_examples} examples)")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule(cfg.lr_scheduler, len(plan), int(cfg.warmup_ratio * len(plan))))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    return model, optimizer, scheduler, plan
+    return plan
 
 
 def run_plan(cfg, n_examples: int, num_processes: int = 1, lengths=None) -> list[list[list[int]]]:
@@ -88,9 +68,6 @@ def run_plan(cfg, n_examples: int, num_processes: int = 1, lengths=None) -> list
 
 
 GROUP_WINDOW = 50  # micro-batches whose examples are sorted together when grouping by length
-# More optimizer steps than any run could take (a million steps a second for eleven
-# days): a plan this long is a mistake in num_epochs, refused before anything loads.
-MAX_STEPS = 10 ** 12
 
 
 class StepPlan(Sequence):
@@ -184,26 +161,3 @@ def step_plan(n_examples: int, micro_batch_size: int, accumulation: int, num_epo
                          f"{approx_steps / 1e6 / 3.15e7:.3g} years); lower --num_epochs")
     plan = StepPlan(n_examples, micro_batch_size, accumulation, num_epochs, seed, lengths)
     return plan
-
-
-def episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int, k: int = 1,
-                    world: int = 1) -> list[int]:
-    """PPO's prompt indices for one process at one step, each repeated k times in a row
-    (the `local` // k prompts of the step): a seeded permutation per pass over the
-    prompts, so a resumed run sees exactly the prompts it would have. Under `world`
-    processes the step's prompts are one sequence cut into contiguous shards, shard
-    `rank` to this process: no two processes draw the same prompt, and together they draw
-    what one process would (the same global batch)."""
-    import torch
-
-    local //= k
-    start = (step * world + rank) * local  # prompts every process consumed before this shard
-    perms: dict[int, list[int]] = {}
-    out = []
-    for e in range(start, start + local):
-        cycle, pos = divmod(e, n_prompts)
-        if cycle not in perms:
-            gen = torch.Generator().manual_seed(seed * 7919 + cycle * 31)
-            perms[cycle] = torch.randperm(n_prompts, generator=gen).tolist()
-        out.extend([perms[cycle][pos]] * k)
-    return out

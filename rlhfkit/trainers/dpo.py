@@ -27,8 +27,8 @@ from rlhfkit.losses.dpo import DPO_LOSSES, DPOLossConfig, PreferenceLogps, dpo_l
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, lora_options, save_pretrained_dir
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.data_plan import optimization, train_and_eval_records
-from rlhfkit.trainers.distributed import end_stage, step_share
+from rlhfkit.trainers.data_plan import train_and_eval_records, training_plan
+from rlhfkit.trainers.distributed import step_share
 from rlhfkit.trainers.dpo_data import (
     PreferenceItems,
     encode_items,
@@ -38,8 +38,7 @@ from rlhfkit.trainers.dpo_data import (
     sequence_logps,
 )
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
-from rlhfkit.trainers.model_card import publish
-from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, prepared_optimizer
 from rlhfkit.trainers.train_config import DatasetTrainConfig
 
 REFERENCE_FREE = frozenset({"simpo", "orpo"})
@@ -231,8 +230,9 @@ def train_dpo(cfg: DPOConfig) -> Path:
     lora = lora_options(cfg)
     model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                            lora=lora, trust_remote_code=cfg.trust_remote_code)
-    model, optimizer, scheduler, plan = optimization(cfg, model, len(train), accelerator,
-                                                     [sum(len(e) for e in item) for item in train.sequences])
+    plan = training_plan(cfg, len(train), accelerator, [sum(len(e) for e in item) for item in train.sequences])
+    model, optimizer, scheduler = prepared_optimizer(accelerator, model, model.parameters(), cfg, len(plan),
+                                                     cfg.lr_scheduler)
 
     ref_fn, train_ref, held_ref = None, None, None
     if cfg.loss not in REFERENCE_FREE:
@@ -269,13 +269,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
     if len(held):
         final.update(evaluate(model, held, held_ref, ref_fn, cfg, pad, device))
     logger.log(len(plan), final)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only)
-        publish(out, cfg, "dpo", log=accelerator.print)
-    end_stage(accelerator)
-    checkpoints.finish()  # records the settings that made the model, beside it
-    return out
+    return checkpoints.finish_stage(accelerator, cfg, lambda out: save_pretrained_dir(
+        accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only))
 
 
 def _optimizer_step(model, optimizer, scheduler, step_indices, items, ref_table, ref_fn, cfg, accelerator,

@@ -17,10 +17,9 @@ import torch
 
 from rlhfkit.data.collate import SFTCollator
 from rlhfkit.data.errors import DataError
-from rlhfkit.data.loading import as_pairs, load_labeled, load_preferences, read_rows
+from rlhfkit.data.loading import as_pairs, load_labeled, load_preferences, load_records, read_rows
 from rlhfkit.data.tokenize import EncodedExample, encode_labeled, encode_rankings
 from rlhfkit.losses.common import gather_logprobs
-from rlhfkit.trainers.data_plan import load_records
 
 
 @dataclass

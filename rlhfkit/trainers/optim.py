@@ -1,5 +1,6 @@
-"""The optimizer side of a step: Adam(W), the learning-rate schedule, gradient
-clipping, and skipping (then stopping on) steps whose loss or gradients are not finite."""
+"""The optimizer side of training: Adam(W) and the learning-rate schedule, built and
+prepared for every stage (prepared_optimizer); gradient clipping, and skipping (then
+stopping on) steps whose loss or gradients are not finite."""
 from __future__ import annotations
 
 import math
@@ -59,6 +60,22 @@ def make_adam(params, *, lr: float, eps: float, weight_decay: float = 0.0, decou
         except (RuntimeError, TypeError):  # e.g. a dtype or device the fused kernel lacks
             pass
     return cls(params, **kwargs)
+
+
+def prepared_optimizer(accelerator, model, params, cfg, total_steps: int, schedule: str,
+                       warmup_steps: int | None = None, decoupled: bool = True):
+    """Adam(W) over `params` (tensors, or groups with their own "lr") with cfg's learning
+    rate, eps and weight decay; the learning-rate schedule over total_steps (warmup_steps,
+    by default cfg.warmup_ratio of them, then `schedule`); model and optimizer prepared
+    by Accelerate. Returns (model, optimizer, scheduler)."""
+    if warmup_steps is None:
+        warmup_steps = int(cfg.warmup_ratio * total_steps)
+    optimizer = make_adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+                          decoupled=decoupled)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(schedule, total_steps, warmup_steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler
+
 
 
 class NonFiniteGuard:

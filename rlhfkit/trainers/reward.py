@@ -30,7 +30,7 @@ from transformers import AutoConfig
 
 from rlhfkit.config import ConfigError, option
 from rlhfkit.data.collate import RankingCollator, SFTCollator, scatter_scores
-from rlhfkit.data.loading import ColumnMap, as_rankings, load_preferences, load_sft
+from rlhfkit.data.loading import ColumnMap, as_rankings, load_preferences, load_records, load_sft
 from rlhfkit.data.tokenize import encode_rankings, encode_sft
 from rlhfkit.losses.reward import pairwise_accuracy_by_gap, reward_model_loss
 from rlhfkit.models.forward import reward_scores
@@ -55,11 +55,10 @@ from rlhfkit.models.loading import (
 )
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.data_plan import load_records, optimization, train_and_eval_records
-from rlhfkit.trainers.distributed import end_stage, step_share
+from rlhfkit.trainers.data_plan import train_and_eval_records, training_plan
+from rlhfkit.trainers.distributed import step_share
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
-from rlhfkit.trainers.model_card import publish
-from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, prepared_optimizer
 from rlhfkit.trainers.train_config import DatasetTrainConfig
 
 
@@ -284,9 +283,9 @@ def train_reward_model(cfg: RewardConfig) -> Path:
     collator = RankingCollator(tokenizer.pad_token_id)
 
     model = ScoreForward(_load_model(cfg, tokenizer))
-    model, optimizer, scheduler, plan = optimization(cfg, model, len(train_enc), accelerator,
-                                                     [sum(len(e) for e in group) for group, _ in train_enc],
-                                                     params=_param_groups(cfg, model.model))
+    plan = training_plan(cfg, len(train_enc), accelerator, [sum(len(e) for e in group) for group, _ in train_enc])
+    model, optimizer, scheduler = prepared_optimizer(accelerator, model, _param_groups(cfg, model.model), cfg,
+                                                     len(plan), cfg.lr_scheduler)
     # checkpoints hold the reward model's own keys (not a logratio model's frozen reference)
     saved = {"model": _trained_part(accelerator.unwrap_model(model).model)}
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="rm")
@@ -344,10 +343,5 @@ def train_reward_model(cfg: RewardConfig) -> Path:
             fold_reward_normalisation(unwrapped)
         final.update({"reward/raw_mean": mean, "reward/raw_std": std})
     logger.log(len(plan), final)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_reward_model(unwrapped, tokenizer, out, merge_lora=not cfg.save_adapter_only)
-        publish(out, cfg, "rm", log=accelerator.print)
-    end_stage(accelerator)
-    checkpoints.finish()  # records the settings that made the model, beside it
-    return out
+    return checkpoints.finish_stage(accelerator, cfg, lambda out: save_reward_model(
+        unwrapped, tokenizer, out, merge_lora=not cfg.save_adapter_only))

@@ -26,11 +26,10 @@ from rlhfkit.models.loading import (
 )
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.data_plan import optimization, train_and_eval_records
-from rlhfkit.trainers.distributed import end_stage, step_share
+from rlhfkit.trainers.data_plan import train_and_eval_records, training_plan
+from rlhfkit.trainers.distributed import step_share
 from rlhfkit.trainers.metrics import MetricsLogger, progress_bar
-from rlhfkit.trainers.model_card import publish
-from rlhfkit.trainers.optim import NonFiniteGuard, apply_step
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, prepared_optimizer
 from rlhfkit.trainers.train_config import DatasetTrainConfig
 
 
@@ -101,8 +100,9 @@ def train_sft(cfg: SFTConfig) -> Path:
     model = load_causal_lm(cfg.model, tokenizer, dtype=cfg.dtype, dropout=not cfg.disable_dropout,
                            gradient_checkpointing=cfg.gradient_checkpointing, lora=lora,
                            trust_remote_code=cfg.trust_remote_code)
-    model, optimizer, scheduler, plan = optimization(cfg, model, len(train_examples), accelerator,
-                                                     [len(e) for e in train_examples])
+    plan = training_plan(cfg, len(train_examples), accelerator, [len(e) for e in train_examples])
+    model, optimizer, scheduler = prepared_optimizer(accelerator, model, model.parameters(), cfg, len(plan),
+                                                     cfg.lr_scheduler)
     total_steps = len(plan)
 
     logger = MetricsLogger(out / "metrics.jsonl", accelerator, stage="sft")
@@ -128,13 +128,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     if eval_examples:
         val = evaluate_nll(model, eval_examples, eval_collator, cfg.per_device_batch_size, accelerator)
         logger.log(total_steps, {"loss/val": val, "final": True})
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only)
-        publish(out, cfg, "sft", log=accelerator.print)
-    end_stage(accelerator)
-    checkpoints.finish()  # records the settings that made the model, beside it
-    return out
+    return checkpoints.finish_stage(accelerator, cfg, lambda out: save_pretrained_dir(
+        accelerator.unwrap_model(model), tokenizer, out, merge_lora=not cfg.save_adapter_only))
 
 
 def _optimizer_step(model, optimizer, scheduler, step_indices, examples, collator, cfg, accelerator, guard,

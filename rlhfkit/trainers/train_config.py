@@ -15,6 +15,11 @@ from rlhfkit.trainers.trackers import tracker_problem
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # rlhfkit.models.loading.DTYPES
 
 
+# More optimizer steps than any run could take (a million steps a second for eleven
+# days): a plan this long is a mistake in num_epochs (total_episodes for PPO), refused
+# before anything loads.
+MAX_STEPS = 10 ** 12
+
 @dataclass
 class TrainConfig:
     """Options every training stage shares."""

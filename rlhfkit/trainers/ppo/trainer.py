@@ -6,9 +6,10 @@ One step is five named phases over a typed Rollout, in the order this file reads
 
     rollout -> score_rollout -> shape_rewards -> advantages -> update (clipped losses)
 
-Set-up and output (models, reward, prompts, the logged metrics, saving) live in
-ppo_setup.py, the critic-free extras in critic_free.py, and what several processes
-need to match one in distributed.py.
+The rest of rlhfkit/trainers/ppo/ says when it runs: setup.py (models, reward, prompts,
+the logged metrics, saving), policy_loss.py (the loss of every update), dapo_filters.py
+(only with --overlong or --dynamic_sampling), ptx.py (only with --ptx_data), processes.py
+(what several processes need to match one).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from rlhfkit.data.collate import pad_sequences
 from rlhfkit.generation.rollout import Rollout, concat_rollouts
 from rlhfkit.generation.samplers import make_sampler
 from rlhfkit.io import write_json
-from rlhfkit.losses.advantages import gae_advantages
+from rlhfkit.losses.advantages import GROUP_ADVANTAGES, gae_advantages
 from rlhfkit.losses.common import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
 from rlhfkit.losses.grpo import micro_batch_weight
 from rlhfkit.losses.kl import AdaptiveKLController, FixedKLController, kl_penalty
@@ -30,21 +31,15 @@ from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.rewards import ScoringBatch, WeightedReward
 from rlhfkit.trainers.accelerator import make_accelerator
 from rlhfkit.trainers.checkpoint import open_stage
-from rlhfkit.trainers.critic_free import (
-    group_advantages,
-    keep_rows,
-    penalise_overlong,
-    policy_loss,
-    reward_beta,
-)
-from rlhfkit.trainers.data_plan import episode_prompts
-from rlhfkit.trainers.distributed import end_stage, global_mean, global_whiten, process_share, seed_per_process
 from rlhfkit.trainers.errors import DivergenceError
 from rlhfkit.trainers.metrics import MetricsLogger, mean_metrics, progress_bar, timer
-from rlhfkit.trainers.model_card import publish
-from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, lr_schedule, make_adam
-from rlhfkit.trainers.ppo_config import PPOConfig
-from rlhfkit.trainers.ppo_setup import (
+from rlhfkit.trainers.optim import NonFiniteGuard, apply_step, prepared_optimizer
+from rlhfkit.trainers.ppo.config import PPOConfig, PPOSizes
+from rlhfkit.trainers.ppo.dapo_filters import keep_rows, penalise_overlong
+from rlhfkit.trainers.ppo.policy_loss import policy_loss, reward_kl_coef
+from rlhfkit.trainers.ppo.processes import global_mean, global_whiten, process_share, seed_per_process
+from rlhfkit.trainers.ppo.ptx import PretrainingBatches
+from rlhfkit.trainers.ppo.setup import (
     build_models,
     build_reward,
     load_prompt_set,
@@ -52,7 +47,6 @@ from rlhfkit.trainers.ppo_setup import (
     save_models,
     step_metrics,
 )
-from rlhfkit.trainers.ptx import PretrainingBatches
 
 # ----------------------------------------------------------------------------- phases
 
@@ -154,8 +148,12 @@ def advantages(ro: Rollout, cfg: PPOConfig, whiten=masked_whiten) -> None:
     rewards = whiten(ro.rewards, mask, shift_mean=False) if cfg.whiten_rewards else ro.rewards
     if cfg.advantage_estimator == "gae":
         ro.advantages, ro.returns = gae_advantages(rewards, ro.values, mask, cfg.gamma, cfg.lam)
-    else:
-        ro.advantages, ro.returns = group_advantages(ro, rewards, cfg), None
+    else:  # each prompt's K samples sit in adjacent rows (rollout draws them so)
+        groups = ro.prompt_index.view(-1, cfg.samples_per_prompt)
+        if not (groups == groups[:, :1]).all():  # the baseline would mix prompts
+            raise RuntimeError("critic-free advantages need each prompt's samples in adjacent rows")
+        per_response = GROUP_ADVANTAGES[cfg.advantage_estimator](rewards.sum(1), cfg.samples_per_prompt)  # [B]
+        ro.advantages, ro.returns = per_response[:, None] * mask, None
     if cfg.whiten_advantages == "batch":
         ro.advantages = whiten(ro.advantages, mask)
 
@@ -181,7 +179,7 @@ def _micro_loss(part: Rollout, adv: torch.Tensor, actor_critic, cfg: PPOConfig, 
     return loss, metrics
 
 
-def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, sizes: dict, accelerator,
+def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, sizes: PPOSizes, accelerator,
            shuffle_rng: torch.Generator, ptx: PretrainingBatches | None, timings: dict, guard: NonFiniteGuard,
            step: int) -> list[dict]:
     """ppo_epochs passes of clipped-surrogate minibatch updates over the rollout, in an
@@ -191,15 +189,15 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
     rows = []
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=shuffle_rng).to(ro.prompt_ids.device)
-        for mb_start in range(0, B, sizes["minibatch"]):
-            mb = ro.select(order[mb_start:mb_start + sizes["minibatch"]])
+        for mb_start in range(0, B, sizes.minibatch):
+            mb = ro.select(order[mb_start:mb_start + sizes.minibatch])
             adv = whiten(mb.advantages, mb.response_mask.float()) \
                 if cfg.whiten_advantages == "minibatch" else mb.advantages
             share = process_share(accelerator, cfg.loss_type, mb.response_mask)
             metrics = []
             with timer(timings, "update"):
-                for s in range(0, mb.prompt_ids.shape[0], sizes["micro"]):
-                    idx = torch.arange(s, min(s + sizes["micro"], mb.prompt_ids.shape[0]), device=adv.device)
+                for s in range(0, mb.prompt_ids.shape[0], sizes.micro):
+                    idx = torch.arange(s, min(s + sizes.micro, mb.prompt_ids.shape[0]), device=adv.device)
                     part = mb.select(idx)
                     loss, m = _micro_loss(part, adv[idx], actor_critic, cfg, entropy_metric=epoch == 0)
                     weight = micro_batch_weight(cfg.loss_type, part.response_mask, mb.response_mask) * share
@@ -218,6 +216,27 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
     return rows
 
 
+def episode_prompts(n_prompts: int, step: int, local: int, rank: int, seed: int, k: int = 1,
+                    world: int = 1) -> list[int]:
+    """PPO's prompt indices for one process at one step, each repeated k times in a row
+    (the `local` // k prompts of the step): a seeded permutation per pass over the
+    prompts, so a resumed run sees exactly the prompts it would have. Under `world`
+    processes the step's prompts are one sequence cut into contiguous shards, shard
+    `rank` to this process: no two processes draw the same prompt, and together they draw
+    what one process would (the same global batch)."""
+    local //= k
+    start = (step * world + rank) * local  # prompts every process consumed before this shard
+    perms: dict[int, list[int]] = {}
+    out = []
+    for e in range(start, start + local):
+        cycle, pos = divmod(e, n_prompts)
+        if cycle not in perms:
+            gen = torch.Generator().manual_seed(seed * 7919 + cycle * 31)
+            perms[cycle] = torch.randperm(n_prompts, generator=gen).tolist()
+        out.extend([perms[cycle][pos]] * k)
+    return out
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
@@ -226,12 +245,12 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         raise ValueError("ppo needs --model and --prompts")
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg, out)
-    sizes = cfg.derived(accelerator.num_processes)
+    sizes = cfg.sizes(accelerator.num_processes)
     checkpoints = open_stage(cfg, "ppo", accelerator)
     if checkpoints.finished:  # the directory already holds the model these settings train
         return checkpoints.skip(accelerator)
-    accelerator.print(f"plan: {sizes['ppo_steps']} PPO steps of {cfg.rollout_batch_size} episodes "
-                      f"({sizes['ppo_steps'] * cfg.rollout_batch_size} episodes, {sizes['optimizer_steps']} optimizer steps)")
+    accelerator.print(f"plan: {sizes.ppo_steps} PPO steps of {cfg.rollout_batch_size} episodes "
+                      f"({sizes.ppo_steps * cfg.rollout_batch_size} episodes, {sizes.optimizer_steps} optimizer steps)")
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template or None)
     tokenizer.padding_side = "left"
@@ -240,12 +259,11 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     reward = build_reward(cfg, tokenizer, device, reward_fns)
     groups = [{"params": actor_critic.policy.parameters()},
               {"params": actor_critic.critic_parameters(), "lr": cfg.critic_learning_rate or cfg.learning_rate}]
-    # Adam, as lm-human-preferences; AdamW only when weight decay is asked for (with 0 the two are the same)
-    optimizer = make_adam(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-                          decoupled=cfg.weight_decay > 0)
-    warmup = round(cfg.warmup_ratio * sizes["optimizer_steps"])  # linear warmup, then linear decay to 0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", sizes["optimizer_steps"], warmup))
-    actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
+    # Adam, as lm-human-preferences (AdamW only with weight decay; with 0 the two are the same); linear warmup,
+    # then linear decay to 0
+    actor_critic, optimizer, scheduler = prepared_optimizer(
+        accelerator, actor_critic, groups, cfg, sizes.optimizer_steps, "linear",
+        round(cfg.warmup_ratio * sizes.optimizer_steps), decoupled=cfg.weight_decay > 0)
     policy = accelerator.unwrap_model(actor_critic).policy
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
@@ -270,11 +288,11 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "ppo", accelerator.print)
     if not state:  # several processes: each samples its own responses (a resume restores each one's RNG)
         seed_per_process(accelerator, cfg.seed)
-    bar = progress_bar(sizes["ppo_steps"], "ppo", cfg.progress and accelerator.is_local_main_process)
+    bar = progress_bar(sizes.ppo_steps, "ppo", cfg.progress and accelerator.is_local_main_process)
     bar.update(start)
-    for step in range(start, sizes["ppo_steps"]):
+    for step in range(start, sizes.ppo_steps):
         timings: dict[str, float] = {}
-        index = episode_prompts(len(prompt_tokens), step, sizes["local_rollout"], accelerator.process_index, cfg.seed,
+        index = episode_prompts(len(prompt_tokens), step, sizes.local_rollout, accelerator.process_index, cfg.seed,
                                 cfg.samples_per_prompt, accelerator.num_processes)
         # Sampling uses the unwrapped policy and scoring the reference and reward models, none of
         # which Accelerate's prepare() wrapped in autocast: under --mixed_precision they join it here.
@@ -285,9 +303,9 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         actor_critic.train()
         with accelerator.autocast():
             reward_parts = score_rollout(ro, actor_critic, ref_policy, reward, tokenizer, prompt_records, cfg,
-                                         sizes["micro"], timings)
+                                         sizes.micro, timings)
         filtered = penalise_overlong(ro, cfg)
-        shape_rewards(ro, reward_beta(cfg, kl_ctl.value), cfg.kl_estimator)
+        shape_rewards(ro, reward_kl_coef(cfg, kl_ctl.value), cfg.kl_estimator)
         advantages(ro, cfg, global_whiten(accelerator))
         if not (torch.isfinite(ro.kl).all() and (ro.values is None or torch.isfinite(ro.values).all())):
             raise DivergenceError(f"ppo diverged at step {step + 1}: non-finite "
@@ -296,26 +314,23 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         train_ro, kept = keep_rows(ro, cfg)
         update_rows = update(train_ro, actor_critic, optimizer, scheduler, cfg, sizes, accelerator, shuffle_rng, ptx,
                              timings, guard, step + 1)
-        metrics = step_metrics(ro, reward_beta(cfg, kl_ctl.value), update_rows, {**reward_parts, **filtered, **kept},
-                               timings, scheduler, step, sizes, cfg)
+        metrics = step_metrics(ro, reward_kl_coef(cfg, kl_ctl.value), update_rows, {**reward_parts, **filtered, **kept},
+                               timings, scheduler, step, cfg)
         metrics["objective/kl"] = global_mean(accelerator, metrics["objective/kl"])  # beta adapts to the global KL
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
         done = step + 1
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
-        if done % cfg.log_every == 0 or done == sizes["ppo_steps"] or done == 1:
+        if done % cfg.log_every == 0 or done == sizes.ppo_steps or done == 1:
             logger.log(done, metrics)
             log_samples(samples, done, ro, tokenizer, prompt_records, cfg.num_samples_logged, accelerator)
-        if checkpoints.due(done, sizes["ppo_steps"], accelerator):
+        if checkpoints.due(done, sizes.ppo_steps, accelerator):
             checkpoints.save_training(done, accelerator, {"actor_critic": actor_critic}, optimizer, scheduler,
                                       kl_controller=kl_ctl.state_dict(), shuffle=shuffle_rng.get_state(),
                                       **({"ptx": ptx.state_dict()} if ptx is not None else {}))
     bar.close()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+
+    def save(out: Path) -> None:  # the policy, the value function and the KL controller's last value
         save_models(accelerator.unwrap_model(actor_critic), tokenizer, out, merge_lora=not cfg.save_adapter_only)
         write_json(out / "kl_controller.json", kl_ctl.state_dict())
-        publish(out, cfg, "ppo", log=accelerator.print)
-    end_stage(accelerator)
-    checkpoints.finish()  # records the settings that made the model, beside it
-    return out
+    return checkpoints.finish_stage(accelerator, cfg, save)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 
 from rlhfkit.data.collate import SFTCollator
-from rlhfkit.data.loading import ColumnMap, load_sft
+from rlhfkit.data.loading import ColumnMap, load_records, load_sft
 from rlhfkit.data.tokenize import encode_sft
 from rlhfkit.losses.sft import masked_nll_loss
-from rlhfkit.trainers.data_plan import load_records
 
 
 class PretrainingBatches:

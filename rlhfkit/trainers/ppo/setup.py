@@ -1,4 +1,4 @@
-"""PPO's set-up and output, kept out of the step (rlhfkit/trainers/ppo.py): the reward
+"""PPO's set-up and output, kept out of the step (trainer.py beside this file): the reward
 (a reward model and Python functions, weighted), the policy with its value function and
 the frozen reference, the prompts, each step's metrics row and sample responses, and the
 saved models."""
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhfkit.data.loading import ColumnMap, load_prompts
+from rlhfkit.data.loading import ColumnMap, load_prompts, load_records
 from rlhfkit.data.tokenize import encode_prompts
 from rlhfkit.generation.rollout import Rollout
 from rlhfkit.io import atomic_write_bytes
@@ -22,9 +22,8 @@ from rlhfkit.models.loading import (
     save_pretrained_dir,
 )
 from rlhfkit.rewards import FunctionScorer, RewardModelScorer, WeightedReward, import_function
-from rlhfkit.trainers.data_plan import load_records
 from rlhfkit.trainers.metrics import mean_metrics
-from rlhfkit.trainers.ppo_config import PPOConfig
+from rlhfkit.trainers.ppo.config import PPOConfig
 
 
 def build_reward(cfg: PPOConfig, tokenizer, device, reward_fns=()) -> WeightedReward:
@@ -110,7 +109,7 @@ def save_models(actor_critic: ActorCritic, tokenizer, out: Path, merge_lora: boo
         save_pretrained_dir(actor_critic.value_model, tokenizer, out / "value_model")
 
 
-def step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, scheduler, step, sizes, cfg) -> dict:
+def step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, scheduler, step, cfg) -> dict:
     """One PPO step's metrics.jsonl row (docs/metrics.md): the rollout's, the update's and the timings."""
     mask = ro.response_mask.float()
     kl_per_response = ro.kl.sum(1)

@@ -1,5 +1,7 @@
 """Reward sources for RL: a reward model (normalised as stored with it), plain
 Python functions `f(prompts, responses, **kwargs) -> scores`, or a weighted sum.
+Ready-made reward functions live beside this file: verifiers.py (answer and format
+checks); a new source is a scorer here or a function module there.
 
 Every scorer is called with the batch's prompts and responses in both forms
 (token ids and decoded text) and returns scores [B] as float32 on the caller's

@@ -1,5 +1,6 @@
-"""PPO options, with the paper defaults (docs/ppo.md), and the derived batch sizes
-computed and checked in one place (lm-human-preferences' HParams.validate)."""
+"""PPO options, with the paper defaults (docs/ppo.md), checked once at construction, and
+the batch sizes they give under a number of processes (PPOSizes; lm-human-preferences'
+HParams.validate)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,8 @@ from typing import ClassVar
 
 from rlhfkit.config import ConfigError, check_divisible, option, option_problem
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.losses.grpo import POLICY_LOSSES
+from rlhfkit.trainers.train_config import MAX_STEPS, TrainConfig
 
 
 @dataclass
@@ -112,7 +114,9 @@ class PPOConfig(TrainConfig):
         "learning_rate": ">= 0",
         "gamma": "[0, 1]", "lam": "[0, 1]", "whiten_advantages": ("minibatch", "batch", "none"), "clip_range": "> 0",
         "clip_range_value": "> 0", "vf_coef": ">= 0", "entropy_coef": ">= 0", "ptx_coef": ">= 0",
-        "ptx_batch_size": ">= 1", "num_samples_logged": ">= 0",
+        "ptx_batch_size": ">= 1", "num_samples_logged": ">= 0", "clip_range_high": ">= 0",
+        "loss_type": tuple(POLICY_LOSSES), "kl_placement": ("reward", "loss", "none"),
+        "overlong": ("none", "filter", "penalty"),
         "reward_weights": lambda v: next(filter(None, (option_problem(f"reward_weights: {name}", w, "finite")
                                                        for name, w in v.items())), None),
     }
@@ -122,25 +126,25 @@ class PPOConfig(TrainConfig):
         if self.learning_rate == 0 and not (self.critic_learning_rate > 0 and self.advantage_estimator == "gae"):
             raise ConfigError("learning_rate must be positive, got 0 (0 trains nothing; to train only the value "
                               "function, set critic_learning_rate > 0)")
-
-    def derived(self, num_processes: int) -> dict[str, int]:
-        """Batch sizes per process and the step counts; refuses remainders."""
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ConfigError(f"kl_estimator must be k1, k2 or k3, got {self.kl_estimator!r}")
-        if self.whiten_advantages not in ("minibatch", "batch", "none"):
-            raise ConfigError(f"whiten_advantages must be minibatch, batch or none, got {self.whiten_advantages!r}")
-        if self.temperature <= 0:
-            raise ConfigError("temperature must be positive")
-        if self.advantage_estimator not in ("gae", *GROUP_ADVANTAGES):
-            raise ConfigError(f"advantage_estimator must be gae, {' or '.join(GROUP_ADVANTAGES)}, "
-                              f"got {self.advantage_estimator!r}")
         if self.advantage_estimator != "gae" and self.samples_per_prompt < 2:
             raise ConfigError(f"advantage_estimator {self.advantage_estimator} needs samples_per_prompt >= 2 "
                               f"(the other samples of a prompt are its baseline), got {self.samples_per_prompt}")
         if self.advantage_estimator != "gae" and (self.value_head_on_policy or self.value_model):
             raise ConfigError(f"advantage_estimator {self.advantage_estimator} trains no value function: "
                               "drop value_head_on_policy and value_model")
-        self._check_critic_free_options()
+        if self.advantage_estimator == "gae" and (self.dynamic_sampling or self.loss_type == "gspo"):
+            raise ConfigError("dynamic_sampling and loss_type gspo need one advantage per response from a group: "
+                              "--advantage_estimator rloo, grpo or dr_grpo")
+        if self.kl_placement == "loss" and self.adaptive_kl:
+            raise ConfigError("adaptive_kl adapts the KL coefficient of the reward: use kl_placement reward")
+        if self.overlong == "penalty" and not 0 < self.overlong_buffer <= self.response_length:
+            raise ConfigError(f"overlong penalty needs 0 < overlong_buffer <= response_length ({self.response_length})"
+                              f", got {self.overlong_buffer}")
+
+    def sizes(self, num_processes: int) -> PPOSizes:
+        """Batch sizes per process and the step counts under num_processes; refuses remainders
+        and a step count no run could take. The options' ranges and combinations were checked
+        at construction."""
         if num_processes > 1 and (self.dynamic_sampling or self.overlong == "filter"):
             # each process would keep a different number of rows, and so take a different number
             # of micro-batch backward passes: the processes' gradient all-reduces would not pair up
@@ -155,32 +159,21 @@ class PPOConfig(TrainConfig):
         if steps < 1:
             raise ConfigError(f"total_episodes ({self.total_episodes}) is smaller than rollout_batch_size "
                               f"({self.rollout_batch_size})")
-        from rlhfkit.trainers.data_plan import MAX_STEPS
-
         if steps * self.ppo_epochs * self.num_minibatches > MAX_STEPS:  # a mistake, not a run: say so before loading
             raise ConfigError(f"total_episodes {self.total_episodes:.3g} makes {steps:.3g} PPO steps of "
                               f"{self.rollout_batch_size} episodes, more than {MAX_STEPS:.0e} optimizer steps in all; "
                               "lower --total_episodes")
-        return {"local_rollout": local_rollout, "minibatch": minibatch, "micro": micro,
-                "accumulation": accumulation, "ppo_steps": steps,
-                "optimizer_steps": steps * self.ppo_epochs * self.num_minibatches}
+        return PPOSizes(local_rollout=local_rollout, minibatch=minibatch, micro=micro, accumulation=accumulation,
+                        ppo_steps=steps, optimizer_steps=steps * self.ppo_epochs * self.num_minibatches)
 
-    def _check_critic_free_options(self) -> None:
-        from rlhfkit.losses.grpo import POLICY_LOSSES
 
-        if self.loss_type not in POLICY_LOSSES:
-            raise ConfigError(f"loss_type must be one of {', '.join(POLICY_LOSSES)}, got {self.loss_type!r}")
-        if self.kl_placement not in ("reward", "loss", "none"):
-            raise ConfigError(f"kl_placement must be reward, loss or none, got {self.kl_placement!r}")
-        if self.kl_placement == "loss" and self.adaptive_kl:
-            raise ConfigError("adaptive_kl adapts the KL coefficient of the reward: use kl_placement reward")
-        if self.overlong not in ("none", "filter", "penalty"):
-            raise ConfigError(f"overlong must be none, filter or penalty, got {self.overlong!r}")
-        if self.overlong == "penalty" and not 0 < self.overlong_buffer <= self.response_length:
-            raise ConfigError(f"overlong penalty needs 0 < overlong_buffer <= response_length ({self.response_length})"
-                              f", got {self.overlong_buffer}")
-        if self.clip_range_high < 0:
-            raise ConfigError("clip_range_high must be >= 0 (0: clip_range)")
-        if self.advantage_estimator == "gae" and (self.dynamic_sampling or self.loss_type == "gspo"):
-            raise ConfigError("dynamic_sampling and loss_type gspo need one advantage per response from a group: "
-                              "--advantage_estimator rloo, grpo or dr_grpo")
+@dataclass(frozen=True)
+class PPOSizes:
+    """The batch sizes of one process and the run's step counts (PPOConfig.sizes)."""
+
+    local_rollout: int  # episodes this process samples per PPO step
+    minibatch: int  # rows of this process's rollout per optimizer step
+    micro: int  # rows per forward/backward pass
+    accumulation: int  # micro-batches per minibatch
+    ppo_steps: int  # rollouts over the run
+    optimizer_steps: int  # ppo_steps x ppo_epochs x num_minibatches
