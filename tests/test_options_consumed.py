@@ -40,7 +40,14 @@ def files(tmp_path_factory):
     return {"root": root, "model": model, "reward_model": str(root / "rm"),
             "demos": write_jsonl(root / "d.jsonl", [{"prompt": "Say a.", "completion": "a."}] * 8),
             "prefs": write_jsonl(root / "p.jsonl", [{"prompt": "Say a.", "chosen": "a.", "rejected": "b."}] * 8),
-            "prompts": write_jsonl(root / "q.jsonl", [{"prompt": "Say a."}] * 8)}
+            "prompts": write_jsonl(root / "q.jsonl", [{"prompt": "Say a."}] * 8),
+            "principles": str(write_text(root / "principles.txt", "Be kind.\n")),
+            "ref_prompts": write_jsonl(root / "r.jsonl", [{"prompt": "Say a.", "ref": "a."}] * 8)}
+
+
+def write_text(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def _runs(f):
@@ -61,7 +68,9 @@ def _runs(f):
         "dpo": (DPOConfig, train_dpo, [dict(data=f["prefs"], **small), dict(data=f["prefs"], **small, **lora)]),
         "ppo": (PPOConfig, train_ppo, [dict(**ppo), dict(**ppo, adaptive_kl=True, overlong="penalty",
                                                          overlong_buffer=2, missing_eos_penalty=0.0,
-                                                         ptx_data=f["demos"], ptx_coef=0.1, **lora)]),
+                                                         ptx_data=f["demos"], ptx_coef=0.1, **lora),
+                                           dict(ppo, prompts=f["ref_prompts"], reward_model="", ai_judge=f["model"],
+                                                ai_judge_principles=f["principles"], ai_judge_reference="ref")]),
     }
 
 

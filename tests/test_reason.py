@@ -172,8 +172,8 @@ def test_each_algo_makes_a_valid_rl_stage(tmp_path, algo):
     for name, value in RL_ALGOS[algo][1].items():
         assert getattr(rl, name) == value
     assert rl.output_dir == str(tmp_path / f"rl_{algo}")
-    sizes = rl.derived(1)  # the trainer's own checks accept the combination
-    assert sizes["ppo_steps"] == cfg.rl_episodes // cfg.rl_batch
+    sizes = rl.sizes(1)  # the trainer's own checks accept the combination
+    assert sizes.ppo_steps == cfg.rl_episodes // cfg.rl_batch
     expected = {"grpo": ("grpo", "grpo", 0.0, False), "dr_grpo": ("dr_grpo", "dr_grpo", 0.0, False),
                 "dapo": ("grpo", "dapo", 0.28, True), "gspo": ("grpo", "gspo", 4e-4, False),
                 "rloo": ("rloo", "ppo", 0.0, False), "ppo": ("gae", "ppo", 0.0, False)}[algo]
