@@ -153,10 +153,12 @@ def test_the_judge_continues_its_init_on_the_judges_reading(toy_run, tmp_path):
     assert figures["val_loss_init"] == pytest.approx(first["val_loss"], abs=1e-3)
     assert (d / "tokenizer.json").read_text() == (out / "base-large" / "tokenizer.json").read_text()
     corpus = [json.loads(line)["text"] for line in (tmp_path / "work" / "webtext.jsonl").read_text().splitlines()]
-    # critiques (most are longer than the toy max_length and dropped) and none in the base models' corpus
-    assert any("\nAsked: " in t for t in corpus)
-    base_corpus = (toy_run[0].work_dir + "/webtext.jsonl")
-    assert "\nAsked: " not in open(base_corpus).read()
+    # the judge's reading (at toy length most critiques exceed max_length and are dropped), not the base corpus
+    from rlhfkit.world.webtext import JUDGE_MIX, make_webtext
+
+    assert set(corpus) <= set(make_webtext(120, judge_cfg.judge_corpus_seed, mix=JUDGE_MIX))
+    base_corpus = {json.loads(line)["text"] for line in open(toy_run[0].work_dir + "/webtext.jsonl")}
+    assert corpus and not base_corpus & set(corpus)
     with pytest.raises(ValueError, match="run of its own"):
         pretrain_world(PretrainConfig(output_dir=str(tmp_path / "x"), work_dir=str(tmp_path / "w"),
                                       models="judge,large", judge_prompts=0), _specs=TOY)
