@@ -99,33 +99,6 @@ def test_principles_one_drawn_per_pair_or_all_averaged(tok, tmp_path):
     assert abs(float(mean) - float(sum(each) / 2)) < 1e-6
 
 
-def test_a_judge_trained_on_review_documents_prefers_the_better_answer(tok):
-    """Documents in the template, the better answer always the one with "gold": after 60
-    steps the judge picks it on words it never saw judged."""
-    torch.manual_seed(0)
-    model = tiny_llama(tok, seed=0)
-    train, held = WORDS[:7], WORDS[7:]
-    docs = []
-    for w in train:
-        good, bad = f"{w} gold.", f"{w}."
-        docs.append(judge_text(f"Rate {w}.", good, bad) + "A)")
-        docs.append(judge_text(f"Rate {w}.", bad, good) + "B)")
-    ids = [tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for d in docs]
-    width = max(map(len, ids))
-    batch = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in ids])
-    mask = (torch.arange(width)[None] < torch.tensor([len(s) for s in ids])[:, None]).long()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    labels = batch.masked_fill(mask == 0, -100)
-    for _ in range(60):
-        loss = model(input_ids=batch, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    probs = judge_pairs(model, tok, [f"Rate {w}." for w in held], [(f"{w}.", f"{w} gold.") for w in held])
-    assert (probs < 0.3).all(), probs  # the first answer is the worse one
-
-
 def _train_on(model, tok, docs: list[str], steps: int) -> None:
     ids = [tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for d in docs]
     width = max(map(len, ids))
@@ -139,6 +112,22 @@ def _train_on(model, tok, docs: list[str], steps: int) -> None:
         loss.backward()
         opt.step()
     model.eval()
+
+
+def test_a_judge_trained_on_review_documents_prefers_the_better_answer(tok):
+    """Documents in the template, the better answer always the one with "gold": after 60
+    steps the judge picks it on words it never saw judged."""
+    torch.manual_seed(0)
+    model = tiny_llama(tok, seed=0)
+    train, held = WORDS[:7], WORDS[7:]
+    docs = []
+    for w in train:
+        good, bad = f"{w} gold.", f"{w}."
+        docs.append(judge_text(f"Rate {w}.", good, bad) + "A)")
+        docs.append(judge_text(f"Rate {w}.", bad, good) + "B)")
+    _train_on(model, tok, docs, 60)
+    probs = judge_pairs(model, tok, [f"Rate {w}." for w in held], [(f"{w}.", f"{w} gold.") for w in held])
+    assert (probs < 0.3).all(), probs  # the first answer is the worse one
 
 
 def test_a_judge_that_reads_critiques_decides_by_the_checks_it_writes(tok):
