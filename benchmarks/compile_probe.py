@@ -1,4 +1,4 @@
-"""What torch.compile would buy the PPO update on this CPU, and what it costs.
+"""What torch.compile would buy the PPO update on the CPU it runs on, and what it costs.
 
     python benchmarks/compile_probe.py [--model h128|h384] [--lengths 50 150] [--iters 5] [--rounds 5]
 
