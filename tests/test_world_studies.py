@@ -164,3 +164,13 @@ def test_forgetting_measures_the_tax_against_base_small(micro_run):
     assert "ptx_coef: 1.0" in (micro_run / "studies" / "forgetting" / "ppo_ptx_1" / "seed_0" / "config.yaml").read_text()
     assert all(0.0 <= r["skill"]["mean"] <= 1.0 for r in report["models"])
     assert models["sft"]["kl"]["mean"] == 0.0
+
+
+def test_the_study_is_named_positionally_and_checked(capsys, tmp_path):
+    from rlhfkit.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["world", "study", "reward_hacking", "--run_dir", str(tmp_path)])
+    assert info.value.code == 2 and "choose one of overoptimisation" in capsys.readouterr().err
+    assert main(["world", "study", "kl", "--run_dir", str(tmp_path)]) == 1  # no finished run there
+    assert "is not finished" in capsys.readouterr().err

@@ -14,7 +14,11 @@ with its 95% interval.
 """
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
+
+from rlhfkit.io import write_json
 
 from rlhfkit.experiment.studies.common import STUDIES, Study, StudyConfig
 
@@ -39,5 +43,24 @@ def run_study(cfg: StudyConfig) -> Path:
     save_yaml(cfg, study.out / "config.yaml")
     run = {"overoptimisation": overoptimisation_study, "labeler_noise": labeler_noise_study, "data": data_study,
            "shift": shift_study, "kl": kl_study, "forgetting": forgetting_study}[cfg.study]
+    start = time.perf_counter()
     run(study)
+    _record_time(study.out, time.perf_counter() - start, cfg)
     return study.out
+
+
+def _record_time(out: Path, seconds: float, cfg: StudyConfig) -> None:
+    """timing.json: every invocation's wall seconds (a resumed one counts only what it did)
+    and each stage's own seconds from its .done marker, for the study's cost at other sizes."""
+    path = out / "timing.json"
+    timing = json.loads(path.read_text()) if path.exists() else {"invocations": []}
+    timing["invocations"].append({"seconds": round(seconds, 1), "seeds": list(cfg.seeds),
+                                  "num_threads": cfg.num_threads})
+    stages = {}
+    for marker in sorted(out.rglob(".done")):
+        try:
+            stages[str(marker.parent.relative_to(out))] = round(json.loads(marker.read_text())["seconds"], 1)
+        except (ValueError, KeyError):
+            continue
+    timing["stage_seconds"] = stages
+    write_json(path, timing, indent=1)
