@@ -6,7 +6,6 @@ score the model earns, with its KL to SFT (InstructGPT: ptx recovers the tax at 
 small cost in the labelers' preference)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -105,9 +104,9 @@ def forgetting_study(study: Study) -> dict:
                "hline": (by_name["base_small"]["skill"]["mean"], "base-small")}]
     lines = table(["model", "web-text loss", "format imitation", "gold", "KL to SFT"],
                   [[r["model"], r["webtext_loss"], r["skill"], r["gold"], r["kl"]] for r in rows])
-    note = [f"Alignment tax (web-text loss over base-small's): SFT {tax.get('sft', math.nan):+.3f}, "
-            f"PPO {tax.get('ppo', math.nan):+.3f}; " + ", ".join(
-                f"PPO-ptx {r['ptx_coef']:g} {tax.get(r['model'], math.nan):+.3f}" for r in ptx) + "."]
+    taxes = [f"SFT {tax['sft']:+.3f}", f"PPO {tax['ppo']:+.3f}",
+             *[f"PPO-ptx {r['ptx_coef']:g} {tax[r['model']]:+.3f}" for r in ptx]]
+    note = [f"Alignment tax (web-text loss over base-small's, nats per token): {', '.join(taxes)}."]
     write_study_report(study.out, "forgetting", report, [("Models", [*note, "", *lines])],
                        {"forgetting.png": (panels, "Forgetting: web-text loss, a base skill and gold (95% intervals)")})
     return report
