@@ -16,6 +16,7 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
     from rlhfkit.experiment.options import RunConfig
     from rlhfkit.experiment.pretrain import PretrainConfig, pretrain_world
     from rlhfkit.experiment.run import run_world
+    from rlhfkit.experiment.studies import StudyConfig, run_study
     from rlhfkit.experiment.sweep import SweepConfig, sweep_kl
     from rlhfkit.generation.generate import GenerateConfig, generate
     from rlhfkit.label.ai import AIConfig, label_ai
@@ -47,6 +48,8 @@ def _commands() -> dict[tuple[str, ...], tuple[str, type, object]]:
                               "pass@k and faithfulness of the working", ReasonConfig, run_reason),
         ("world", "sweep-kl"): ("PPO at several KL coefficients from a finished run: gold and proxy vs sqrt(KL)",
                                 SweepConfig, sweep_kl),
+        ("world", "study"): ("one of RLHF's known limitations measured from a finished run: "
+                             "`rlhfkit world study NAME --run_dir DIR` (docs/studies.md)", StudyConfig, run_study),
         ("label", "serve"): ("the labeling web app: labelers rank K responses, score them 1-7 and flag them",
                              ServeConfig, serve),
         ("label", "sample"): ("sample K responses per prompt with a causal LM: items to label", SampleConfig,
@@ -100,6 +103,13 @@ def _show_log_lines() -> None:
         log.setLevel(logging.INFO)
 
 
+def _study_name_as_option(argv: list[str]) -> list[str]:
+    """`world study NAME ...` reads as `world study --study NAME ...` (the options are flags)."""
+    if argv[:2] == ["world", "study"] and len(argv) > 2 and not argv[2].startswith("-"):
+        return [*argv[:2], "--study", argv[2], *argv[3:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     import transformers
 
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     _show_log_lines()
     parser, parsers = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args(_study_name_as_option(sys.argv[1:] if argv is None else list(argv)))
     path = (args.command,) + ((args.subcommand,) if getattr(args, "subcommand", None) else ())
     name = " ".join(path)
     if unknown:  # reported by the sub-command's parser, which knows its options for a did-you-mean
