@@ -78,6 +78,7 @@ def study(run: Path, name: str, **options) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
+@pytest.mark.slow  # a micro world run and each study's stages: minutes
 def test_overoptimisation_fits_both_forms_for_two_reward_models(micro_run):
     report = study(micro_run, "overoptimisation", bon_n=[1, 2, 4, 8], bon_prompts=6)
     assert set(report["bon"]) == set(report["rl"]) == {"sft", "sft_large"}
@@ -98,6 +99,7 @@ def test_overoptimisation_fits_both_forms_for_two_reward_models(micro_run):
     assert (micro_run / "studies" / "overoptimisation" / "ppo_sft_large" / "seed_0" / ".done").exists()
 
 
+@pytest.mark.slow  # a micro world run and each study's stages: minutes
 def test_labeler_noise_relabels_the_same_samples_at_each_agreement(micro_run):
     report = study(micro_run, "labeler_noise", agreements=[0.65, 0.9], seeds=[0])
     low, high = report["points"]
@@ -113,6 +115,7 @@ def test_labeler_noise_relabels_the_same_samples_at_each_agreement(micro_run):
     assert high["rm_accuracy_vs_gold"]["mean"] == pytest.approx(sum(finite) / len(finite))
 
 
+@pytest.mark.slow  # a micro world run and each study's stages: minutes
 def test_data_adds_new_prompts_beyond_the_run_disjoint_from_its_own(micro_run):
     report = study(micro_run, "data", comparison_counts=[12, 0, 70], seeds=[0])
     train = read_jsonl(micro_run / "comparisons" / "comparisons.jsonl")
@@ -126,6 +129,7 @@ def test_data_adds_new_prompts_beyond_the_run_disjoint_from_its_own(micro_run):
     assert [p["beyond_run"] for p in report["points"]] == [False, False, True]
 
 
+@pytest.mark.slow  # a micro world run and each study's stages: minutes
 def test_shift_holds_the_family_and_the_constraint_out_of_the_comparisons(micro_run):
     report = study(micro_run, "shift", shift_family="add", shift_constraint="caps", seeds=[0])
     out = micro_run / "studies" / "shift"
@@ -139,6 +143,7 @@ def test_shift_holds_the_family_and_the_constraint_out_of_the_comparisons(micro_
     assert family["gain_unseen"]["mean"] is not None and family["reference"]["seeds"] == [0]
 
 
+@pytest.mark.slow  # a micro world run and each study's stages: minutes
 def test_kl_puts_the_runs_beta_on_the_curve_and_a_rerun_resumes(micro_run, capsys):
     options = dict(betas=[0.0, 0.05], kl_targets=[2.0], seeds=[0])
     report = study(micro_run, "kl", **options)
@@ -155,6 +160,7 @@ def test_kl_puts_the_runs_beta_on_the_curve_and_a_rerun_resumes(micro_run, capsy
     assert again == report
 
 
+@pytest.mark.slow  # a micro world run and each study's stages: minutes
 def test_forgetting_measures_the_tax_against_base_small(micro_run):
     report = study(micro_run, "forgetting", ptx_coefs=[1.0], seeds=[0], skill_prompts=6)
     models = {r["model"]: r for r in report["models"]}
