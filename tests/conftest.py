@@ -13,14 +13,17 @@ from rlhfkit.testing import save_tiny_model  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # Tests that start other processes, kill them or drive a browser take minutes: each is slow
-# too, so that `pytest -m "not slow"` is the fast subset (README.md) with one marker.
+# too, so that `pytest -m "not slow"` is the fast subset (README.md) with one marker. So is
+# every test that reads a micro world run (a fixture that trains every stage of the world).
 SLOW_KINDS = ("multiprocess", "browser", "kill")
+WORLD_RUN_FIXTURES = ("micro_run", "two_seeds", "standins")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS) or \
+                any(f in getattr(item, "fixturenames", ()) for f in WORLD_RUN_FIXTURES):
             item.add_marker(pytest.mark.slow)
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()

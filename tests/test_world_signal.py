@@ -40,6 +40,7 @@ def _follows_constrained(model_dir: str, tasks) -> float:
 
 
 @pytest.mark.skipif(not BASE_SMALL.is_dir(), reason="the shipped base-small is missing")
+@pytest.mark.slow  # SFT, a reward model and PPO in the world: a minute
 def test_rl_raises_follows_on_constrained_prompts_over_sft(tmp_path):
     demos = make_demonstrations(1024, 0, tasks=make_split("sft", 1024, 0, families=FAMILIES))
     data = _write(tmp_path / "demos.jsonl", [{"prompt": chat(d["prompt"]), "completion": d["completion"]} for d in demos])
