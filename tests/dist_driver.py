@@ -76,7 +76,7 @@ class RowSeededSampler:
 
 
 def run_job(job: dict) -> str:
-    from rlhfkit.trainers import ppo
+    from rlhfkit.trainers.ppo import trainer as ppo
     from rlhfkit.trainers.dpo import DPOConfig, train_dpo
     from rlhfkit.trainers.ppo.config import PPOConfig
     from rlhfkit.trainers.reward import RewardConfig, train_reward_model
