@@ -151,6 +151,13 @@ def write_jsonl(path: str | Path, rows: Iterable[dict], *, ensure_ascii: bool = 
     return Path(path)
 
 
+def read_line_list(path: str | Path) -> list[str]:
+    """A text file's entries, one a line, stripped; blank lines and lines starting with #
+    are skipped (a constitution's format)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """The rows of a JSON-lines file written by write_jsonl (blank lines skipped)."""
     with open(path, encoding="utf-8") as f:

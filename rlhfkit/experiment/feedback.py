@@ -120,7 +120,7 @@ def ai_comparisons_stage(out: Path, judge_dir: str, *, principles: Sequence[str]
                      "ai_wins": [r["ai_wins"][i] for i in order]})
     held = read_jsonl(out / "comparisons" / "heldout.jsonl")
     labeler = measure_judge(judge_dir, held, principles=principles, reasoning=reasoning, seed=seed,
-                            batch_size=batch_size, model=(model, tokenizer))
+                            batch_size=batch_size, loaded=(model, tokenizer))
     train_pairs = sum(len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in rows)
     figures = {**labeler, "principles": principles or [], "train_rankings": len(rows), "train_pairs": train_pairs,
                "train_forward_passes": stats.get("forward_sequences", 0),
@@ -130,10 +130,10 @@ def ai_comparisons_stage(out: Path, judge_dir: str, *, principles: Sequence[str]
         variants = {"AI labeler": labeler}
         if reasoning is not None:
             variants["without reasoning"] = measure_judge(judge_dir, held, principles=principles, seed=seed,
-                                                          batch_size=batch_size, model=(model, tokenizer))
+                                                          batch_size=batch_size, loaded=(model, tokenizer))
         if principles:
             variants["without principles"] = measure_judge(judge_dir, held, reasoning=reasoning, seed=seed,
-                                                           batch_size=batch_size, model=(model, tokenizer))
+                                                           batch_size=batch_size, loaded=(model, tokenizer))
         for name, path in (base_dirs or {}).items():  # the judge's size and reading: the plain base models
             variants[f"{name}, direct"] = measure_judge(path, held, seed=seed, batch_size=batch_size)
         figures["configurations"] = [{"name": name, **{k: v for k, v in fig.items() if k != "review_samples"}}
@@ -174,18 +174,18 @@ def reference_responses_stage(prompts_file: Path, sft_dir: Path, out_dir: Path, 
 
 
 def measure_judge(judge_dir: str, held: Sequence[dict], *, principles: Sequence[str] | None = None,
-                  reasoning: Reasoning | None = None, seed: int = 0, batch_size: int = 64, model=None) -> dict:
+                  reasoning: Reasoning | None = None, seed: int = 0, batch_size: int = 64, loaded=None) -> dict:
     """One AI labeler configuration on the held-out pairs: its agreement figures
     (pairwise_agreement), what it cost (judge sequences, review tokens, seconds) and
     labels per second, so configurations and judge sizes compare in one table.
-    `model`: the judge's (model, tokenizer) when already loaded."""
+    `loaded`: the judge's (model, tokenizer) when already loaded."""
     from rlhfkit.label.ai import judge_pairs
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
-    if model is None:
+    if loaded is None:
         tokenizer = load_tokenizer(judge_dir)
-        model = (load_causal_lm(judge_dir, tokenizer).eval(), tokenizer)
-    model, tokenizer = model
+        loaded = (load_causal_lm(judge_dir, tokenizer).eval(), tokenizer)
+    model, tokenizer = loaded
     prompts, pairs = heldout_pairs(held)
     stats: dict = {}
     start = time.perf_counter()

@@ -51,7 +51,7 @@ from rlhfkit.config import check_options, option
 from rlhfkit.data.formats import Where
 from rlhfkit.data.loading import read_rows
 from rlhfkit.data.records import Prompt
-from rlhfkit.io import output_file, write_jsonl
+from rlhfkit.io import output_file, read_line_list, write_jsonl
 from rlhfkit.label.export import pair_rows
 from rlhfkit.label.lm import instruction_text, load_lm, model_device, pad_left
 from rlhfkit.label.store import parse_item
@@ -230,8 +230,7 @@ def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], pairs: Sequence[tup
 
 def read_principles(path: str) -> list[str]:
     """One principle a line; blank lines and lines starting with # are skipped."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    principles = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    principles = read_line_list(path)
     if not principles:
         raise ValueError(f"{path}: no principles (one a line; # starts a comment)")
     return principles

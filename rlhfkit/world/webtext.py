@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhfkit.io import read_line_list
 from rlhfkit.world.demonstrators import CHATTER, correct_answer, near_miss
 from rlhfkit.world.judge import WIN_RATE_TOLERANCE, judge_task
 from rlhfkit.world.splits import iter_split
@@ -440,8 +441,7 @@ def _doc_critique(tasks, rng, mix, render, eos) -> str:
 def constitution() -> tuple[str, ...]:
     """The world's principles (rlhfkit/world/constitution.txt: one a line, # comments):
     the critics' guidelines, and the AI labeler's constitution."""
-    lines = CONSTITUTION.read_text(encoding="utf-8").splitlines()
-    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    return tuple(read_line_list(CONSTITUTION))
 
 
 # The judge's reading (`rlhfkit world pretrain --models judge`): 70% critiques, 80% of them
