@@ -122,7 +122,7 @@ def recipe_stages(cfg: RunConfig, lay: SeedLayout, bases: dict[str, str]) -> dic
                           eval_data=str(lay.comparisons / "heldout.jsonl"), normalize_on="responses")
     seconds["rm"] = run_stage(lay.stage_name("rm"), lay.rm, lambda c: rm_stage(cfg, lay, c), rm_cfg, log=log)
     if cfg.feedback == "ai":
-        seconds.update(ai_feedback_stages(cfg, lay, rm_cfg, bases["base_large"]))
+        seconds.update(ai_feedback_stages(cfg, lay, rm_cfg, bases))
     return seconds
 
 

@@ -178,19 +178,19 @@ def ai_judge_setup(cfg: RunConfig, base_large: str) -> tuple[str, str]:
     return judge, str(CONSTITUTION) if cfg.ai_principles == "world" else cfg.ai_principles
 
 
-def ai_feedback_stages(cfg: RunConfig, lay: SeedLayout, rm_cfg: RewardConfig, base_large: str) -> dict[str, float]:
+def ai_feedback_stages(cfg: RunConfig, lay: SeedLayout, rm_cfg: RewardConfig, bases: dict[str, str]) -> dict[str, float]:
     """RLAIF's recipe beside RLHF's: AI rankings of the same samples (comparisons_ai/) and a
     reward model on them (rm_ai/); for direct RLAIF, one SFT sample per PPO prompt as the
     judge's reference (references_ai/). The policies are method stages (ppo_ai_stage_config,
     ppo_ai_direct_stage_config)."""
-    judge, principles_file = ai_judge_setup(cfg, base_large)
+    judge, principles_file = ai_judge_setup(cfg, bases["base_large"])
     principles = read_principles(principles_file) if principles_file else None
     reasoning = Reasoning(max_tokens=cfg.ai_reasoning_tokens) if cfg.ai_reasoning else None
     seconds = {"comparisons_ai": run_plain_stage(
         lay.stage_name("comparisons_ai"), lay.recipe / "comparisons_ai", lambda: ai_comparisons_stage(
             lay.recipe, judge, principles=principles, seed=cfg.seed, batch_size=cfg.eval_batch_size // 4,
-            reasoning=reasoning, ablations=cfg.ai_ablations, base_dirs={"base-small": cfg.base_small,
-                                                                       "base-large": base_large}))}
+            reasoning=reasoning, ablations=cfg.ai_ablations, base_dirs={"base-small": bases["base_small"],
+                                                                       "base-large": bases["base_large"]}))}
     rm_ai = dataclasses.replace(rm_cfg, output_dir=str(lay.recipe / "rm_ai"),
                                 data=str(lay.recipe / "comparisons_ai" / "comparisons.jsonl"))
     seconds["rm_ai"] = run_stage(lay.stage_name("rm_ai"), lay.recipe / "rm_ai", lambda c: rm_stage(cfg, lay, c),
