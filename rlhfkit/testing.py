@@ -53,3 +53,12 @@ def save_tiny_model(directory, seed: int = 0, **config_overrides) -> str:
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return str(directory)
+
+
+def full_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits [B,T,V] of one plain forward pass over every position (no cache, no
+    logits_to_keep): the reference the tests hold the library's faster passes to."""
+    from rlhfkit.models.forward import positions_from_mask
+
+    return model(input_ids=input_ids, attention_mask=attention_mask,
+                 position_ids=positions_from_mask(attention_mask), use_cache=False).logits

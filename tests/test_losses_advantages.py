@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from rlhfkit.losses.advantages import gae_advantages, grpo_advantages, rloo_advantages, whiten_advantages
-from rlhfkit.losses.common import masked_whiten
+from rlhfkit.losses.advantages import gae_advantages, grpo_advantages, rloo_advantages
 
 
 def reference_gae(rewards, values, lengths, gamma, lam):
@@ -62,10 +61,6 @@ def test_outputs_carry_no_gradient():
     values = torch.randn(2, 3, requires_grad=True)
     adv, ret = gae_advantages(torch.randn(2, 3), values, torch.ones(2, 3), 1.0, 0.95)
     assert not adv.requires_grad and not ret.requires_grad
-
-
-def test_whiten_advantages_is_masked_whiten():
-    assert whiten_advantages is masked_whiten
 
 
 # ----------------------------------------------------------------------------- critic-free

@@ -4,7 +4,14 @@ import math
 import pytest
 import torch
 
-from rlhfkit.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
+from rlhfkit.losses.grpo import POLICY_LOSSES, PolicyLossOptions
+from rlhfkit.losses.ppo import explained_variance, ppo_value_loss
+
+
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range):
+    """The ppo loss type (the token mean of the clipped surrogate), symmetric clip, no KL term."""
+    return POLICY_LOSSES["ppo"](logprobs, old_logprobs, advantages, mask, None,
+                                PolicyLossOptions(clip_low=clip_range, clip_high=clip_range))
 
 
 def policy_case():
@@ -24,7 +31,7 @@ def policy_case():
 
 def test_policy_loss_by_hand():
     logprobs, old, adv, mask = policy_case()
-    loss, m = ppo_policy_loss(logprobs, old, adv, mask, clip_range=0.2)
+    loss, m = ppo_policy_loss(logprobs, old, adv, mask, 0.2)
     assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 0.8 - 2.2) / 5)
     assert m["loss/policy"].item() == pytest.approx(-0.32)
     assert m["policy/clipfrac"].item() == pytest.approx(2 / 5)

@@ -55,7 +55,8 @@ def test_local_weights_only_through_safetensors(tmp_path):
 def test_response_logits_project_only_the_response_and_match_the_full_forward(tiny_model_dir):
     """`logits_to_keep` must give exactly the slice of the full logits that predicts the
     response, with left padding, and the fallback (a model without the argument) too."""
-    from rlhfkit.models.forward import causal_lm_logits, response_logits
+    from rlhfkit.models.forward import response_logits
+    from rlhfkit.testing import full_logits
 
     model = load_causal_lm(tiny_model_dir, load_tokenizer(tiny_model_dir)).eval()
     torch.manual_seed(0)
@@ -63,7 +64,7 @@ def test_response_logits_project_only_the_response_and_match_the_full_forward(ti
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
     P = 5
-    full = causal_lm_logits(model, ids, mask)[:, P - 1:-1]
+    full = full_logits(model, ids, mask)[:, P - 1:-1]
     part, _ = response_logits(model, ids, mask, P)
     assert part.shape == (3, 12 - P, full.shape[-1])
     torch.testing.assert_close(part, full, rtol=0, atol=0)

@@ -140,7 +140,7 @@ def test_local_and_hf_backends_sample_the_same_tokens():
 def test_local_generator_at_temperature_0_is_greedy():
     """T = 0 takes the argmax: every generated token is the argmax of a full,
     cache-free forward pass over the left-padded prompt and the tokens before it."""
-    from rlhfkit.models.forward import causal_lm_logits
+    from rlhfkit.testing import full_logits
 
     tok = tiny_tokenizer()
     model = tiny_llama(tok).eval()
@@ -151,7 +151,7 @@ def test_local_generator_at_temperature_0_is_greedy():
     seq = torch.cat([ids, gen.response_ids], 1)
     full_mask = torch.cat([mask, gen.response_mask], 1)
     with torch.no_grad():
-        logits = causal_lm_logits(model, seq, full_mask)[:, P - 1:-1]
+        logits = full_logits(model, seq, full_mask)[:, P - 1:-1]
     real = gen.response_mask.bool()
     assert torch.equal(logits.argmax(-1)[real], gen.response_ids[real])
 

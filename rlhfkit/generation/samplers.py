@@ -69,12 +69,14 @@ class _TemperatureWithLogprobs:
         return torch.stack(self.steps, dim=1)
 
 
-class HFSampler:
-    """`model.generate` with pure sampling (no top-k/top-p, no min length)."""
-
+class _Sampler:
     def __init__(self, model: nn.Module, eos_id: int, pad_id: int, max_new_tokens: int, temperature: float):
         self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
+
+
+class HFSampler(_Sampler):
+    """`model.generate` with pure sampling (no top-k/top-p, no min length)."""
 
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Generation:
@@ -95,7 +97,7 @@ class HFSampler:
         return generation
 
 
-class LocalSampler:
+class LocalSampler(_Sampler):
     """A preallocated-mask KV-cache sampling loop.
 
     Each step feeds one token per row with its position id (from the attention
@@ -105,8 +107,7 @@ class LocalSampler:
     """
 
     def __init__(self, model: nn.Module, eos_id: int, pad_id: int, max_new_tokens: int, temperature: float):
-        self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
-        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        super().__init__(model, eos_id, pad_id, max_new_tokens, temperature)
         # transformers 5 renamed `past_key_values` to `cache`; accept either
         self._cache_name = "cache" if forward_accepts(model, "cache") else "past_key_values"
         self._keep_last = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
@@ -152,7 +153,7 @@ SAMPLERS = {"hf": HFSampler, "local": LocalSampler}
 
 
 def make_sampler(name: str, model: nn.Module, *, eos_id: int, pad_id: int, max_new_tokens: int,
-                   temperature: float):
+                 temperature: float):
     if name not in SAMPLERS:
         raise ValueError(f"unknown generation backend {name!r}; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](model, eos_id, pad_id, max_new_tokens, temperature)

@@ -8,7 +8,6 @@ from rlhfkit.losses.advantages import (
     gae_advantages,
     grpo_advantages,
     rloo_advantages,
-    whiten_advantages,
 )
 from rlhfkit.losses.common import (
     check_same_shape,
@@ -22,7 +21,7 @@ from rlhfkit.losses.common import (
 )
 from rlhfkit.losses.dpo import DPO_LOSSES, DPOLossConfig, PreferenceLogps, dpo_loss
 from rlhfkit.losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
-from rlhfkit.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
+from rlhfkit.losses.ppo import clipped_surrogate, explained_variance, ppo_value_loss
 from rlhfkit.losses.reward import bradley_terry_pairs, pairwise_accuracy_by_gap, ranking_loss
 from rlhfkit.losses.sft import masked_nll_loss
 
@@ -36,6 +35,7 @@ __all__ = [
     "PreferenceLogps",
     "bradley_terry_pairs",
     "check_same_shape",
+    "clipped_surrogate",
     "dpo_loss",
     "entropy_from_logits",
     "explained_variance",
@@ -49,10 +49,8 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "pairwise_accuracy_by_gap",
-    "ppo_policy_loss",
     "ppo_value_loss",
     "ranking_loss",
     "rloo_advantages",
     "tie_half_accuracy",
-    "whiten_advantages",
 ]

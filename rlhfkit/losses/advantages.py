@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhfkit.losses.common import check_same_shape, masked_whiten
-
-# Advantages are whitened over the response tokens of a (mini)batch, as in
-# lm-human-preferences and the "N+ implementation details" reproduction.
-whiten_advantages = masked_whiten
-
+from rlhfkit.losses.common import check_same_shape
 
 @torch.no_grad()
 def gae_advantages(

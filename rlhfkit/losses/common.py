@@ -49,38 +49,46 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return masked_sum(x, w, dim) / safe
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, reduce=None) -> torch.Tensor:
     """Variance of ``x`` over all positions where ``mask`` is set.
 
     x: [...] values; mask: [...] 0/1 weights. With ``unbiased`` the Bessel factor
     n / (n - 1) is applied when n > 1; with n <= 1 the (biased) variance 0 is
     returned rather than raising, so the call never syncs on data-dependent checks.
+    ``reduce`` sums a tensor over processes: the statistics are then the global
+    batch's, as one process holding it would compute them (None: one process).
     """
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    return _masked_mean_var(x, mask, unbiased, reduce)[1]
+
+
+def _masked_mean_var(x, mask, unbiased: bool, reduce):
+    total = reduce or (lambda t: t)
+    w = _weights(x, mask)
+    n = total(w.sum())
+    count = torch.where(n > 0, n, torch.ones_like(n))  # as masked_mean: an empty mask divides by 1
+    mean = total(masked_sum(x, w)) / count
+    var = total(masked_sum((x - mean) ** 2, w)) / count
     if unbiased:
-        n = _weights(x, mask).sum()
         var = torch.where(n > 1, var * n / (n - 1).clamp(min=1), var)
-    return var
+    return mean, var
 
 
 def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, reduce=None
 ) -> torch.Tensor:
-    """Normalise ``x`` to mean 0, std 1 using statistics of the masked positions only.
+    """Normalise ``x`` to mean 0, std 1 (the unbiased variance) using statistics of the
+    masked positions only, over processes with ``reduce`` (as ``masked_var``).
 
     x: [...] values (e.g. advantages [B, A]); mask: [...] 0/1 weights.
     With ``shift_mean=False`` the mean is added back (scale only), as
     lm-human-preferences does when whitening rewards. Masked positions of the
     output are 0, whatever the input held there.
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    mean, var = _masked_mean_var(x, mask, True, reduce)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    w = _weights(x, mask)
-    return torch.where(w != 0, whitened, torch.zeros_like(whitened))
+    return torch.where(_weights(x, mask) != 0, whitened, torch.zeros_like(whitened))
 
 
 def tie_half_accuracy(diff: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Policy losses of the critic-free family: GRPO and its fixes (Dr. GRPO, DAPO, GSPO),
 one function per variant with one signature, chosen through ``POLICY_LOSSES``; and
-the DAPO batch filters (dynamic sampling, overlong filtering, soft overlong penalty).
+DAPO's dynamic-sampling filter and soft overlong penalty (its overlong filter, keeping
+the responses that ended with EOS, is one line in rlhfkit/trainers/ppo/dapo_filters.py).
 
 Every variant averages the clipped surrogate of PPO (Schulman et al. 2017, eq. 7;
 ``clipped_surrogate`` in rlhfkit.losses.ppo, the one place it is written), optionally with an asymmetric clip and a KL term in the loss, and
@@ -25,7 +26,7 @@ import torch
 
 from rlhfkit.losses.common import check_same_shape, masked_mean, masked_sum
 from rlhfkit.losses.kl import kl_penalty
-from rlhfkit.losses.ppo import clipped_surrogate, max_ratio_deviation, token_surrogate
+from rlhfkit.losses.ppo import clipped_surrogate, ratio_metrics, token_surrogate
 
 
 @dataclass(frozen=True)
@@ -110,17 +111,7 @@ def sequence_ratio_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs, 
     s = torch.exp(seq_log_ratio)
     adv = masked_mean(advantages.detach(), mask, dim=1)  # [B]
     per_seq, active = clipped_surrogate(s, adv, opts.clip_low, opts.clip_high)  # [B]
-    with torch.no_grad():
-        active = active.float()
-        metrics = {
-            "policy/clipfrac": active.mean(),
-            "policy/clipfrac_low": (active * (s < 1.0)).mean(),
-            "policy/clipfrac_high": (active * (s > 1.0)).mean(),
-            "policy/approxkl": masked_mean(0.5 * log_ratio**2, mask),
-            "policy/ratio_mean": s.mean(),
-            "policy/ratio_var": s.var() if s.numel() > 1 else torch.zeros_like(s.mean()),
-            "policy/ratio_max_dev": max_ratio_deviation(torch.exp(log_ratio), mask),
-        }
+    metrics = ratio_metrics(s, active, torch.ones_like(s), log_ratio, mask)  # clipfrac counts responses
     kl = _kl_term(logprobs, ref_logprobs, mask, opts, metrics)
     if not isinstance(kl, float):
         per_seq = per_seq + masked_mean(kl, mask, dim=1)
@@ -168,16 +159,6 @@ def dynamic_sampling_keep(
     R = scores.view(-1, group_size)
     varied = (R != R[:, :1]).any(1)  # [B/K]
     return varied.repeat_interleave(group_size)
-
-
-@torch.no_grad()
-def overlong_keep(
-    eos: torch.Tensor,  # [B] bool: the response ended with EOS
-) -> torch.Tensor:
-    """DAPO overlong filtering (Yu et al. 2025, sec. 3.4): a response cut at the length limit
-    is not judged (its reward says nothing about its reasoning); drop it from the loss.
-    Returns [B] bool."""
-    return eos.bool()
 
 
 @torch.no_grad()

@@ -9,23 +9,14 @@ from rlhfkit.losses.common import check_same_shape
 # Schulman 2020, "Approximating KL divergence" (http://joschu.net/blog/kl-approx.html).
 
 
-def _k1(logr: torch.Tensor) -> torch.Tensor:
-    # Unbiased, high variance, negative for individual tokens.
-    return -logr
-
-
-def _k2(logr: torch.Tensor) -> torch.Tensor:
-    # Biased but low variance; its expectation is an f-divergence close to KL near pi = pi_ref.
-    return 0.5 * logr**2
-
-
-def _k3(logr: torch.Tensor) -> torch.Tensor:
-    # (r - 1) - log r: unbiased, low variance, never negative since log r <= r - 1.
-    # expm1 keeps precision for r near 1, where the two terms almost cancel.
-    return torch.expm1(logr) - logr
-
-
-KL_ESTIMATORS = {"k1": _k1, "k2": _k2, "k3": _k3}
+KL_ESTIMATORS = {
+    "k1": lambda logr: -logr,  # unbiased, high variance, negative for individual tokens
+    # biased but low variance; its expectation is an f-divergence close to KL near pi = pi_ref
+    "k2": lambda logr: 0.5 * logr**2,
+    # (r - 1) - log r: unbiased, low variance, never negative since log r <= r - 1; expm1 keeps
+    # precision for r near 1, where the two terms almost cancel
+    "k3": lambda logr: torch.expm1(logr) - logr,
+}
 
 
 def kl_penalty(

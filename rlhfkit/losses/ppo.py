@@ -40,38 +40,32 @@ def token_surrogate(
     ``policy/clipfrac`` (the clipped term active), split into ``_low`` (rho < 1) and
     ``_high`` (rho > 1); ``policy/approxkl`` = mean 0.5 (log rho)^2 (k2 of Schulman 2020;
     0 on the first minibatch); ``policy/ratio_mean``; ``policy/ratio_var``;
-    ``policy/ratio_max_dev`` (see ``max_ratio_deviation``)."""
+    ``policy/ratio_max_dev`` (see ``ratio_metrics``)."""
     check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     log_ratio = logprobs - old_logprobs.detach()  # old log-probs are a fixed target of the update
     ratio = torch.exp(log_ratio)
     per_token, active = clipped_surrogate(ratio, advantages, clip_low, clip_high)
-    with torch.no_grad():
-        metrics = {
-            "policy/clipfrac": masked_mean(active.float(), mask),
-            "policy/clipfrac_low": masked_mean((active & (ratio < 1.0)).float(), mask),
-            "policy/clipfrac_high": masked_mean((active & (ratio > 1.0)).float(), mask),
-            "policy/approxkl": masked_mean(0.5 * log_ratio**2, mask),
-            "policy/ratio_mean": masked_mean(ratio, mask),
-            "policy/ratio_var": masked_var(ratio, mask),
-            "policy/ratio_max_dev": max_ratio_deviation(ratio, mask),
-        }
-    return per_token, metrics
+    return per_token, ratio_metrics(ratio, active, mask, log_ratio, mask)
 
 
-def max_ratio_deviation(ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """max |rho_t - 1| over the valid tokens (ratio, mask [B, A]): at the first minibatch of an
-    update it shows how far the old log-probs are from the ones the update computes (float
-    rounding when the sampler's and the update's passes agree)."""
-    return torch.where(mask != 0, (ratio - 1.0).abs(), torch.zeros((), dtype=ratio.dtype, device=ratio.device)).max()
-
-
-def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range: float):
-    """The clipped surrogate's mean over all valid tokens of the batch (a token mean), with
-    a symmetric clip: the ``ppo`` loss type without a KL term. Shapes as ``token_surrogate``;
-    returns (loss, metrics): ``loss/policy`` and those of ``token_surrogate``."""
-    per_token, metrics = token_surrogate(logprobs, old_logprobs, advantages, mask, clip_range, clip_range)
-    loss = masked_mean(per_token, mask)
-    return loss, {"loss/policy": loss.detach(), **metrics}
+@torch.no_grad()
+def ratio_metrics(ratio, active, mask, token_log_ratio, token_mask) -> dict[str, torch.Tensor]:
+    """The clipped surrogate's metrics. ratio, active, mask: the surrogate's terms ([B, A]
+    per token, or [B] per response) and which count; token_log_ratio, token_mask [B, A]:
+    log rho_t of every token. ``policy/ratio_max_dev`` is max |rho_t - 1| over the valid
+    tokens: at the first minibatch of an update it shows how far the old log-probs are
+    from the ones the update computes (float rounding when the sampler's and the update's
+    passes agree)."""
+    token_dev = (torch.exp(token_log_ratio) - 1.0).abs()
+    return {
+        "policy/clipfrac": masked_mean(active.float(), mask),
+        "policy/clipfrac_low": masked_mean((active & (ratio < 1.0)).float(), mask),
+        "policy/clipfrac_high": masked_mean((active & (ratio > 1.0)).float(), mask),
+        "policy/approxkl": masked_mean(0.5 * token_log_ratio**2, token_mask),
+        "policy/ratio_mean": masked_mean(ratio, mask),
+        "policy/ratio_var": masked_var(ratio, mask),
+        "policy/ratio_max_dev": torch.where(token_mask != 0, token_dev, torch.zeros_like(token_dev)).max(),
+    }
 
 
 def ppo_value_loss(

@@ -44,18 +44,14 @@ class ActorCritic(nn.Module):
         """input_ids, attention_mask [b,P+A] -> (response logits / T [b,A,V] float32,
         values [b,A]: the value before emitting each response token, None without a critic)."""
         P = prompt_length
-        if not self.has_critic:
-            return self.policy_logits(input_ids, attention_mask, P, temperature), None
-        if self.shared:
-            logits, out = response_logits(self.policy, input_ids, attention_mask, P, output_hidden_states=True)
-            values = self._head_values(out.hidden_states[-1][:, P - 1:-1])
-        else:
-            logits, _ = response_logits(self.policy, input_ids, attention_mask, P)
-            values = token_scalars(self.value_model, input_ids, attention_mask)[:, P - 1:-1]
-        return scale_logits(logits, temperature), values
+        if not self.shared:  # the policy's pass, then the value model's (if any)
+            return (self.policy_logits(input_ids, attention_mask, P, temperature),
+                    self.values(input_ids, attention_mask, P) if self.has_critic else None)
+        logits, out = response_logits(self.policy, input_ids, attention_mask, P, output_hidden_states=True)
+        return scale_logits(logits, temperature), self._head_values(out.hidden_states[-1][:, P - 1:-1])
 
     def policy_logits(self, input_ids, attention_mask, prompt_length: int, temperature: float) -> torch.Tensor:
-        """Response logits / T [b,A,V] from the policy alone (separate layout)."""
+        """Response logits / T [b,A,V] from the policy alone."""
         logits, _ = response_logits(self.policy, input_ids, attention_mask, prompt_length)
         return scale_logits(logits, temperature)
 

@@ -21,13 +21,6 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def causal_lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """input_ids, attention_mask [B,T] -> logits [B,T,V]."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=positions_from_mask(attention_mask), use_cache=False)
-    return out.logits
-
-
 @functools.lru_cache(maxsize=None)
 def _forward_params(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.forward).parameters)

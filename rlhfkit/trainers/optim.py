@@ -45,12 +45,9 @@ def make_adam(params, *, lr: float, eps: float, weight_decay: float = 0.0, decou
     per-tensor loop on small models, same update rule). `params`: tensors, or param
     groups (dicts with "params" and their own options, e.g. "lr")."""
     items = list(params)
-    if items and isinstance(items[0], dict):
-        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in items]
-        params = [g for g in params if g["params"]]
-        flat = [p for g in params for p in g["params"]]
-    else:
-        params = flat = [p for p in items if p.requires_grad]
+    groups = items if items and isinstance(items[0], dict) else [{"params": items}]
+    params = [g for g in ({**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups) if g["params"]]
+    flat = [p for g in params for p in g["params"]]
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     kwargs = dict(lr=lr, eps=eps, weight_decay=weight_decay)
     fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in flat)
@@ -75,7 +72,6 @@ def prepared_optimizer(accelerator, model, params, cfg, total_steps: int, schedu
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(schedule, total_steps, warmup_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     return model, optimizer, scheduler
-
 
 
 class NonFiniteGuard:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from rlhfkit.generation.rollout import Rollout
-from rlhfkit.losses.grpo import dynamic_sampling_keep, overlong_keep, overlong_penalty
+from rlhfkit.losses.grpo import dynamic_sampling_keep, overlong_penalty
 
 
 def penalise_overlong(ro: Rollout, cfg) -> dict[str, float]:
@@ -32,7 +32,7 @@ def keep_rows(ro: Rollout, cfg) -> tuple[Rollout, dict[str, float]]:
         keep &= varied
         metrics["filter/varied_groups"] = float(varied.float().mean())
     if cfg.overlong == "filter":
-        keep &= overlong_keep(ro.eos)
+        keep &= ro.eos.bool()  # DAPO (sec. 3.4): a response cut at the length limit is not judged
         metrics["filter/truncated"] = float((~ro.eos).float().mean())
     metrics["filter/kept"] = float(keep.float().mean())
     if not keep.any() or keep.all():

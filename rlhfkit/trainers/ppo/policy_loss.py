@@ -7,17 +7,13 @@ from __future__ import annotations
 from rlhfkit.losses.grpo import POLICY_LOSSES, PolicyLossOptions
 
 
-def policy_loss_options(cfg) -> PolicyLossOptions:
-    """The policy loss's options from a PPOConfig."""
-    return PolicyLossOptions(clip_low=cfg.clip_range, clip_high=cfg.clip_range_high or cfg.clip_range,
+def policy_loss(cfg, logprobs, old_logprobs, advantages, mask, ref_logprobs):
+    """POLICY_LOSSES[cfg.loss_type] on one micro-batch, with the PPOConfig's clip range and KL
+    term: (loss, metrics)."""
+    opts = PolicyLossOptions(clip_low=cfg.clip_range, clip_high=cfg.clip_range_high or cfg.clip_range,
                              kl_coef=cfg.kl_coef if cfg.kl_placement == "loss" else 0.0,
                              kl_estimator=cfg.kl_estimator, max_length=cfg.response_length)
-
-
-def policy_loss(cfg, logprobs, old_logprobs, advantages, mask, ref_logprobs):
-    """POLICY_LOSSES[cfg.loss_type] on one micro-batch: (loss, metrics)."""
-    return POLICY_LOSSES[cfg.loss_type](logprobs, old_logprobs, advantages, mask, ref_logprobs,
-                                        policy_loss_options(cfg))
+    return POLICY_LOSSES[cfg.loss_type](logprobs, old_logprobs, advantages, mask, ref_logprobs, opts)
 
 
 def reward_kl_coef(cfg, beta: float) -> float:

@@ -5,10 +5,13 @@ stream per process. With one process every helper is the plain single-process op
 (docs/scale-out.md)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rlhfkit.losses.common import masked_whiten
 from rlhfkit.losses.grpo import UNITS
+from rlhfkit.trainers.distributed import step_share
 
 
 def global_whiten(accelerator):
@@ -16,15 +19,7 @@ def global_whiten(accelerator):
     process holding it would compute them (one process: masked_whiten itself)."""
     if accelerator.num_processes == 1:
         return masked_whiten
-
-    def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-        w = mask.to(x.dtype)  # [B, A]
-        n, total = accelerator.reduce(torch.stack([w.sum(), (x * w).sum()]), "sum")
-        mean = total / n.clamp(min=1)
-        var = accelerator.reduce(((x - mean) ** 2 * w).sum(), "sum") / (n - 1).clamp(min=1)  # unbiased, as masked_var
-        out = (x - mean) * torch.rsqrt(var + eps) + (0 if shift_mean else mean)
-        return torch.where(w != 0, out, torch.zeros_like(out))
-    return whiten
+    return functools.partial(masked_whiten, reduce=lambda t: accelerator.reduce(t, "sum"))
 
 
 def process_share(accelerator, loss_type: str, minibatch_mask: torch.Tensor) -> float:
@@ -36,8 +31,7 @@ def process_share(accelerator, loss_type: str, minibatch_mask: torch.Tensor) -> 
         return 1.0
     units = minibatch_mask.sum() if UNITS[loss_type] == "token" else torch.tensor(minibatch_mask.shape[0])
     local = units.float().to(minibatch_mask.device)
-    total = accelerator.reduce(local.clone(), "sum")
-    return float(accelerator.num_processes * local / total.clamp(min=1))
+    return step_share(float(local), float(accelerator.reduce(local.clone(), "sum")), accelerator.num_processes)
 
 
 def global_mean(accelerator, value: float) -> float:

@@ -66,10 +66,8 @@ def build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, object
     if cfg.value_head_on_policy:
         return ActorCritic(policy), ref_policy
     value_init = cfg.value_model or cfg.reward_model or cfg.model
-    value_model = load_scalar_model(value_init, tokenizer, dtype=cfg.dtype,
-                                    new_head="zero",
-                                    gradient_checkpointing=cfg.gradient_checkpointing,
-                                    trust_remote_code=cfg.trust_remote_code)
+    value_model = load_scalar_model(value_init, tokenizer, dtype=cfg.dtype, new_head="zero",
+                                    gradient_checkpointing=cfg.gradient_checkpointing, trust_remote_code=cfg.trust_remote_code)
     return ActorCritic(policy, value_model), ref_policy
 
 
@@ -138,9 +136,7 @@ def step_metrics(ro: Rollout, beta, update_rows, reward_parts, timings, schedule
     if ro.values is not None:
         metrics["val/explained_variance"] = float(explained_variance(ro.values, ro.returns, mask))
     first = update_rows[0]  # the first minibatch of the update: ratio 1 and approx-KL 0 with dropout off
-    metrics["policy/first_ratio_mean"] = first["policy/ratio_mean"]
-    metrics["policy/first_approxkl"] = first["policy/approxkl"]
-    metrics["policy/first_ratio_max_dev"] = first["policy/ratio_max_dev"]
+    metrics.update({f"policy/first_{k}": first[f"policy/{k}"] for k in ("ratio_mean", "approxkl", "ratio_max_dev")})
     metrics.pop("epoch", None)
-    metrics["timing/step"] = sum(v for k, v in timings.items())
+    metrics["timing/step"] = sum(timings.values())
     return metrics

@@ -72,17 +72,16 @@ def rollout(sampler, prompt_tokens: list[list[int]], prompt_index: list[int], pa
 
 
 @torch.no_grad()
-def score_rollout(ro: Rollout, actor_critic, ref_policy, reward: WeightedReward, tokenizer, prompt_records,
+def score_rollout(ro: Rollout, ac, ref_policy, reward: WeightedReward, tokenizer, prompt_records,
                   cfg: PPOConfig, micro: int, timings: dict) -> dict:
     """Reference log-probs, values and scores, in place on `ro` (and the old log-probs again
     with --old_logprobs recompute); returns the reward's components. ref_policy None means
-    the reference is the policy with its LoRA adapter disabled."""
+    the reference is the policy with its LoRA adapter disabled. ac: the ActorCritic, unwrapped."""
     recompute = cfg.old_logprobs == "recompute" or ro.logprobs is None
     logprobs, ref_logprobs, values = [], [], []
     for s in range(0, ro.prompt_ids.shape[0], micro):
         part = ro.select(torch.arange(s, min(s + micro, ro.prompt_ids.shape[0]), device=ro.prompt_ids.device))
         seq, mask, P = part.sequences, part.attention_mask, part.prompt_length
-        ac = _unwrap(actor_critic)
         logits, v = _old_policy_and_values(ac, seq, mask, P, cfg, timings, recompute)
         if recompute:
             logprobs.append(gather_logprobs(logits, part.response_ids))
@@ -124,10 +123,6 @@ def _old_policy_and_values(ac, seq, mask, P: int, cfg: PPOConfig, timings: dict,
         return logits, None
     with timer(timings, "values"):
         return logits, ac.values(seq, mask, P)
-
-
-def _unwrap(module):
-    return getattr(module, "module", module)  # DistributedDataParallel keeps the model in .module
 
 
 def shape_rewards(ro: Rollout, beta: float, estimator: str) -> None:
@@ -204,7 +199,7 @@ def update(ro: Rollout, actor_critic, optimizer, scheduler, cfg: PPOConfig, size
                     accelerator.backward(loss * weight)
                     metrics.append(m)
                 if ptx is not None:
-                    ptx_loss = ptx.loss(_unwrap(actor_critic).policy)
+                    ptx_loss = ptx.loss(accelerator.unwrap_model(actor_critic).policy)
                     accelerator.backward(cfg.ptx_coef * ptx_loss)
                     metrics[-1]["loss/ptx"] = ptx_loss.detach()
                 row = mean_metrics(metrics)
@@ -264,7 +259,7 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     actor_critic, optimizer, scheduler = prepared_optimizer(
         accelerator, actor_critic, groups, cfg, sizes.optimizer_steps, "linear",
         round(cfg.warmup_ratio * sizes.optimizer_steps), decoupled=cfg.weight_decay > 0)
-    policy = accelerator.unwrap_model(actor_critic).policy
+    unwrapped = accelerator.unwrap_model(actor_critic)  # the model itself, for the no-grad passes
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     ptx = PretrainingBatches(cfg, tokenizer, device, accelerator) if cfg.ptx_data and cfg.ptx_coef > 0 else None
@@ -282,9 +277,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
         if ptx is not None and "ptx" in state:
             ptx.load_state_dict(state["ptx"])
 
-    sampler = make_sampler(cfg.generation_backend, policy, eos_id=tokenizer.eos_token_id,
-                             pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
-                             temperature=cfg.temperature)
+    sampler = make_sampler(cfg.generation_backend, unwrapped.policy, eos_id=tokenizer.eos_token_id,
+                           pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length, temperature=cfg.temperature)
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "ppo", accelerator.print)
     if not state:  # several processes: each samples its own responses (a resume restores each one's RNG)
         seed_per_process(accelerator, cfg.seed)
@@ -302,8 +296,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
                          cfg.generation_batch_size)
         actor_critic.train()
         with accelerator.autocast():
-            reward_parts = score_rollout(ro, actor_critic, ref_policy, reward, tokenizer, prompt_records, cfg,
-                                         sizes.micro, timings)
+            reward_parts = score_rollout(ro, unwrapped, ref_policy, reward, tokenizer, prompt_records, cfg, sizes.micro,
+                                         timings)
         filtered = penalise_overlong(ro, cfg)
         shape_rewards(ro, reward_kl_coef(cfg, kl_ctl.value), cfg.kl_estimator)
         advantages(ro, cfg, global_whiten(accelerator))
@@ -331,6 +325,6 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
     bar.close()
 
     def save(out: Path) -> None:  # the policy, the value function and the KL controller's last value
-        save_models(accelerator.unwrap_model(actor_critic), tokenizer, out, merge_lora=not cfg.save_adapter_only)
+        save_models(unwrapped, tokenizer, out, merge_lora=not cfg.save_adapter_only)
         write_json(out / "kl_controller.json", kl_ctl.state_dict())
     return checkpoints.finish_stage(accelerator, cfg, save)
