@@ -55,6 +55,7 @@ def figures(out: Path) -> dict:
     report = json.loads(text)
     report.pop("seconds")
     report.pop("flops")
+    report.pop("workers")
     for seed in report["per_seed"].values():
         seed.pop("seconds")
     return report
@@ -104,6 +105,19 @@ def test_a_seed_added_to_a_finished_run_trains_only_its_own_stages(standins, two
     trained = sorted(line.split("]")[0][1:] for line in log.splitlines() if " -> " in line and line.startswith("["))
     assert trained == ["dpo seed 1", "eval bon seed 1", "eval dpo seed 1", "eval ppo seed 1", "ppo seed 1"]
     assert figures(out) == figures(two_seeds)  # the same as running both seeds from the start
+
+
+def test_workers_run_the_seeds_stages_side_by_side_to_the_same_report(standins, two_seeds, tmp_path, capfd):
+    """--workers 2: every seed's method stages and evaluations in two processes of one
+    thread each (TINY runs one thread), longest first; the same figures as one by one,
+    and a shared model (SFT, the bases) evaluated once."""
+    out = run_world(tiny_config(tmp_path / "run", standins, seeds=[0, 1], workers=2))
+    log = capfd.readouterr().out  # the workers' lines too (they write to the file descriptor)
+    assert figures(out) == figures(two_seeds)
+    assert json.loads((out / "report.json").read_text())["workers"] == 2
+    started = [line.split("]")[0][1:] for line in log.splitlines() if " -> " in line and line.startswith("[eval ")]
+    assert sorted(started) == sorted(set(started)) and "eval sft" in started and "eval sft seed 1" not in started
+    assert "ran 2 at a time" in (out / "report.md").read_text()
 
 
 @pytest.mark.kill

@@ -154,7 +154,8 @@ class RunConfig:
         "validation_prompts": ">= 0", "webtext_eval_docs": ">= 0", "ptx_docs": ">= 1", "max_new_tokens": ">= 1",
         "eval_batch_size": ">= 1", "eval_temperatures": "> 0", "comparison_temperature": "> 0",
         "labeler_target_agreement": "(0, 1]", "labeler_noise_std": ">= 0", "labeler_length_bias": "finite",
-        "rm_heldout_fraction": "[0, 1)", "ptx_coef": ">= 0", "num_threads": ">= 0"}
+        "rm_heldout_fraction": "[0, 1)", "ptx_coef": ">= 0", "num_threads": ">= 0",
+        "workers": ">= 1"}
 
     output_dir: str = option("runs/world", "run directory (re-running the same command resumes)")
     seed: int = option(0, "seed of every split, labeler and stage (the run's own seed)")
@@ -206,6 +207,9 @@ class RunConfig:
     ptx_coef: float = option(2.0, "gamma of PPO-ptx (InstructGPT 27.8 with its loss scale)")
     ptx_docs: int = option(2000, "web-text documents for PPO-ptx")
     num_threads: int = option(0, "torch CPU threads, 0 for all cores (pass 1 when other work shares them)")
+    workers: int = option(1, "method stages and evaluations run at once, each in a process of its own with "
+                          "num_threads / workers threads (several seeds: 2 on a 2-core CPU keeps both cores busy "
+                          "with models too small to use two threads well); 1: one after another in this process")
     sft: WorldSFTConfig = nested(WorldSFTConfig, "SFT stage options")
     sft_large: WorldSFTLargeConfig = nested(WorldSFTLargeConfig, "options of base-large's SFT (rm_init sft_large)")
     rm: WorldRewardConfig = nested(WorldRewardConfig, "reward-model stage options")

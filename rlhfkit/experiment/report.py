@@ -28,7 +28,7 @@ report.json:
     reward_model val_accuracy, labeler_agreement, val_accuracy_vs_gold, oracle_agreement,
                  follows_pair_accuracy (each with its interval over the held-out prompts), ...
     eval         prompts, validation prompts, temperature, the run's seed and its seeds
-    seconds      per stage, summed over the seeds
+    seconds      per stage, summed over the seeds; workers: how many ran at once (--workers)
     flops        the machine's measured float32 matrix-product peak and, per stage, its model
                  FLOPs (experiment/flops.py), seconds and the fraction of the peak achieved
     per_seed     {seed: the same report for that seed alone, figures as plain numbers}
@@ -358,7 +358,7 @@ def build_report(out: Path, cfg, seeds: dict[int, tuple[SeedLayout, dict[str, st
               "eval": {"prompts": len(tasks), "validation_prompts": counts.get("validation_prompts"),
                        "temperature": 1.0, "seed": cfg.seed, "seeds": list(seeds)},
               "seconds": _seconds(shared_seconds, [seconds for _, _, seconds in seeds.values()]),
-              "per_seed": {str(s): r for s, (r, _) in per_seed.items()}}
+              "workers": cfg.workers, "per_seed": {str(s): r for s, (r, _) in per_seed.items()}}
     flops = run_flops(out, cfg, seeds)
     report["flops"] = {"matmul_peak": flops["matmul_peak"],
                        "stages": flops_table(flops["stages"], report["seconds"],

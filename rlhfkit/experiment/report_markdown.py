@@ -261,6 +261,10 @@ def _plots_and_time(report: dict) -> list[str]:
                   "processed, padding not counted) against the float32 matrix-product peak measured on the machine "
                   f"that ran it, {_f(peak['flops_per_second'] / 1e9, '.1f')} GFLOP/s on {peak['threads']} thread(s):",
                   ""]
+    if report.get("workers", 1) > 1:
+        lines += [f"The method stages and evaluations ran {report['workers']} at a time (--workers), each on a share "
+                  "of the threads: their seconds overlap, the total is more than the run's wall time, and the shares "
+                  "of the peak of stages that ran side by side add up.", ""]
     lines += ["| stage | seconds | model GFLOP | share of the peak |", "|---|---:|---:|---:|"]
     for k, v in report["seconds"].items():
         row = flops["stages"].get(k, {})

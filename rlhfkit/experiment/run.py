@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import save_yaml
+from rlhfkit.experiment.jobs import Job, run_jobs
 from rlhfkit.experiment.layout import SeedLayout, seed_layout
 from rlhfkit.experiment.options import (BEST_OF_N, ORACLE, RL_METHODS, RunConfig, expand_algo, resolve_model_path,
                                         run_seeds)
@@ -54,6 +55,7 @@ from rlhfkit.experiment.stages import (
     eval_stage,
     log,
     oracle_stage_config,
+    orpo_data,
     ppo_ai_direct_stage_config,
     ppo_ai_stage_config,
     ppo_stage_config,
@@ -78,7 +80,10 @@ def run_world(cfg: RunConfig) -> Path:
     save_yaml(cfg, out / "config.yaml")
     bases = {"base_small": resolve_model_path(cfg.base_small), "base_large": resolve_model_path(cfg.base_large)}
     shared_seconds = {"data": run_plain_stage("data", out / "data", lambda: data_stage(cfg, out))}
+    job_threads = max(1, (cfg.num_threads or torch.get_num_threads()) // cfg.workers)
     seeds: dict[int, tuple[SeedLayout, dict[str, str], dict[str, float]]] = {}
+    seed_jobs: dict[int, list[Job]] = {}
+    results: dict[str, object] = {}
     recipes_done: set[Path] = set()
     for seed in run_seeds(cfg):
         lay = seed_layout(out, cfg.seed, seed, cfg.seed_scope)
@@ -87,12 +92,24 @@ def run_world(cfg: RunConfig) -> Path:
             recipe_seconds = recipe_stages(dataclasses.replace(cfg, seed=lay.recipe_seed), lay, bases)
             (seconds if lay.recipe != out else shared_seconds).update(recipe_seconds)
             recipes_done.add(lay.recipe)
-        seed_cfg = dataclasses.replace(cfg, seed=seed)
-        models = method_stages(seed_cfg, lay, bases, seconds)
-        seconds["eval"] = evaluate_models(seed_cfg, lay, models)
+        seed_cfg = dataclasses.replace(cfg, seed=seed, **({"num_threads": job_threads} if cfg.workers > 1 else {}))
+        seed_jobs[seed], models = method_jobs(seed_cfg, lay, bases)
+        seeds[seed] = (lay, models, seconds)
+        if cfg.workers == 1:  # one seed after another, as the stages are listed
+            results.update(run_jobs(seed_jobs[seed], 1, job_threads))
+    if cfg.workers > 1:  # every seed's jobs, --workers at a time; a shared evaluation once
+        unique: dict[str, Job] = {}
+        for job in (job for jobs in seed_jobs.values() for job in jobs):
+            unique.setdefault(job.key, job)  # a shared evaluation with the first seed's settings, as one by one
+        results = run_jobs(list(unique.values()), cfg.workers, job_threads)
+    for seed, (lay, models, seconds) in seeds.items():
+        for job in seed_jobs[seed]:
+            if job.name.startswith("eval "):
+                seconds["eval"] = seconds.get("eval", 0.0) + results[job.key]
+            else:
+                seconds[job.name] = results[job.key]
         if BEST_OF_N in expand_algo(cfg.algo):
             models.update({f"bon{n}": f"bon{n}" for n in cfg.bon_n})
-        seeds[seed] = (lay, models, seconds)
     start = time.perf_counter()
     write_report(out, cfg, seeds, shared_seconds)
     log(f"report: {out / 'report.md'} ({time.perf_counter() - start:.1f}s)")
@@ -126,13 +143,17 @@ def recipe_stages(cfg: RunConfig, lay: SeedLayout, bases: dict[str, str]) -> dic
     return seconds
 
 
-def method_stages(cfg: RunConfig, lay: SeedLayout, bases: dict[str, str], seconds: dict[str, float]) -> dict[str, str]:
-    """Every method of --algo from the recipe, with this seed; returns {model name: path}."""
+def method_jobs(cfg: RunConfig, lay: SeedLayout, bases: dict[str, str]) -> tuple[list[Job], dict[str, str]]:
+    """Every method of --algo from the recipe, with this seed, and then every model's
+    evaluation by the gold judge (SFT first: it is every other model's KL reference;
+    then best-of-n), as jobs; and {model name: path}."""
     algo = expand_algo(cfg.algo)  # the options were checked when cfg was built (RunConfig.RULES)
     models = {**bases, "sft": str(lay.sft)}
+    jobs: list[Job] = []
 
     def train(name: str, fn, stage_cfg) -> None:
-        seconds[name] = run_stage(lay.stage_name(name), lay.methods / name, fn, stage_cfg, log=log)
+        jobs.append(Job(f"{lay.seed}/{name}", name, run_stage, (lay.stage_name(name), lay.methods / name, fn,
+                                                                 stage_cfg, log)))
         models[name] = str(lay.methods / name)
 
     if cfg.feedback == "ai":
@@ -142,34 +163,50 @@ def method_stages(cfg: RunConfig, lay: SeedLayout, bases: dict[str, str], second
         critic_free = {} if name == "ppo" else {"advantage_estimator": name, "samples_per_prompt": cfg.rl_group_size}
         train(name, train_ppo_with_gold, ppo_stage_config(cfg, lay, lay.methods / name, **critic_free))
     for name in [a for a in algo if a in DIRECT_METHODS]:
-        seconds[name], models[name] = direct_stage(cfg, lay, name, bases["base_small"])
+        if name == "orpo" and cfg.workers > 1:  # its pairs are the recipe's: made once, before the seeds' jobs
+            orpo_data(cfg, lay, bases["base_small"])
+        jobs.append(Job(f"{lay.seed}/{name}", name, direct_stage_seconds, (cfg, lay, name, bases["base_small"])))
+        models[name] = str(lay.methods / name)
     if ORACLE in algo:
         train(ORACLE, train_ppo_with_gold, oracle_stage_config(cfg, lay))
     if cfg.ptx:
         train("ppo_ptx", train_ppo_with_gold, ppo_stage_config(cfg, lay, lay.methods / "ppo_ptx",
                                                                ptx_data=ptx_data(cfg, lay.run), ptx_coef=cfg.ptx_coef))
-    return models
-
-
-def evaluate_models(cfg: RunConfig, lay: SeedLayout, models: dict[str, str]) -> float:
-    """Every model's figures by the gold judge (SFT first: it is every other model's KL
-    reference), then best-of-n; returns the seconds. An evaluation whose figures file is
-    lost, or that predates the per-prompt values the intervals need, runs again."""
-    sft_holder: dict = {}
-    seconds = 0.0
+    trained = {job.name: job.key for job in jobs}
     for name in ("sft", *[m for m in models if m != "sft"]):
-        eval_dir = lay.eval_dir(name)
-        if not _has_per_prompt_values(eval_dir / f"{name}.json"):
-            (eval_dir / name / DONE).unlink(missing_ok=True)
-        seconds += run_plain_stage(lay.stage_name(f"eval {name}"), eval_dir / name,
-                                   lambda name=name: eval_stage(cfg, lay, name, models[name], sft_holder))
-    if BEST_OF_N in expand_algo(cfg.algo):
-        eval_dir = lay.methods / "eval"
-        if not all(_has_per_prompt_values(eval_dir / f"bon{n}.json") for n in cfg.bon_n):
-            (eval_dir / BEST_OF_N / DONE).unlink(missing_ok=True)
-        seconds += run_plain_stage(lay.stage_name(f"eval {BEST_OF_N}"), eval_dir / BEST_OF_N,
-                                   lambda: best_of_n_stage(cfg, lay))
-    return seconds
+        directory = lay.eval_dir(name) / name  # shared models: one directory, so one job, for every seed
+        jobs.append(Job(str(directory), f"eval {name}", evaluate_model, (cfg, lay, name, models[name]),
+                        after=(trained[name],) if name in trained else ()))
+    if BEST_OF_N in algo:
+        jobs.append(Job(f"{lay.seed}/eval {BEST_OF_N}", f"eval {BEST_OF_N}", evaluate_best_of_n_stage, (cfg, lay),
+                        after=(str(lay.eval_dir("sft") / "sft"),)))
+    return jobs, models
+
+
+def direct_stage_seconds(cfg: RunConfig, lay: SeedLayout, name: str, base_small: str) -> float:
+    """direct_stage as a job: its seconds (the path is known before it runs)."""
+    return direct_stage(cfg, lay, name, base_small)[0]
+
+
+_SFT_REFERENCE: dict = {}  # this process's loaded SFT model, every evaluation's KL reference (eval_stage)
+
+
+def evaluate_model(cfg: RunConfig, lay: SeedLayout, name: str, path: str) -> float:
+    """One model's figures by the gold judge; returns the seconds. An evaluation whose figures
+    file is lost, or that predates the per-prompt values the intervals need, runs again."""
+    eval_dir = lay.eval_dir(name)
+    if not _has_per_prompt_values(eval_dir / f"{name}.json"):
+        (eval_dir / name / DONE).unlink(missing_ok=True)
+    return run_plain_stage(lay.stage_name(f"eval {name}"), eval_dir / name,
+                           lambda: eval_stage(cfg, lay, name, path, _SFT_REFERENCE))
+
+
+def evaluate_best_of_n_stage(cfg: RunConfig, lay: SeedLayout) -> float:
+    """Best-of-n's figures (SFT's evaluation must be done); returns the seconds."""
+    eval_dir = lay.methods / "eval"
+    if not all(_has_per_prompt_values(eval_dir / f"bon{n}.json") for n in cfg.bon_n):
+        (eval_dir / BEST_OF_N / DONE).unlink(missing_ok=True)
+    return run_plain_stage(lay.stage_name(f"eval {BEST_OF_N}"), eval_dir / BEST_OF_N, lambda: best_of_n_stage(cfg, lay))
 
 
 def _has_per_prompt_values(path: Path) -> bool:
