@@ -6,6 +6,7 @@ import torch
 
 from rlhfkit.losses.common import check_same_shape
 
+
 @torch.no_grad()
 def gae_advantages(
     rewards: torch.Tensor,  # [B, A] per-token rewards (KL penalty, plus the score at the last token)

@@ -61,7 +61,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, reduc
     return _masked_mean_var(x, mask, unbiased, reduce)[1]
 
 
-def _masked_mean_var(x, mask, unbiased: bool, reduce):
+def _masked_mean_var(x, mask, unbiased: bool, reduce):  # (mean, variance), as masked_var says
     total = reduce or (lambda t: t)
     w = _weights(x, mask)
     n = total(w.sum())
