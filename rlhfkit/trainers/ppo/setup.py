@@ -67,7 +67,8 @@ def build_models(cfg: PPOConfig, tokenizer, device) -> tuple[ActorCritic, object
         return ActorCritic(policy), ref_policy
     value_init = cfg.value_model or cfg.reward_model or cfg.model
     value_model = load_scalar_model(value_init, tokenizer, dtype=cfg.dtype, new_head="zero",
-                                    gradient_checkpointing=cfg.gradient_checkpointing, trust_remote_code=cfg.trust_remote_code)
+                                    gradient_checkpointing=cfg.gradient_checkpointing,
+                                    trust_remote_code=cfg.trust_remote_code)
     return ActorCritic(policy, value_model), ref_policy
 
 

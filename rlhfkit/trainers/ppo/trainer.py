@@ -278,7 +278,8 @@ def train_ppo(cfg: PPOConfig, reward_fns=()) -> Path:
             ptx.load_state_dict(state["ptx"])
 
     sampler = make_sampler(cfg.generation_backend, unwrapped.policy, eos_id=tokenizer.eos_token_id,
-                           pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length, temperature=cfg.temperature)
+                           pad_id=tokenizer.pad_token_id, max_new_tokens=cfg.response_length,
+                           temperature=cfg.temperature)
     guard = NonFiniteGuard(cfg.max_nonfinite_steps, "ppo", accelerator.print)
     if not state:  # several processes: each samples its own responses (a resume restores each one's RNG)
         seed_per_process(accelerator, cfg.seed)
