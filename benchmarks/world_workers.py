@@ -1,4 +1,4 @@
-"""Is `rlhfkit run --workers 2` worth it on this CPU? Two of the world's stages, taken
+"""Is `rlhfkit run --workers 2` worth it on a given CPU? Two of the world's stages, taken
 from a finished run directory, each timed as one job on two threads and as two copies
 side by side on one thread each; prints the wall seconds and the work-per-second ratio
 (2 x one job / two side by side: above 1, two at a time finishes a run's stages sooner).
