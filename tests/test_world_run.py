@@ -71,7 +71,7 @@ def test_report_has_every_key(micro_run):
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"world_version", "seeds", "seed_scope", "models", "win_rates", "method_table", "pairwise",
                            "kendall_tau", "likert_ratio_vs_base_large", "paper_likert_ratio", "training",
-                           "reward_model", "eval", "seconds", "flops", "per_seed", "ai_labeler"}
+                           "reward_model", "eval", "seconds", "workers", "flops", "per_seed", "ai_labeler"}
     assert report["world_version"] == 2 and report["seeds"] == [0] and set(report["per_seed"]) == {"0"}
     assert set(report["models"]) == {"base_small", "base_large", "sft", *METHODS}
     for name, figures in report["models"].items():
