@@ -49,7 +49,7 @@ from rlhfkit.experiment.report_plots import plot_frontier, plot_likert, plot_ove
 from rlhfkit.experiment.reward_figures import RATIO_FIGURES
 from rlhfkit.io import read_jsonl, write_json
 from rlhfkit.losses.advantages import GROUP_ADVANTAGES
-from rlhfkit.world.judge import WIN_RATE_TOLERANCE
+from rlhfkit.world.judge import win_indicators
 
 WORLD_VERSION = 2
 FIGURE_KEYS = ("path", "params", "gold", "likert", "exact", "follows", "follows_constrained", "terminated", "polite",
@@ -85,13 +85,6 @@ def eval_file(lay: SeedLayout, name: str) -> Path:
 
 # ----------------------------------------------------------------------------- one seed
 
-def _indicators(p: list[float], q: list[float]) -> list[float]:
-    """Per prompt: 1 if P's gold beats Q's, 0.5 for a tie (within WIN_RATE_TOLERANCE), else 0."""
-    if len(p) != len(q):
-        raise ValueError(f"score lists differ in length: {len(p)} vs {len(q)}")
-    return [0.5 if abs(a - b) <= WIN_RATE_TOLERANCE else float(a > b) for a, b in zip(p, q)]
-
-
 def win_tables(evals: dict[str, dict], files: dict[str, Path]) -> dict[str, tuple[list[float], tuple]]:
     """Per win rate, its per-prompt indicators and the two evaluation files compared:
     every method against SFT (T = 1, greedy, best temperature against best) and
@@ -100,7 +93,7 @@ def win_tables(evals: dict[str, dict], files: dict[str, Path]) -> dict[str, tupl
         return evals[name]["decodings"][key]["scores"]
 
     def pair(key, p, q, dp="t1", dq="t1"):
-        tables[key] = (_indicators(scores(p, dp), scores(q, dq)), (str(files[p]), dp, str(files[q]), dq))
+        tables[key] = (win_indicators(scores(p, dp), scores(q, dq)), (str(files[p]), dp, str(files[q]), dq))
 
     tables: dict[str, tuple[list[float], tuple]] = {}
     sft_best = "best" if "best" in evals["sft"]["decodings"] else "t1"

@@ -188,18 +188,18 @@ def gold_rewards(prompts: Sequence, responses: Sequence[str], terminated: Sequen
     return [judge(instruction_of(p), y, t).gold for p, y, t in zip(prompts, responses, terminated)]
 
 
-def win_rate(scores_p: Sequence[float], scores_q: Sequence[float]) -> float:
-    """Win rate of P over Q: mean over prompts of 1 if g_P > g_Q, 0.5 if equal,
-    0 otherwise. Scores within WIN_RATE_TOLERANCE (1e-9) count as equal, so
-    float noise cannot turn a tie into a win. Both lists are aligned by prompt."""
+def win_indicators(scores_p: Sequence[float], scores_q: Sequence[float]) -> list[float]:
+    """Per prompt: 1 if g_P > g_Q, 0.5 if equal, 0 otherwise. Scores within
+    WIN_RATE_TOLERANCE (1e-9) count as equal, so float noise cannot turn a tie into a
+    win. Both lists are aligned by prompt."""
     if len(scores_p) != len(scores_q):
         raise ValueError(f"score lists differ in length: {len(scores_p)} vs {len(scores_q)}")
-    if not scores_p:
+    return [0.5 if abs(gp - gq) <= WIN_RATE_TOLERANCE else float(gp > gq) for gp, gq in zip(scores_p, scores_q)]
+
+
+def win_rate(scores_p: Sequence[float], scores_q: Sequence[float]) -> float:
+    """Win rate of P over Q: the mean of win_indicators over the prompts."""
+    wins = win_indicators(scores_p, scores_q)
+    if not wins:
         raise ValueError("win rate of an empty prompt set")
-    total = 0.0
-    for gp, gq in zip(scores_p, scores_q):
-        if abs(gp - gq) <= WIN_RATE_TOLERANCE:
-            total += 0.5
-        elif gp > gq:
-            total += 1.0
-    return total / len(scores_p)
+    return sum(wins) / len(wins)

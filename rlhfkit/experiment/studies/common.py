@@ -13,6 +13,7 @@ from pathlib import Path
 from rlhfkit.config import from_dict, load_yaml, option
 from rlhfkit.experiment.intervals import mean_interval
 from rlhfkit.experiment.layout import SeedLayout
+from rlhfkit.experiment.stages import log
 from rlhfkit.io import read_jsonl, write_json, write_jsonl
 from rlhfkit.pipeline import run_stage, stage_done
 
@@ -59,10 +60,6 @@ class StudyConfig:
         check_options(self)
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 class Study:
@@ -172,11 +169,6 @@ class Study:
 
 
 # ---------------------------------------------------------------------- per-prompt values
-
-
-def win_values(policy_gold: Sequence[float], sft_gold: Sequence[float]) -> list[float]:
-    """Per prompt: 1 when the policy's sample has the higher gold, 1/2 on a tie, else 0."""
-    return [1.0 if a > b + 1e-9 else 0.5 if abs(a - b) <= 1e-9 else 0.0 for a, b in zip(policy_gold, sft_gold)]
 
 
 def restrict(values: Sequence[float], keep: Sequence[bool]) -> list[float]:

@@ -4,8 +4,9 @@ model with the run's budget: gold and KL to SFT of the final policy, and the win
 against SFT. The run's own beta is one of the fixed points, marked on the curve."""
 from __future__ import annotations
 
-from rlhfkit.experiment.studies.common import Study, figure, win_values
+from rlhfkit.experiment.studies.common import Study, figure
 from rlhfkit.experiment.studies.report import table, write_study_report
+from rlhfkit.world.judge import win_indicators
 
 
 def kl_study(study: Study) -> dict:
@@ -23,7 +24,7 @@ def kl_study(study: Study) -> dict:
         rows.append({"kind": kind, "beta" if kind == "fixed" else "kl_target": value, "name": name,
                      "run_default": kind == "fixed" and value == run_beta,
                      "gold": figure([e["gold"] for e in evals]), "kl": figure([e["kl"] for e in evals]),
-                     "win_vs_sft": figure([win_values(e["gold"], sft["gold"]) for e in evals], bounds=(0.0, 1.0))})
+                     "win_vs_sft": figure([win_indicators(e["gold"], sft["gold"]) for e in evals], bounds=(0.0, 1.0))})
     sft_gold = figure([sft["gold"]])
     report = {"study": "kl", "run_dir": str(study.run), "seeds": list(cfg.seeds), "run_beta": run_beta,
               "sft_gold": sft_gold, "points": rows}

@@ -9,10 +9,11 @@ import json
 
 from rlhfkit.experiment.comparisons import label_comparisons, split_rows
 from rlhfkit.experiment.data import tasks_of
-from rlhfkit.experiment.studies.common import Study, figure, win_values
+from rlhfkit.experiment.studies.common import Study, figure
 from rlhfkit.experiment.studies.points import train_point
 from rlhfkit.experiment.studies.report import table, write_study_report
 from rlhfkit.io import read_jsonl, write_json, write_jsonl
+from rlhfkit.world.judge import win_indicators
 from rlhfkit.world.labelers import LabelerConfig
 
 
@@ -55,7 +56,7 @@ def labeler_noise_study(study: Study) -> dict:
         rows.append({"target_agreement": agreement, **labelers,
                      "rm_accuracy_vs_gold": figure([v["rm_accuracy"] for v in per_seed.values()], (0.0, 1.0)),
                      "ppo_gold": figure([v["eval"]["gold"] for v in per_seed.values()]),
-                     "ppo_win_vs_sft": figure([win_values(v["eval"]["gold"], sft["gold"]) for v in per_seed.values()],
+                     "ppo_win_vs_sft": figure([win_indicators(v["eval"]["gold"], sft["gold"]) for v in per_seed.values()],
                                               (0.0, 1.0))})
     report = {"study": "labeler_noise", "run_dir": str(study.run), "seeds": list(cfg.seeds),
               "heldout_rankings": len(heldout), "points": rows}
