@@ -137,6 +137,32 @@ def test_local_and_hf_backends_sample_the_same_tokens():
     assert torch.equal(a.response_ids, b.response_ids)
 
 
+def test_local_sampler_cache_samples_what_a_growing_cache_samples(monkeypatch):
+    """The preallocated KV cache changes where keys and values live, not what attention
+    sees: with transformers' DynamicLayer (which grows by concatenation) in its place, the
+    same seed samples the same tokens with the same log-probs, bit for bit, on left-padded
+    prompts of three lengths."""
+    from transformers.cache_utils import DynamicLayer
+
+    import rlhfkit.generation.samplers as samplers
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(tok).eval()
+    prompts = ["What is 12 plus 7?", "Say hello.", "Count from 3 to 6. Sort these words: pear, cat, blue."]
+    ids, mask = pad_sequences([tok(p)["input_ids"] for p in prompts], tok.pad_token_id, side="left")
+
+    def sample():
+        torch.manual_seed(3)
+        return LocalSampler(model, tok.eos_token_id, tok.pad_token_id, 16, 1.0).generate(ids, mask)
+
+    preallocated = sample()
+    monkeypatch.setattr(samplers, "_preallocated_layer_class", lambda: lambda capacity: DynamicLayer())
+    growing = sample()
+    assert preallocated.response_mask.sum() > 3 * 8  # long enough that the cache grew well past the prompt
+    assert torch.equal(preallocated.response_ids, growing.response_ids)
+    assert torch.equal(preallocated.sampler_logprobs, growing.sampler_logprobs)
+
+
 def test_local_generator_at_temperature_0_is_greedy():
     """T = 0 takes the argmax: every generated token is the argmax of a full,
     cache-free forward pass over the left-padded prompt and the tokens before it."""
