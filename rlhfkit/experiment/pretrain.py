@@ -117,7 +117,9 @@ def webtext_loss(model, tokenizer, texts: list[str], *, batch_size: int = 32, ma
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     seqs = []
     for t in texts:
-        ids = list(tokenizer(t, add_special_tokens=False)["input_ids"])
+        # cut by the tokenizer: the same first tokens, without transformers' warning that a
+        # sequence longer than the model's maximum "will result in indexing errors"
+        ids = list(tokenizer(t, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"])
         if not ids or ids[-1] != eos:
             ids.append(eos)
         seqs.append(ids[:max_length])
