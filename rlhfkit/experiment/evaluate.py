@@ -28,8 +28,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
+from rlhfkit.experiment.pretrain import webtext_eval_texts, webtext_loss
 from rlhfkit.experiment.sampling import Samples, response_logprob_sums, sample_responses
 from rlhfkit.world.judge import judge_task
 from rlhfkit.world.tasks import CONSTRAINTS, Task
@@ -39,42 +38,8 @@ CONSTRAINT_ORDER = ("none", *CONSTRAINTS)
 EVAL_TEMPERATURE = 1.0
 MAX_NEW_TOKENS = 48
 
-try:  # the pretraining module's held-out web text and loss, when present
-    from rlhfkit.experiment.pretrain import webtext_eval_texts as _pretrain_texts
-    from rlhfkit.experiment.pretrain import webtext_loss as _pretrain_webtext_loss
-except ImportError:  # pragma: no cover - fallback while pretrain.py is absent
-    _pretrain_texts = _pretrain_webtext_loss = None
-
-
-def heldout_webtext(n: int) -> list[str]:
-    """Held-out web-text documents (pretrain.webtext_eval_texts when available,
-    else make_webtext with a seed no training stage uses)."""
-    if _pretrain_texts is not None:
-        return _pretrain_texts(n)
-    from rlhfkit.world.webtext import make_webtext
-
-    return make_webtext(n, seed=1_000_003)
-
-
-@torch.no_grad()
-def webtext_loss(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 256) -> float:
-    """Mean token NLL (nats) over held-out web text."""
-    if _pretrain_webtext_loss is not None:
-        return float(_pretrain_webtext_loss(model, tokenizer, list(texts), batch_size=batch_size,
-                                            max_length=max_length))
-    from rlhfkit.data.collate import pad_sequences
-
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(texts), batch_size):
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts[start:start + batch_size]]
-        x, mask = pad_sequences(ids, tokenizer.pad_token_id, side="right")
-        logits = model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
-        m = mask[:, 1:].float()
-        total += float((nll * m).sum())
-        count += int(m.sum())
-    return total / max(count, 1)
+# the held-out web text every model's loss is measured on: pretraining's own
+heldout_webtext = webtext_eval_texts
 
 
 DECODING_KEYS = ("gold", "likert", "exact", "follows", "follows_constrained", "terminated", "polite", "length",

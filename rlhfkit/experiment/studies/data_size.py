@@ -13,8 +13,8 @@ from rlhfkit.experiment.data import chat
 from rlhfkit.experiment.studies.common import Study, figure
 from rlhfkit.experiment.studies.points import train_point
 from rlhfkit.experiment.studies.report import table, write_study_report
-from rlhfkit.world.judge import win_indicators
 from rlhfkit.io import read_jsonl, write_json, write_jsonl
+from rlhfkit.world.judge import win_indicators
 from rlhfkit.world.labelers import LabelerConfig, make_comparisons
 from rlhfkit.world.splits import iter_split
 
@@ -74,8 +74,8 @@ def data_study(study: Study) -> dict:
         rows.append({"requested": count, "rankings": len(comparisons), "beyond_run": len(comparisons) > len(train),
                      "rm_accuracy_vs_gold": figure([v["rm_accuracy"] for v in per_seed.values()], (0.0, 1.0)),
                      "ppo_gold": figure([v["eval"]["gold"] for v in per_seed.values()]),
-                     "ppo_win_vs_sft": figure([win_indicators(v["eval"]["gold"], sft["gold"]) for v in per_seed.values()],
-                                              (0.0, 1.0))})
+                     "ppo_win_vs_sft": figure([win_indicators(v["eval"]["gold"], sft["gold"])
+                                               for v in per_seed.values()], (0.0, 1.0))})
     report = {"study": "data", "run_dir": str(study.run), "seeds": list(cfg.seeds), "run_rankings": len(train),
               "heldout_rankings": len(heldout), "points": rows}
     x = "comparison prompts (rankings of K responses; log axis)"

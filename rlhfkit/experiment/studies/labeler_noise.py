@@ -56,8 +56,8 @@ def labeler_noise_study(study: Study) -> dict:
         rows.append({"target_agreement": agreement, **labelers,
                      "rm_accuracy_vs_gold": figure([v["rm_accuracy"] for v in per_seed.values()], (0.0, 1.0)),
                      "ppo_gold": figure([v["eval"]["gold"] for v in per_seed.values()]),
-                     "ppo_win_vs_sft": figure([win_indicators(v["eval"]["gold"], sft["gold"]) for v in per_seed.values()],
-                                              (0.0, 1.0))})
+                     "ppo_win_vs_sft": figure([win_indicators(v["eval"]["gold"], sft["gold"])
+                                               for v in per_seed.values()], (0.0, 1.0))})
     report = {"study": "labeler_noise", "run_dir": str(study.run), "seeds": list(cfg.seeds),
               "heldout_rankings": len(heldout), "points": rows}
     x = "labelers' agreement (measured on the comparison samples)"
