@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from rlhfkit.world.judge import judge_task
+from rlhfkit.world.judge import WIN_RATE_TOLERANCE, judge_task
 from rlhfkit.world.labelers import LabelerConfig, rank
 from rlhfkit.world.tasks import CONSTRAINTS, allowed_constraints, apply_format, constrain, parse_instruction
 
@@ -103,8 +103,9 @@ RATIO_FIGURES = {"val_accuracy": "pairs", "val_accuracy_vs_gold": "pairs", "labe
                  "oracle_agreement": "pairs", "follows_pair_accuracy": "follows_pairs"}
 PER_PROMPT_COUNTS = ("pairs", *RATIO_FIGURES, "follows_pairs")
 
-# gold scores closer than this are a tie: the pair counts one half (RM, labeler and AI judge figures alike)
-GOLD_TIE = 1e-9
+# gold scores closer than this are a tie: the pair counts one half (RM, labeler and AI judge figures alike);
+# the judge's own tolerance, so a pair tied here is a tie in the win rates too
+GOLD_TIE = WIN_RATE_TOLERANCE
 
 
 def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler: LabelerConfig) -> dict:

@@ -60,7 +60,7 @@ from rlhfkit.world.demonstrators import (
     near_miss,
     verbose_answer,
 )
-from rlhfkit.world.judge import judge_task
+from rlhfkit.world.judge import WIN_RATE_TOLERANCE, judge_task
 from rlhfkit.world.splits import make_split
 from rlhfkit.world.tasks import Task, parse_instruction
 
@@ -245,7 +245,7 @@ def oracle_agreement(
         pos = {idx: r for r, idx in enumerate(order)}
         gold = [judge_task(task, y, t).gold for y, t in zip(ys, ts)]
         for i, j in _distinct_pairs(ys, len(ys)):
-            if abs(gold[i] - gold[j]) <= 1e-9:
+            if abs(gold[i] - gold[j]) <= WIN_RATE_TOLERANCE:
                 agree += 0.5
             else:
                 agree += (gold[i] > gold[j]) == (pos[i] < pos[j])
