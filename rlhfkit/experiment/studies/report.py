@@ -65,8 +65,11 @@ def plot_panels(path: Path, panels: Sequence[dict], title: str) -> bool:
         if panel.get("hline") is not None:
             y, label = panel["hline"]
             ax.axhline(y, color="#777777", lw=0.8, ls=":", label=label)
-        if panel.get("logx"):
+        if panel.get("logx"):  # ticks at the measured counts: matplotlib's minor labels collide on a short log axis
             ax.set_xscale("log")
+            ticks = sorted({x for points in panel["series"].values() for x, _ in points})
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+            ax.minorticks_off()
         ax.set_xlabel(panel["xlabel"])
         ax.set_ylabel(panel["ylabel"])
         ax.legend(fontsize=7)
