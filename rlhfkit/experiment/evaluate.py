@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlhfkit.experiment.pretrain import webtext_eval_texts, webtext_loss
+from rlhfkit.experiment.pretrain import webtext_loss
 from rlhfkit.experiment.sampling import Samples, response_logprob_sums, sample_responses
 from rlhfkit.world.judge import judge_task
 from rlhfkit.world.tasks import CONSTRAINTS, Task
@@ -37,9 +37,6 @@ CONSTRAINT_ORDER = ("none", *CONSTRAINTS)
 
 EVAL_TEMPERATURE = 1.0
 MAX_NEW_TOKENS = 48
-
-# the held-out web text every model's loss is measured on: pretraining's own
-heldout_webtext = webtext_eval_texts
 
 
 DECODING_KEYS = ("gold", "likert", "exact", "follows", "follows_constrained", "terminated", "polite", "length",

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from rlhfkit.experiment.comparisons import filter_ranking, label_comparisons, split_rows
 from rlhfkit.experiment.data import make_world_data, ptx_texts, tasks_of
-from rlhfkit.experiment.evaluate import evaluate_best_of_n, evaluate_policy, heldout_webtext
+from rlhfkit.experiment.evaluate import evaluate_best_of_n, evaluate_policy
 from rlhfkit.experiment.feedback import ai_comparisons_stage, reference_responses_stage
 from rlhfkit.experiment.layout import SeedLayout
 from rlhfkit.experiment.options import ORACLE, RunConfig, labeler_config, resolve_model_path
+from rlhfkit.experiment.pretrain import webtext_eval_texts
 from rlhfkit.experiment.reward_figures import reward_model_figures
 from rlhfkit.experiment.sampling import sample_responses
 from rlhfkit.io import read_jsonl, write_json, write_jsonl
@@ -159,7 +160,7 @@ def eval_stage(cfg: RunConfig, lay: SeedLayout, name: str, path: str, sft_holder
         sft_holder.update(path=str(lay.sft), model=load_causal_lm(str(lay.sft), load_tokenizer(str(lay.sft))).eval())
     eval_dir = lay.eval_dir(name)
     result = evaluate_policy(path, tasks, [r["prompt"] for r in rows], sft_model=None if is_sft else sft_holder["model"],
-                             webtext=heldout_webtext(cfg.webtext_eval_docs), temperatures=cfg.eval_temperatures,
+                             webtext=webtext_eval_texts(cfg.webtext_eval_docs), temperatures=cfg.eval_temperatures,
                              validation=(tasks_of(val_rows), [r["prompt"] for r in val_rows]), greedy=True,
                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, seed=cfg.seed + 7,
                              samples_out=eval_dir / f"{name}.samples.jsonl")

@@ -13,7 +13,6 @@ from pathlib import Path
 from rlhfkit.config import from_dict, load_yaml, option
 from rlhfkit.experiment.intervals import mean_interval
 from rlhfkit.experiment.layout import SeedLayout
-from rlhfkit.experiment.reward_figures import GOLD_TIE
 from rlhfkit.experiment.stages import log
 from rlhfkit.io import read_jsonl, write_json, write_jsonl
 from rlhfkit.pipeline import run_stage, stage_done
@@ -182,7 +181,7 @@ def rm_accuracy_values(rm_dir: Path, rows: Sequence[dict], batch_size: int = 64)
     gold judge does (gold ties count one half; NaN for a ranking with no pair)."""
     from rlhfkit.experiment.reward_figures import reward_model_scores
     from rlhfkit.models.loading import load_reward_model, load_tokenizer
-    from rlhfkit.world.judge import judge_task
+    from rlhfkit.world.judge import WIN_RATE_TOLERANCE, judge_task
     from rlhfkit.world.tasks import parse_instruction
 
     tokenizer = load_tokenizer(str(rm_dir))
@@ -197,7 +196,7 @@ def rm_accuracy_values(rm_dir: Path, rows: Sequence[dict], batch_size: int = 64)
         s = scores[at:at + len(gold)]
         at += len(gold)
         pairs = [(i, j) for i in range(len(gold)) for j in range(i + 1, len(gold))]
-        right = [0.5 if abs(gold[i] - gold[j]) <= GOLD_TIE else float((gold[i] > gold[j]) == (s[i] > s[j]))
+        right = [0.5 if abs(gold[i] - gold[j]) <= WIN_RATE_TOLERANCE else float((gold[i] > gold[j]) == (s[i] > s[j]))
                  for i, j in pairs]
         values.append(sum(right) / len(right) if right else math.nan)
     return values

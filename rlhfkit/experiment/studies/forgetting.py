@@ -17,7 +17,7 @@ from rlhfkit.experiment.studies.report import table, write_study_report
 @torch.no_grad()
 def webtext_loss_values(model_dir: str, texts: list[str]) -> list[float]:
     """Per held-out document: the mean token NLL (nats), the alignment tax's unit."""
-    from rlhfkit.experiment.evaluate import webtext_loss
+    from rlhfkit.experiment.pretrain import webtext_loss
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
@@ -55,12 +55,12 @@ def format_imitation_values(model_dir: str, n_prompts: int, seed: int, max_new_t
 
 
 def forgetting_study(study: Study) -> dict:
-    from rlhfkit.experiment.evaluate import heldout_webtext
+    from rlhfkit.experiment.pretrain import webtext_eval_texts
     from rlhfkit.experiment.options import resolve_model_path
     from rlhfkit.experiment.stages import ptx_data
 
     cfg, run_cfg = study.cfg, study.run_cfg
-    texts = heldout_webtext(run_cfg.webtext_eval_docs)
+    texts = webtext_eval_texts(run_cfg.webtext_eval_docs)
     base = resolve_model_path(run_cfg.base_small)
     models: dict[str, dict[int, str]] = {"base_small": {s: base for s in cfg.seeds},
                                          "sft": {s: str(study.lay.sft) for s in cfg.seeds}, "ppo": {}}
