@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from rlhfkit.experiment.reward_figures import format_pairs, format_preference_figures, partial_correlation
-from rlhfkit.world.judge import judge_task
+from rlhfkit.experiment.reward_figures import (format_pairs, format_preference_figures, gold_order_credit,
+                                              partial_correlation)
+from rlhfkit.world.judge import WIN_RATE_TOLERANCE, judge_task
 from rlhfkit.world.splits import make_split
 from rlhfkit.world.tasks import parse_instruction
 
@@ -49,6 +50,14 @@ def test_format_preference_of_stub_scorers():
     assert longer == {"caps": 0.5, "brackets": 1.0, "prefix": 1.0, "no_period": 0.0}
     empty = format_preference_figures([], lambda p, ys, t: [])
     assert all(math.isnan(v) for v in empty["format_preference"].values())
+
+
+def test_gold_order_credit_counts_gold_ties_one_half_and_score_ties_against_the_first():
+    assert gold_order_credit(2.0, 1.0, 0.9, 0.1) == 1.0 and gold_order_credit(1.0, 2.0, 0.9, 0.1) == 0.0
+    assert gold_order_credit(1.0, 2.0, 0.1, 0.9) == 1.0
+    # gold within the judge's tie tolerance: one half whatever the scores say
+    assert gold_order_credit(2.0, 1.0, 0.5, 0.5 + WIN_RATE_TOLERANCE / 2) == 0.5
+    assert gold_order_credit(1.0, 1.0, 0.9, 0.1) == 0.0 and gold_order_credit(1.0, 1.0, 0.1, 0.9) == 1.0
 
 
 def test_length_at_fixed_gold_is_zero_for_gold_and_positive_for_a_length_bias():

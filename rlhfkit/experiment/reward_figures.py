@@ -108,6 +108,14 @@ PER_PROMPT_COUNTS = ("pairs", *RATIO_FIGURES, "follows_pairs")
 GOLD_TIE = WIN_RATE_TOLERANCE
 
 
+def gold_order_credit(score_i: float, score_j: float, gold_i: float, gold_j: float) -> float:
+    """Credit for ordering a pair as the gold judge does: 1 or 0, one half where gold
+    ties (within GOLD_TIE). A score tie orders j first, as `score_i > score_j` reads."""
+    if abs(gold_i - gold_j) <= GOLD_TIE:
+        return 0.5
+    return float((score_i > score_j) == (gold_i > gold_j))
+
+
 def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler: LabelerConfig) -> dict:
     """reward_model_figures from given scores: `scores` holds one score per response of
     `rows`, in order (responses of a row best first in the labeler's ranking)."""
@@ -149,12 +157,8 @@ def heldout_pair_figures(rows: Sequence[dict], scores: Sequence[float], labeler:
             for j in range(i + 1, k):  # the labeler preferred i to j
                 pairs += 1
                 acc += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
-                if abs(g[i] - g[j]) <= GOLD_TIE:
-                    acc_gold += 0.5
-                    oracle += 0.5
-                else:
-                    acc_gold += float((s[i] > s[j]) == (g[i] > g[j]))
-                    oracle += float(g[i] > g[j])
+                acc_gold += gold_order_credit(s[i], s[j], g[i], g[j])
+                oracle += gold_order_credit(1.0, 0.0, g[i], g[j])  # the labeler put i first
                 agree += float(other_pos[i] < other_pos[j])
         after = {"pairs": pairs, "val_accuracy": acc, "val_accuracy_vs_gold": acc_gold, "labeler_agreement": agree,
                  "oracle_agreement": oracle, "follows_pairs": follows_pairs[0], "follows_pair_accuracy": follows_pairs[1]}

@@ -179,9 +179,9 @@ def restrict(values: Sequence[float], keep: Sequence[bool]) -> list[float]:
 def rm_accuracy_values(rm_dir: Path, rows: Sequence[dict], batch_size: int = 64) -> list[float]:
     """Per held-out ranking: the share of its response pairs the reward model orders as the
     gold judge does (gold ties count one half; NaN for a ranking with no pair)."""
-    from rlhfkit.experiment.reward_figures import reward_model_scores
+    from rlhfkit.experiment.reward_figures import gold_order_credit, reward_model_scores
     from rlhfkit.models.loading import load_reward_model, load_tokenizer
-    from rlhfkit.world.judge import WIN_RATE_TOLERANCE, judge_task
+    from rlhfkit.world.judge import judge_task
     from rlhfkit.world.tasks import parse_instruction
 
     tokenizer = load_tokenizer(str(rm_dir))
@@ -195,9 +195,8 @@ def rm_accuracy_values(rm_dir: Path, rows: Sequence[dict], batch_size: int = 64)
         gold = [judge_task(task, y, t).gold for y, t in zip(r["responses"], r["terminated"])]
         s = scores[at:at + len(gold)]
         at += len(gold)
-        pairs = [(i, j) for i in range(len(gold)) for j in range(i + 1, len(gold))]
-        right = [0.5 if abs(gold[i] - gold[j]) <= WIN_RATE_TOLERANCE else float((gold[i] > gold[j]) == (s[i] > s[j]))
-                 for i, j in pairs]
+        right = [gold_order_credit(s[i], s[j], gold[i], gold[j])
+                 for i in range(len(gold)) for j in range(i + 1, len(gold))]
         values.append(sum(right) / len(right) if right else math.nan)
     return values
 
