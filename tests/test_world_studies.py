@@ -16,6 +16,7 @@ import pytest
 from rlhfkit.experiment.run import run_world
 from rlhfkit.experiment.studies import StudyConfig, run_study
 from rlhfkit.experiment.studies.fits import best_of_n_expectation, fit_form, form_value, peak_d
+from rlhfkit.experiment.studies.overoptimisation import step_windows
 from rlhfkit.io import read_jsonl
 from rlhfkit.world.labelers import LabelerConfig, labeler_agreement, proxy_samples
 from rlhfkit.world.splits import SHARED_FAMILIES
@@ -49,6 +50,16 @@ def test_best_of_n_expectation_is_the_mean_over_every_subset():
         assert best_of_n_expectation(proxy, gold, n) == pytest.approx(brute)
     assert best_of_n_expectation(proxy, gold, 1) == pytest.approx(sum(gold) / 7)
     assert best_of_n_expectation(proxy, gold, 7) == gold[max(range(7), key=lambda j: proxy[j])]
+
+
+@pytest.mark.parametrize("steps, points", [(32, 8), (2, 8), (5, 8), (33, 8), (10, 3)])
+def test_step_windows_keep_the_origin_and_split_the_rest_evenly_in_order(steps, points):
+    windows = step_windows(steps, points)
+    assert windows[0] == range(0, 1)  # the SFT policy's own rollouts alone
+    later = [i for w in windows[1:] for i in w]
+    assert later == list(range(1, steps))  # every later step once, in order
+    sizes = [len(w) for w in windows[1:]]
+    assert len(sizes) == min(points, steps - 1) and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
 
 
 def test_the_noise_knob_moves_the_labelers_agreement_monotonically():

@@ -102,19 +102,38 @@ def bon_curves(study: Study, rm: Path, name: str) -> dict:
     return {"points": points, "fit_gold": {**fit, "peak_d": peak_d(fit)}}
 
 
+# PPO's logged steps after the first are pooled into this many windows of consecutive
+# steps: one step's gold is the mean of one rollout batch, too noisy across seeds to read
+RL_POINTS = 8
+
+
+def step_windows(steps: int, points: int = RL_POINTS) -> list[range]:
+    """Logged step indices grouped as [0] (the SFT policy's own rollouts, the origin) and
+    up to `points` windows of consecutive later steps, as even as they divide."""
+    later = steps - 1
+    n = min(points, later)
+    return [range(0, 1)] + [range(1 + later * i // n, 1 + later * (i + 1) // n) for i in range(n)]
+
+
 def rl_curves(study: Study, rm: Path, name: str) -> dict:
-    """Per logged PPO step (its rollouts): sqrt(KL), gold and proxy as gains over the first
-    step (the SFT policy's own rollouts), over the seeds."""
+    """Per window of logged PPO steps (step_windows): sqrt(KL), gold and proxy of the
+    rollouts, as gains over the first step (the SFT policy's own rollouts); each seed's
+    window mean is one value, the interval is over the seeds."""
     from rlhfkit.experiment.report_plots import overoptimisation_points
 
     runs = [overoptimisation_points(study.ppo(study.out / f"ppo_{name}" / f"seed_{seed}", seed,
                                               reward_model=rm) / "metrics.jsonl") for seed in study.cfg.seeds]
-    steps = min(len(r["step"]) for r in runs)
+
+    def mean(r: dict, key: str, window: range) -> float:
+        return sum(r[key][i] for i in window) / len(window)
+
     points = []
-    for i in range(steps):
-        points.append({"step": runs[0]["step"][i], "d": sum(r["sqrt_kl"][i] for r in runs) / len(runs),
-                       "gold_gain": figure([[r["gold"][i] - r["gold"][0]] for r in runs]),
-                       "proxy_gain": figure([[r["proxy"][i] - r["proxy"][0]] for r in runs])})
+    for w in step_windows(min(len(r["step"]) for r in runs)):
+        first, last = runs[0]["step"][w[0]], runs[0]["step"][w[-1]]
+        points.append({"step": f"{first}" if first == last else f"{first}-{last}",
+                       "d": sum(mean(r, "sqrt_kl", w) for r in runs) / len(runs),
+                       "gold_gain": figure([[mean(r, "gold", w) - r["gold"][0]] for r in runs]),
+                       "proxy_gain": figure([[mean(r, "proxy", w) - r["proxy"][0]] for r in runs])})
     fit = fit_form([p["d"] for p in points], [p["gold_gain"]["mean"] for p in points], "rl")
     return {"points": points, "fit_gold": {**fit, "peak_d": peak_d(fit)}}
 
