@@ -18,10 +18,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlhfkit.experiment.reward_figures import GOLD_TIE
 from rlhfkit.io import read_jsonl, write_json, write_jsonl
 from rlhfkit.label.ai import Reasoning
-from rlhfkit.world.judge import judge_task
+from rlhfkit.world.judge import WIN_RATE_TOLERANCE, judge_task
 from rlhfkit.world.tasks import parse_instruction
 
 
@@ -56,7 +55,7 @@ def pairwise_agreement(rows: Sequence[dict], probs: Sequence[float]) -> dict:
                 judge_says = 0.5 if p == 0.5 else float(p > 0.5)  # 1: i better
                 add("agreement_labeler", judge_says)
                 gi, gj = verdicts[i].gold, verdicts[j].gold
-                tie = abs(gi - gj) <= GOLD_TIE
+                tie = abs(gi - gj) <= WIN_RATE_TOLERANCE  # gold_order_credit's rule, for a soft verdict
                 judge_gold = 0.5 if tie else judge_says if gi > gj else 1 - judge_says
                 add("agreement_gold", judge_gold)
                 add("labeler_agreement_gold", 0.5 if tie else float(gi > gj))

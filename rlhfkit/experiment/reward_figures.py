@@ -103,15 +103,11 @@ RATIO_FIGURES = {"val_accuracy": "pairs", "val_accuracy_vs_gold": "pairs", "labe
                  "oracle_agreement": "pairs", "follows_pair_accuracy": "follows_pairs"}
 PER_PROMPT_COUNTS = ("pairs", *RATIO_FIGURES, "follows_pairs")
 
-# gold scores closer than this are a tie: the pair counts one half (RM, labeler and AI judge figures alike);
-# the judge's own tolerance, so a pair tied here is a tie in the win rates too
-GOLD_TIE = WIN_RATE_TOLERANCE
-
-
 def gold_order_credit(score_i: float, score_j: float, gold_i: float, gold_j: float) -> float:
     """Credit for ordering a pair as the gold judge does: 1 or 0, one half where gold
-    ties (within GOLD_TIE). A score tie orders j first, as `score_i > score_j` reads."""
-    if abs(gold_i - gold_j) <= GOLD_TIE:
+    ties, within the judge's own WIN_RATE_TOLERANCE (so a pair tied here is a tie in the
+    win rates too). A score tie orders j first, as `score_i > score_j` reads."""
+    if abs(gold_i - gold_j) <= WIN_RATE_TOLERANCE:
         return 0.5
     return float((score_i > score_j) == (gold_i > gold_j))
 
